@@ -1,0 +1,70 @@
+"""Model and loss configuration (paper section 9 numbers as defaults).
+
+Every number of the architecture and of the objective is a field here, never a literal in the
+model code, so the ``paper`` preset is just the defaults and smaller presets override fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RENDER_ATOM_KINDS = ("heavy", "backbone", "CA")
+POSE_MODES = ("inferred", "given", "refine")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the VAE (paper section 9).
+
+    Paper values are the defaults. Fields that the paper does not fix (scales of the pose and delta
+    outputs, the leaky-ReLU slope) carry our choice and say why below.
+    """
+
+    image_size: int = 64  # pixels per side of the (downsampled) particle image the encoder sees
+    latent_conf: int = 32  # conformation latent dimension
+    latent_pose: int = 8  # pose latent: 2D shift + 6D rotation
+    encoder_widths: tuple[int, ...] = (2048, 1024, 512, 512)
+    decoder_width: int = 256
+    decoder_blocks: int = 5
+    decoded_dim: int = 512  # width of the decoded representation d
+    pose_width: int = 32
+    pose_layers: int = 3
+    render_atoms: str = "heavy"  # "heavy" | "backbone" | "CA": atoms the renderer sees (output is all-atom)
+    render_sigma: float = 1.0  # A, Gaussian width of each rendered atom
+    # A of in-plane shift per unit of the pose latent: the N(0, I) prior then says "particles are
+    # centred to within a few A", which is what particle picking/extraction gives.
+    shift_scale: float = 5.0
+    # A of per-residue translation per unit of the decoder's delta output (the output layer is
+    # zero-initialised; this sets how far one unit of it moves a residue).
+    delta_translation_scale: float = 1.0
+    # "refine" pose mode: the pose latent is a correction to the given pose. A unit latent turns
+    # the rotation by about atan(refine_rotation_scale) (0.1 -> ~6 degrees) and shifts by
+    # refine_shift_scale A, so the N(0, I) prior is a prior on small corrections.
+    refine_rotation_scale: float = 0.1
+    refine_shift_scale: float = 1.0
+    leaky_relu_slope: float = 0.01  # the paper does not give it; haiku/JAX default is 0.01
+
+    def __post_init__(self) -> None:
+        if self.render_atoms not in RENDER_ATOM_KINDS:
+            raise ValueError(f"render_atoms must be one of {RENDER_ATOM_KINDS}, got {self.render_atoms!r}")
+        for name in ("image_size", "latent_conf", "decoder_width", "decoder_blocks", "decoded_dim",
+                     "pose_width", "pose_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latent_pose != 8:
+            raise ValueError("latent_pose must be 8 (2D shift + 6D rotation)")
+        if not self.encoder_widths:
+            raise ValueError("encoder_widths must name at least one layer")
+        if self.render_sigma <= 0:
+            raise ValueError(f"render_sigma must be > 0 A, got {self.render_sigma}")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of paper eq. 4 (section 9 values as defaults)."""
+
+    beta_conf: float = 1.0  # KL of the conformation posterior
+    beta_pose: float = 0.01  # KL of the pose posterior
+    backbone: float = 0.01  # backbone continuity (peptide bond length)
+    centering: float = 0.1  # squared norm of the centre of mass
+    peptide_bond_length: float = 1.33  # A, C(i)-N(i+1)
