@@ -1,0 +1,92 @@
+"""RELION Euler angles (ZYZ, rlnAngleRot/Tilt/Psi in degrees) and origins <-> our rotations and shifts.
+
+This is the only place in atomvae that knows the RELION convention. RELION's matrix
+
+    A = (Rz(rot) Ry(tilt) Rz(psi))^T = scipy Rotation.from_euler("ZYZ", [rot, tilt, psi], degrees=True).inv()
+
+maps model coordinates into the image frame (``x_img = A @ x_model``) and the image is the projection
+along +z of the rotated model, so A is our rotation R. Example: rot = psi = 0, tilt = 90 projects
+along the model's x axis. ``rlnOriginX/YAngst`` is the translation that re-centres the particle, so
+the particle (and our rendered projection) sits at shift ``t = -origin`` in the image.
+
+All functions accept torch tensors or numpy arrays / Python floats: torch in -> torch out (same
+device and dtype, differentiable where stated), anything else -> numpy float64 out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _as_tensor(x) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, torch.Tensor):
+        return x, True
+    return torch.as_tensor(np.asarray(x, dtype=np.float64)), False
+
+
+def _out(x: torch.Tensor, was_torch: bool):
+    return x if was_torch else x.detach().cpu().numpy()
+
+
+def relion_to_matrix(rot, tilt, psi):
+    """RELION Euler angles (...) in degrees -> R (..., 3, 3) mapping model coordinates to the image frame.
+
+    rot, tilt, psi broadcast together. Differentiable for torch input. Written out (RELION's
+    ``Euler_angles2matrix``) rather than through scipy so it stays in torch and batched.
+    """
+    rot, was_torch = _as_tensor(rot)
+    tilt, _ = _as_tensor(tilt)
+    psi, _ = _as_tensor(psi)
+    if was_torch:
+        tilt = tilt.to(rot)
+        psi = psi.to(rot)
+    rot, tilt, psi = torch.broadcast_tensors(*(torch.deg2rad(a) for a in (rot, tilt, psi)))
+    ca, sa = torch.cos(rot), torch.sin(rot)
+    cb, sb = torch.cos(tilt), torch.sin(tilt)
+    cg, sg = torch.cos(psi), torch.sin(psi)
+    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+    rows = (
+        (cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb),
+        (-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb),
+        (sc, ss, cb),
+    )
+    R = torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+    return _out(R, was_torch)
+
+
+def matrix_to_relion(R):
+    """R (..., 3, 3) rotation(s) -> RELION angles (..., 3) in degrees: (rot, tilt, psi).
+
+    tilt is in [0, 180]; rot and psi in (-180, 180]. At gimbal lock (tilt within ~1e-6 rad of 0
+    or 180 degrees) only rot +/- psi is defined; like RELION we then set rot = 0 and put the whole
+    in-plane angle into psi, so ``relion_to_matrix(*matrix_to_relion(R))`` reproduces R.
+    Not meant to be differentiated (atan2 branches).
+    """
+    R, was_torch = _as_tensor(R)
+    abs_sb = torch.sqrt(R[..., 0, 2] ** 2 + R[..., 1, 2] ** 2)
+    tilt = torch.atan2(abs_sb, R[..., 2, 2])
+    psi = torch.atan2(R[..., 1, 2], -R[..., 0, 2])
+    rot = torch.atan2(R[..., 2, 1], R[..., 2, 0])
+    # Threshold in float32 terms either way: with |sin tilt| this small rot and psi are rounding noise.
+    locked = abs_sb <= 16 * float(torch.finfo(torch.float32).eps)
+    up = R[..., 2, 2] > 0
+    psi_locked = torch.where(
+        up, torch.atan2(-R[..., 1, 0], R[..., 0, 0]), torch.atan2(R[..., 1, 0], -R[..., 0, 0])
+    )
+    psi = torch.where(locked, psi_locked, psi)
+    rot = torch.where(locked, torch.zeros_like(rot), rot)
+    angles = torch.rad2deg(torch.stack((rot, tilt, psi), dim=-1))
+    return _out(angles, was_torch)
+
+
+def relion_origin_to_shift(origin_xy_A):
+    """(rlnOriginXAngst, rlnOriginYAngst) (..., 2) -> our projection shift t (..., 2) in A: t = -origin."""
+    origin, was_torch = _as_tensor(origin_xy_A)
+    return _out(-origin, was_torch)
+
+
+def shift_to_relion_origin(shift_xy_A):
+    """Our projection shift t (..., 2) in A -> (rlnOriginXAngst, rlnOriginYAngst) (..., 2): origin = -t."""
+    shift, was_torch = _as_tensor(shift_xy_A)
+    return _out(-shift, was_torch)
