@@ -1,0 +1,206 @@
+"""The contrast transfer function in RELION's conventions, and its application by padded FFT.
+
+Conventions (RELION ``ctf.h``), with ``s`` the spatial frequency in 1/A and ``theta`` its angle from the
+image x axis (image axis 1), counter-clockwise towards +y (image axis 0):
+
+- ``defocus(theta) = 0.5 * (dU + dV + (dU - dV) * cos(2 * (theta - angle)))``, defocus positive for
+  underfocus, ``angle`` = rlnDefocusAngle in degrees.
+- wavelength ``lambda = 12.2643247 / sqrt(V * (1 + 0.978466e-6 * V))`` A (relativistic, V in volts).
+- ``chi(s) = pi * lambda * defocus(theta) * s^2 - pi/2 * Cs * lambda^3 * s^4 + phase_shift``
+  with Cs converted from mm to A.
+- amplitude contrast ``Q`` enters as the phase ``arctan(Q / sqrt(1 - Q^2))`` (RELION's K3), so
+  ``ctf = sin(chi + arctan(Q / sqrt(1 - Q^2))) = sqrt(1 - Q^2) sin(chi) + Q cos(chi)``;
+  ``ctf(0) = Q > 0``, i.e. the low-frequency image keeps the sign of the projected density.
+- B-factor envelope ``exp(-B * s^2 / 4)``.
+
+Why not torch-ctf: ``torch_ctf.calculate_ctf_2d`` gives the same values under the mapping
+``defocus = (dU + dV) / 2e4`` um, ``astigmatism = (dU - dV) / 2e4`` um and
+``astigmatism_angle = angle`` deg (its grid holds (y, x) frequencies and its angle is measured from the
+x = axis 1 direction too; pinned by ``tests/test_ctf.py::test_matches_torch_ctf``), but it has no
+B-factor, rebuilds the frequency grid on every call, and the training loop evaluates the CTF for every
+batch on a 2x padded grid. The closed form here caches the CTF-independent grids per
+(shape, pixel size, device, dtype) and costs one ``sin`` per frequency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+
+_FIELDS = (
+    "defocus_u",
+    "defocus_v",
+    "astigmatism_angle",
+    "voltage",
+    "spherical_aberration",
+    "amplitude_contrast",
+    "phase_shift",
+    "bfactor",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CTFParams:
+    """Per-particle CTF parameters; every field is a tensor of the same shape ``(...)``.
+
+    defocus_u, defocus_v: A (positive = underfocus; RELION rlnDefocusU/V).
+    astigmatism_angle: degrees (rlnDefocusAngle), from the image x axis.
+    voltage: kV. spherical_aberration: mm. amplitude_contrast: fraction in [0, 1).
+    phase_shift: degrees (rlnPhaseShift). bfactor: A^2 (rlnCtfBfactor), envelope exp(-B s^2 / 4).
+
+    Python numbers are accepted and everything is broadcast to one shape and one floating dtype on
+    the device of the first tensor given.
+    """
+
+    defocus_u: torch.Tensor
+    defocus_v: torch.Tensor
+    astigmatism_angle: torch.Tensor = 0.0
+    voltage: torch.Tensor = 300.0
+    spherical_aberration: torch.Tensor = 2.7
+    amplitude_contrast: torch.Tensor = 0.1
+    phase_shift: torch.Tensor = 0.0
+    bfactor: torch.Tensor = 0.0
+
+    def __post_init__(self) -> None:
+        values = [getattr(self, name) for name in _FIELDS]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        device = tensors[0].device if tensors else None
+        float_dtypes = [v.dtype for v in tensors if v.is_floating_point()]
+        dtype = functools.reduce(torch.promote_types, float_dtypes) if float_dtypes else None
+        dtype = dtype or torch.get_default_dtype()
+        converted = [torch.as_tensor(v, device=device, dtype=dtype) for v in values]
+        converted = torch.broadcast_tensors(*converted)
+        for name, value in zip(_FIELDS, converted, strict=True):
+            object.__setattr__(self, name, value)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.defocus_u.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.defocus_u.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.defocus_u.dtype
+
+    def _map(self, fn) -> CTFParams:
+        return CTFParams(**{name: fn(getattr(self, name)) for name in _FIELDS})
+
+    def index(self, i) -> CTFParams:
+        """Select particles: ``i`` is anything a tensor accepts as an index (int, slice, index tensor)."""
+        return self._map(lambda t: t[i])
+
+    __getitem__ = index
+
+    def __len__(self) -> int:
+        return len(self.defocus_u)
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> CTFParams:
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
+
+    def reshape(self, *shape) -> CTFParams:
+        return self._map(lambda t: t.reshape(*shape))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @staticmethod
+    def stack(params: Sequence[CTFParams], dim: int = 0) -> CTFParams:
+        return CTFParams(**{n: torch.stack([getattr(p, n) for p in params], dim) for n in _FIELDS})
+
+    @staticmethod
+    def cat(params: Sequence[CTFParams], dim: int = 0) -> CTFParams:
+        return CTFParams(**{n: torch.cat([getattr(p, n) for p in params], dim) for n in _FIELDS})
+
+
+def electron_wavelength(voltage_kv: torch.Tensor) -> torch.Tensor:
+    """Relativistic electron wavelength in A for an acceleration voltage in kV (RELION's constants)."""
+    volts = voltage_kv * 1e3
+    return 12.2643247 / torch.sqrt(volts * (1.0 + volts * 0.978466e-6))
+
+
+@functools.lru_cache(maxsize=32)
+def _frequency_grids(
+    shape: tuple[int, int], pixel_size: float, rfft: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CTF-independent grids (H, Wf): s^2, s^4, s^2 cos(2 theta), s^2 sin(2 theta), s in 1/A."""
+    height, width = shape
+    # Built in float64 and then cast, so float32 grids carry no accumulated rounding.
+    ky = torch.fft.fftfreq(height, d=pixel_size, dtype=torch.float64)[:, None]
+    if rfft:
+        kx = torch.fft.rfftfreq(width, d=pixel_size, dtype=torch.float64)[None, :]
+    else:
+        kx = torch.fft.fftfreq(width, d=pixel_size, dtype=torch.float64)[None, :]
+    s2 = kx**2 + ky**2
+    # s^2 cos(2 theta) = kx^2 - ky^2 and s^2 sin(2 theta) = 2 kx ky: no angles needed.
+    grids = (s2, s2**2, kx**2 - ky**2, 2 * kx * ky)
+    return tuple(g.to(device=device, dtype=dtype).contiguous() for g in grids)
+
+
+def ctf_2d(
+    params: CTFParams, box: int | tuple[int, int], pixel_size: float, rfft: bool = True
+) -> torch.Tensor:
+    """CTF values on the FFT grid of a ``box`` image: ``(..., box, box//2+1)`` (rfft) or ``(..., box, box)``.
+
+    Unshifted FFT layout (zero frequency at [0, 0]), axis 0 = y frequency, axis 1 = x frequency; the
+    leading dims are ``params.shape``. ``box`` may be ``(height, width)`` for non-square grids.
+    """
+    shape = (box, box) if isinstance(box, int) else (int(box[0]), int(box[1]))
+    s2, s4, s2cos, s2sin = _frequency_grids(shape, float(pixel_size), rfft, params.device, params.dtype)
+
+    def per_particle(t: torch.Tensor) -> torch.Tensor:
+        return t[..., None, None]
+
+    wavelength = electron_wavelength(params.voltage)
+    angle = torch.deg2rad(params.astigmatism_angle)
+    mean_defocus = 0.5 * (params.defocus_u + params.defocus_v)
+    half_difference = 0.5 * (params.defocus_u - params.defocus_v)
+    k1 = math.pi * wavelength
+    k2 = 0.5 * math.pi * (params.spherical_aberration * 1e7) * wavelength**3
+    q = params.amplitude_contrast
+    constant_phase = torch.deg2rad(params.phase_shift) + torch.atan(q / torch.sqrt(1.0 - q * q))
+    # pi*lambda*defocus(theta)*s^2 with defocus(theta) expanded in cos/sin of 2*theta.
+    chi = (
+        per_particle(k1 * mean_defocus) * s2
+        + per_particle(k1 * half_difference * torch.cos(2 * angle)) * s2cos
+        + per_particle(k1 * half_difference * torch.sin(2 * angle)) * s2sin
+        - per_particle(k2) * s4
+        + per_particle(constant_phase)
+    )
+    ctf = torch.sin(chi)
+    if bool((params.bfactor != 0).any()):
+        ctf = ctf * torch.exp(-0.25 * per_particle(params.bfactor) * s2)
+    return ctf
+
+
+def apply_ctf(
+    images: torch.Tensor, params: CTFParams, pixel_size: float, pad_factor: float = 2
+) -> torch.Tensor:
+    """Convolve ``images (..., H, W)`` with each particle's CTF; returns ``(..., H, W)``.
+
+    Zero-pads to ``ceil(pad_factor * H) x ceil(pad_factor * W)`` (``pad_factor >= 2``, so the linear
+    convolution does not wrap around), multiplies the rfft by the CTF of that padded grid and crops
+    the top-left ``H x W`` back. ``params.shape`` must match (or broadcast against) the leading dims
+    of ``images``; image dims beyond it share the particle's CTF, e.g. ``images (B, K, H, W)`` with
+    ``params (B,)``: each particle's CTF is computed once and applied to its K renders.
+    """
+    if pad_factor < 2:
+        raise ValueError(f"pad_factor must be >= 2 to avoid wrap-around, got {pad_factor}")
+    height, width = images.shape[-2:]
+    padded = (math.ceil(pad_factor * height), math.ceil(pad_factor * width))
+    batch_dims = images.dim() - 2
+    if len(params.shape) > batch_dims:
+        raise ValueError(f"CTF params of shape {tuple(params.shape)} for images of {tuple(images.shape)}")
+    if params.device != images.device or params.dtype != images.dtype:
+        params = params.to(device=images.device, dtype=images.dtype)
+    ctf = ctf_2d(params, padded, pixel_size, rfft=True)
+    ctf = ctf.reshape(*params.shape, *([1] * (batch_dims - len(params.shape))), *ctf.shape[-2:])
+    spectrum = torch.fft.rfft2(images, s=padded)
+    convolved = torch.fft.irfft2(spectrum * ctf, s=padded)
+    return convolved[..., :height, :width]
