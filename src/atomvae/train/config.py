@@ -1,0 +1,268 @@
+"""Training configuration: frozen dataclasses, the ``paper`` and ``cpu`` presets, YAML round trip.
+
+Every number of the training recipe is a field here (the model's numbers live in
+``atomvae.model.config``). A YAML file overrides a preset field by field::
+
+    stage1: {epochs: 50, n_pose: 32}
+    model: {render_atoms: CA, render_sigma: 2.0}
+    batch_size: 128
+
+Unknown keys are an ``InputError`` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomvae import __version__
+from atomvae.errors import InputError, atomic_write_text
+from atomvae.model.config import POSE_MODES, LossWeights, ModelConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage. Stage 1 trains the pose path on the fixed base structure (``n_conf`` unused);
+    stage 2 trains everything with ``n_conf`` conformation samples x ``n_pose`` pose samples per image."""
+
+    epochs: int
+    n_pose: int
+    n_conf: int = 1
+    learning_rate: float = 3e-4
+    # The learning rate is multiplied by ``lr_decay_factor`` at each of these epochs (counted from the start
+    # of the stage): paper stage 1 halves it after 1000 epochs.
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_factor: float = 0.5
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """Learning rate during ``epoch`` (0-based, within the stage)."""
+        n_decays = sum(1 for milestone in self.lr_decay_epochs if epoch >= milestone)
+        return self.learning_rate * self.lr_decay_factor**n_decays
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How particles are read, split and normalised."""
+
+    # Held-out fraction for validation log-likelihood (model selection across seeds, per-epoch curve).
+    val_fraction: float = 0.05
+    # At most this many held-out images are scored per validation pass (cost bound on CPU).
+    max_val_images: int = 1024
+    # Noise standard deviation in normalised image units; None = estimated from the particles'
+    # background outside the particle radius (``atomvae.data.dataset.estimate_noise_sigma``).
+    noise_sigma: float | None = None
+    # Images used to estimate the noise sigma and the renderer's amplitude before training.
+    n_calibration_images: int = 512
+    # Downsample particles to this box (px) before the encoder; None = use the model's image_size when the
+    # stack is larger, else the stack as is.
+    downsample_to: int | None = None
+    # DataLoader worker processes (0 = load in the training process; the order is identical either way).
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: StageConfig = field(
+        default_factory=lambda: StageConfig(epochs=2000, n_pose=128, lr_decay_epochs=(1000,))
+    )
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=500, n_pose=4, n_conf=64))
+    batch_size: int = 256
+    # "inferred": poses learnt by the pose head; "given": poses from the STAR file, fixed (stage 1 is then
+    # skipped: nothing of the pose path is trained); "refine": STAR poses as the start of a local refinement.
+    pose_mode: str = "inferred"
+    seed: int = 0
+    # Independent runs with seeds seed, seed+1, ...; the best by held-out log-likelihood is kept (paper).
+    n_seeds: int = 1
+    device: str = "auto"
+    # bf16 autocast on CUDA only; the CPU route always runs float32.
+    mixed_precision: bool = True
+    checkpoint_every: int = 500  # steps
+    validate_every: int = 1  # epochs
+    log_every: int = 1  # steps
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.pose_mode not in POSE_MODES:
+            problems.append(f"pose_mode must be one of {', '.join(POSE_MODES)}, got {self.pose_mode!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name in ("batch_size", "n_seeds", "checkpoint_every", "validate_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for stage_name in ("stage1", "stage2"):
+            stage = getattr(self, stage_name)
+            if stage.epochs < 0 or stage.n_pose < 1 or stage.n_conf < 1 or stage.learning_rate <= 0:
+                problems.append(f"{stage_name}: epochs >= 0, n_pose >= 1, n_conf >= 1, learning_rate > 0")
+        if not 0.0 < self.data.val_fraction < 1.0:
+            problems.append(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        if self.data.noise_sigma is not None and self.data.noise_sigma <= 0:
+            problems.append(f"data.noise_sigma must be > 0, got {self.data.noise_sigma}")
+        if problems:
+            raise InputError("config", "; ".join(problems))
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n_seeds)]
+
+
+def _paper() -> TrainConfig:
+    """Paper section 2.4 and 9, exactly: heavy atoms at sigma 1 A, 2000 + 500 epochs, 128 and 64 x 4
+    samples, batch 256, Adam 3e-4 halved after 1000 stage-1 epochs, three seeds."""
+    return TrainConfig(n_seeds=3)
+
+
+def _cpu() -> TrainConfig:
+    """Small enough to train the adenylate-kinase benchmark (20,000 particles, 64 px, 214 residues) in under
+    an hour on 2 CPU cores. The renderer is nearly all the cost of a step (PERF_NOTES), so the trade-offs
+    all cut renders per image:"""
+    return TrainConfig(
+        # C-alpha only (214 instead of ~1,650 atoms: ~8x cheaper renders) with a wider Gaussian (2 A) that
+        # stands in for the side chain and backbone density around each C-alpha at 64 px. Costs
+        # side-chain detail in the likelihood; the output structures are still all-atom rigid residues.
+        model=ModelConfig(render_atoms="CA", render_sigma=2.0),
+        # 16 pose samples instead of 128: coarser search over SO(3) early in stage 1; compensated partly by
+        # more optimisation steps per epoch (smaller batch). 8 conformations x 2 poses instead of 64 x 4:
+        # a noisier IWAE-style estimate and less mode exploration per image; 16 instead of 256 renders.
+        stage1=StageConfig(epochs=8, n_pose=16, lr_decay_epochs=(6,)),
+        stage2=StageConfig(epochs=12, n_pose=2, n_conf=8),
+        # Batch 64 instead of 256: 4x more Adam steps per epoch, which matters with so few epochs.
+        batch_size=64,
+        # One seed: three would triple the wall time (use --seeds 3 when there is time).
+        n_seeds=1,
+        data=DataConfig(max_val_images=512),
+        checkpoint_every=200,
+    )
+
+
+PRESETS: dict[str, TrainConfig] = {"paper": _paper(), "cpu": _cpu()}
+
+
+# --------------------------------------------------------------------------------------------- YAML
+
+META_KEYS = ("atomvae_version", "argv")  # written beside the config, ignored when read back
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists) suitable for YAML."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(config)
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check/convert one YAML value to a field's annotated type (int, float, str, bool, None, tuple[...])."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, source)
+            except InputError as err:
+                errors.append(err.problem)
+        raise InputError(source, errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise InputError(source, f"{key}: expected a list, got {value!r}")
+        (item_type, *_rest) = typing.get_args(annotation)
+        return tuple(_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise InputError(source, f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(source, f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(source, f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise InputError(source, f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], source: str = "config", prefix: str = "") -> Any:
+    """Return ``config`` (a dataclass) with ``overrides`` (nested dict) applied field by field.
+
+    Raises ``InputError(source, ...)`` naming the full dotted key when a key is unknown or a value has the
+    wrong type.
+    """
+    if not isinstance(overrides, dict):
+        where = prefix.rstrip(".") or "top level"
+        raise InputError(source, f"{where}: expected a mapping, got {overrides!r}")
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config), vars(sys.modules[type(config).__module__]))
+    changes = {}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise InputError(source, f"unknown config key '{dotted}' (known: {', '.join(fields)})")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = apply_overrides(current, value, source, prefix=f"{dotted}.")
+        else:
+            changes[key] = _coerce(value, hints[key], dotted, source)
+    try:
+        return dataclasses.replace(config, **changes)
+    except InputError as err:
+        raise InputError(source, err.problem) from None
+    except (TypeError, ValueError) as err:
+        raise InputError(source, f"{prefix or 'config'}: {err}") from None
+
+
+def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a YAML file and apply it over ``base`` (default: the ``paper`` preset).
+
+    A file written by :func:`save_config` reads back to the same config (its meta keys are skipped).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "config file not found") from None
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a mapping of config keys at the top level")
+    data = {k: v for k, v in data.items() if k not in META_KEYS}
+    preset = data.pop("preset", None)
+    if base is None:
+        if preset is not None and preset not in PRESETS:
+            raise InputError(path, f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        base = PRESETS[preset or "paper"]
+    return apply_overrides(base, data, source=str(path))
+
+
+def save_config(config: TrainConfig, path: str | Path, argv: list[str] | None = None) -> None:
+    """Write the resolved config (every field) as YAML, atomically, with the atomvae version and argv."""
+    data: dict[str, Any] = {"atomvae_version": __version__, "argv": list(argv) if argv is not None else None}
+    data.update(config_to_dict(config))
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
