@@ -1,0 +1,84 @@
+"""Per-residue rigid frames (AlphaFold convention) and atoms stored in their residue's frame.
+
+Frame of residue r: origin at CA, x axis along CA->C, N in the xy-plane at +y, z = x cross y
+(Gram-Schmidt on C-CA then N-CA). Coordinates are ``x = rot @ local + trans``.
+Inputs may be torch tensors or numpy arrays; outputs are torch tensors (numpy input -> float64 CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from atomvae.geometry.rotations import gram_schmidt
+from atomvae.structure.topology import Topology
+
+
+def _tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def _backbone_indices(topology: Topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    idx = [topology.atom_index(name) for name in ("N", "CA", "C")]
+    for name, i in zip(("N", "CA", "C"), idx, strict=True):
+        if np.any(i < 0):
+            r = int(np.nonzero(i < 0)[0][0])
+            raise ValueError(f"residue {topology.residue_label(r)} has no {name} atom; cannot build a frame")
+    return idx[0], idx[1], idx[2]
+
+
+def backbone_frames(coords, topology: Topology) -> tuple[torch.Tensor, torch.Tensor]:
+    """coords (..., A, 3) A -> per-residue frames: rot (..., R, 3, 3), trans (..., R, 3) = CA position.
+
+    Differentiable in coords."""
+    coords = _tensor(coords)
+    n_idx, ca_idx, c_idx = (torch.as_tensor(i, device=coords.device) for i in _backbone_indices(topology))
+    n = coords.index_select(-2, n_idx)
+    ca = coords.index_select(-2, ca_idx)
+    c = coords.index_select(-2, c_idx)
+    return gram_schmidt(c - ca, n - ca), ca
+
+
+def local_coordinates(coords, topology: Topology) -> torch.Tensor:
+    """coords (..., A, 3) A -> each atom in its residue's frame (..., A, 3): local = rot^T (x - trans)."""
+    coords = _tensor(coords)
+    rot, trans = backbone_frames(coords, topology)
+    res = torch.as_tensor(topology.residue_index, device=coords.device)
+    rot_a = rot.index_select(-3, res)
+    trans_a = trans.index_select(-2, res)
+    return ((coords - trans_a).unsqueeze(-2) @ rot_a).squeeze(-2)
+
+
+def frames_to_coordinates(rot, trans, local, residue_index) -> torch.Tensor:
+    """Place atoms from their residue frames.
+
+    rot (..., R, 3, 3), trans (..., R, 3), local (A, 3) atom positions in their residue's frame,
+    residue_index (A,) -> coords (..., A, 3) with coords[..., a] = rot[..., r] @ local[a] + trans[..., r].
+
+    This is in the training hot path ((B*K, R, 3, 3) frames, A up to a few thousand atoms), so no loop
+    over residues: local coordinates are laid out in a zero-padded (R, P, 3) block (P = most atoms in a
+    residue, 14), transformed by one batched product per residue and gathered back. Measured on the
+    2-core CPU at B=256, R=214, A~2000, forward+backward: this 25 ms, a per-atom gather of the 3x4
+    affine 45 ms, gather + elementwise 62 ms.
+    Differentiable in rot, trans and local.
+    """
+    rot, trans = _tensor(rot), _tensor(trans)
+    local = _tensor(local).to(device=rot.device, dtype=rot.dtype)
+    if not isinstance(residue_index, torch.Tensor):
+        residue_index = torch.as_tensor(np.asarray(residue_index, dtype=np.int64))
+    res = residue_index.to(device=rot.device, dtype=torch.long)
+    n_res, n_atoms = rot.shape[-3], res.shape[0]
+    if n_atoms == 0:
+        return rot.new_zeros(*torch.broadcast_shapes(rot.shape[:-3], trans.shape[:-2]), 0, 3)
+    # Slot of each atom in the padded (R, P) layout: its rank among the atoms of its residue.
+    order = torch.argsort(res, stable=True)
+    sorted_res = res[order]
+    counts = torch.bincount(sorted_res, minlength=n_res)
+    width = int(counts.max())
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n_atoms, device=res.device) - first[sorted_res]
+    slot = torch.empty_like(res)
+    slot[order] = sorted_res * width + rank
+    padded = local.new_zeros(n_res * width, 3).index_copy(0, slot, local).view(n_res, width, 3)
+    placed = torch.einsum("...rij,rpj->...rpi", rot, padded) + trans.unsqueeze(-2)
+    return placed.flatten(-3, -2).index_select(-2, slot)
