@@ -1,0 +1,126 @@
+"""Conformation decoder (paper section 9): z_conf -> per-residue delta frames -> atoms.
+
+z (..., latent) -> Linear(width) -> blocks x [x + Linear(leaky_relu(Linear(LN(x))))] -> LN
+-> Linear(decoded_dim) = d, the decoded representation (also read by the pose head)
+-> Linear(9 R) -> per residue t (3), v1 (3), v2 (3) -> delta frame (Gram-Schmidt(e_x + v1, e_y + v2),
+delta_translation_scale * t).
+
+Delta frames act in each residue's local frame: new = base o delta, i.e. R = R_base R_delta and
+t = t_base + R_base t_delta. (Local deltas keep the output scales the same for every residue
+whatever its orientation; a zero delta output is exactly the identity, so at initialisation -- the
+residual updates and the frame layer are zero -- the decoder returns the base structure.) Every
+residue including its side chain is one rigid body: atoms = frame applied to the residue-local
+coordinates of the base structure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from atomvae.geometry.rotations import gram_schmidt
+from atomvae.model.config import ModelConfig
+from atomvae.model.layers import linear
+from atomvae.structure.frames import frames_to_coordinates
+
+
+class ResidualBlock(nn.Module):
+    """x + Linear(leaky_relu(Linear(LayerNorm(x)))), the update's last layer zero-initialised."""
+
+    def __init__(self, width: int, negative_slope: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.hidden = linear(width, width)
+        self.update = linear(width, width, zero=True)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.update(F.leaky_relu(self.hidden(self.norm(x)), self.negative_slope))
+
+
+class ConformationDecoder(nn.Module):
+    """Maps conformation latents to residue frames and atom positions around a base structure.
+
+    base_rot (R, 3, 3), base_trans (R, 3) A: the base structure's residue frames (AlphaFold
+    convention); atom sets name subsets of atoms by their residue-local coordinates (A', 3) A and
+    residue index (A',), registered with :meth:`add_atom_set`.
+    """
+
+    def __init__(self, config: ModelConfig, base_rot: torch.Tensor, base_trans: torch.Tensor):
+        super().__init__()
+        n_residues = base_rot.shape[0]
+        width = config.decoder_width
+        self.n_residues = n_residues
+        self.delta_translation_scale = config.delta_translation_scale
+        self.input = linear(config.latent_conf, width)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(width, config.leaky_relu_slope) for _ in range(config.decoder_blocks))
+        self.final_norm = nn.LayerNorm(width)
+        self.to_decoded = linear(width, config.decoded_dim)
+        self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
+        self.register_buffer("base_rot", base_rot.detach().clone())
+        self.register_buffer("base_trans", base_trans.detach().clone())
+        self._atom_sets: list[str] = []
+
+    def add_atom_set(self, name: str, local: torch.Tensor, residue_index: np.ndarray | torch.Tensor) -> None:
+        """Register atoms (A', 3) in their residue frames with residue_index (A',) as set ``name``."""
+        self.register_buffer(f"local_{name}", local.detach().clone())
+        index = torch.as_tensor(np.asarray(residue_index), dtype=torch.long, device=local.device)
+        self.register_buffer(f"residue_index_{name}", index)
+        self._atom_sets.append(name)
+
+    @property
+    def atom_sets(self) -> tuple[str, ...]:
+        return tuple(self._atom_sets)
+
+    def representation(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., latent_conf) -> decoded representation d (..., decoded_dim)."""
+        x = self.input(z)
+        for block in self.blocks:
+            x = block(x)
+        return self.to_decoded(self.final_norm(x))
+
+    def delta_frames(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d (..., decoded_dim) -> delta rotations (..., R, 3, 3), delta translations (..., R, 3) A."""
+        out = self.to_frames(d).unflatten(-1, (self.n_residues, 9))
+        translation = self.delta_translation_scale * out[..., 0:3]
+        # Offsetting by the identity's first two columns makes a zero output the identity rotation.
+        e_x = out.new_tensor([1.0, 0.0, 0.0])
+        e_y = out.new_tensor([0.0, 1.0, 0.0])
+        rotation = gram_schmidt(e_x + out[..., 3:6], e_y + out[..., 6:9])
+        return rotation, translation
+
+    def frames(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d (..., decoded_dim) -> residue frames (..., R, 3, 3), (..., R, 3) A: base o delta."""
+        delta_rot, delta_trans = self.delta_frames(d)
+        rot = self.base_rot.to(delta_rot.dtype) @ delta_rot
+        trans = self.base_trans.to(delta_rot.dtype) + (
+            self.base_rot.to(delta_rot.dtype) @ delta_trans.unsqueeze(-1)).squeeze(-1)
+        return rot, trans
+
+    def atoms(self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str) -> torch.Tensor:
+        """Positions (..., A', 3) A of the atoms of ``atom_set`` in the frames (..., R, 3, 3), (..., R, 3)."""
+        if atom_set not in self._atom_sets:
+            raise KeyError(f"unknown atom set {atom_set!r}; known: {self._atom_sets}")
+        local = getattr(self, f"local_{atom_set}").to(rot.dtype)
+        return frames_to_coordinates(rot, trans, local, getattr(self, f"residue_index_{atom_set}"))
+
+    def center_of_mass(self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str = "all") -> torch.Tensor:
+        """Unit-mass centre (..., 3) A of ``atom_set`` in the frames, without placing every atom.
+
+        Each residue is rigid, so sum_a x_a = sum_r (R_r L_r + n_r t_r) with L_r the sum of the
+        residue's local coordinates and n_r its atom count: O(R) per structure instead of O(A).
+        """
+        local = getattr(self, f"local_{atom_set}").to(rot.dtype)
+        index = getattr(self, f"residue_index_{atom_set}")
+        local_sum = local.new_zeros(self.n_residues, 3).index_add_(0, index, local)
+        counts = torch.bincount(index, minlength=self.n_residues).to(rot.dtype)
+        total = (rot @ local_sum.unsqueeze(-1)).squeeze(-1) + counts.unsqueeze(-1) * trans
+        return total.sum(dim=-2) / local.shape[0]
+
+    def forward(self, z: torch.Tensor, atom_set: str = "all") -> torch.Tensor:
+        """z (..., latent_conf) -> atom positions (..., A', 3) A of ``atom_set``."""
+        rot, trans = self.frames(self.representation(z))
+        return self.atoms(rot, trans, atom_set)

@@ -1,0 +1,276 @@
+"""AtomVAE: encoder, conformation decoder, pose head and renderer tied into paper eq. 4.
+
+Coordinates: the model works in a frame centred on the base structure (its unit-mass centre of
+atoms, or a ``center`` the caller gives, e.g. the centre of the consensus map's box when poses come
+from a refinement). Rotations and shifts of poses act about that centre. ``decode`` and ``sample``
+return model-frame coordinates; ``to_base_frame`` adds the centre back for writing files that
+overlay the user's base model.
+
+Stages (paper section 2.4 and 9): stage 1 fits the pose path on the fixed base structure, stage 2
+everything. In stage 1 the pose head needs a decoded representation d; it gets the decoder's d at
+z_conf = 0 (the prior mean), so that in stage 2 it sees d(z) near what it was trained on rather than
+a jump from zeros to decoded values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from atomvae.geometry.rotations import random_rotations
+from atomvae.model.config import POSE_MODES, LossWeights, ModelConfig
+from atomvae.model.decoder import ConformationDecoder
+from atomvae.model.encoder import ConformationPosterior, ImageEncoder
+from atomvae.model.losses import (
+    backbone_continuity,
+    centering,
+    gaussian_log_likelihood,
+    iwae_log_mean_likelihood,
+    kl_diagonal_normal,
+)
+from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
+from atomvae.physics.ctf import CTFParams, apply_ctf
+from atomvae.physics.render import render, render_projections
+from atomvae.structure.frames import backbone_frames, local_coordinates
+
+
+@dataclass
+class LossOutput:
+    """total: scalar to backprop (mean over the batch of eq. 4); per_image_log_likelihood (B,) detached:
+    log mean_n N(y; render_n, sigma_noise) in nats (held-out model selection); terms: batch means
+    for logging (nll, kl_conf, kl_pose, backbone, centering, amplitude, total)."""
+
+    total: torch.Tensor
+    per_image_log_likelihood: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+def _indices(selection) -> np.ndarray:
+    """Atom indices from a topology selection given as indices or as a boolean mask."""
+    selection = np.asarray(selection)
+    return np.flatnonzero(selection) if selection.dtype == bool else selection.astype(np.int64)
+
+
+class AtomVAE(nn.Module):
+    """The VAE of Rosenbaum et al. on one base structure.
+
+    config: architecture; base_topology: structure.topology.Topology of the base; base_coords (A, 3) A;
+    box: image side in pixels (= config.image_size: the encoder and the renderer see the same grid);
+    pixel_size: A per pixel of those images; noise_sigma: standard deviation of the pixel noise in
+    image units (the likelihood's sigma); center (3,) A: rotation centre (default: mean atom position).
+    """
+
+    def __init__(self, config: ModelConfig, base_topology, base_coords, box: int, pixel_size: float,
+                 noise_sigma: float, center=None):
+        super().__init__()
+        if box != config.image_size:
+            raise ValueError(f"box ({box}) must equal config.image_size ({config.image_size})")
+        if not noise_sigma > 0:
+            raise ValueError(f"noise_sigma must be > 0, got {noise_sigma}")
+        self.config = config
+        self.topology = base_topology
+        self.box = int(box)
+        self.pixel_size = float(pixel_size)
+
+        coords64 = torch.as_tensor(np.asarray(base_coords), dtype=torch.float64)
+        center64 = coords64.mean(dim=0) if center is None else torch.as_tensor(
+            np.asarray(center), dtype=torch.float64)
+        coords64 = coords64 - center64
+        base_rot, base_trans = backbone_frames(coords64, base_topology)
+        local = torch.as_tensor(local_coordinates(coords64, base_topology), dtype=torch.float64)
+        residue_index = np.asarray(base_topology.residue_index)
+
+        self.encoder = ImageEncoder(config)
+        self.conf_posterior = ConformationPosterior(self.encoder.out_features, config.latent_conf)
+        self.decoder = ConformationDecoder(config, base_rot.float(), base_trans.float())
+        self.pose_head = PoseHead(config, self.encoder.out_features)
+        # Images have an arbitrary intensity scale against unit-mass Gaussians: one learnt global
+        # amplitude (log-parameterised: positive), set from data by initialise_amplitude().
+        self.log_amplitude = nn.Parameter(torch.zeros(()))
+
+        render_idx = _indices(base_topology.select(config.render_atoms))
+        self.decoder.add_atom_set("all", local.float(), residue_index)
+        self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
+        # C and N of every residue feed the backbone loss even when the renderer sees only CA.
+        for name in ("N", "C"):
+            idx = _indices(base_topology.atom_index(name))
+            self.decoder.add_atom_set(name, local[idx].float(), residue_index[idx])
+        self.register_buffer("bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next),
+                                                               dtype=torch.bool))
+        self.register_buffer("base_center", center64.float())
+        self.register_buffer("base_coords", coords64.float())  # (A, 3) model frame
+        self.register_buffer("base_render_coords", coords64[render_idx].float())
+        self.register_buffer("noise_sigma", torch.tensor(float(noise_sigma)))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def amplitude(self) -> torch.Tensor:
+        return self.log_amplitude.exp()
+
+    def to_base_frame(self, coords: torch.Tensor) -> torch.Tensor:
+        """Model-frame coordinates (..., A, 3) -> the base structure's input frame."""
+        return coords + self.base_center.to(coords.dtype)
+
+    def render_images(self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor,
+                      ctf: CTFParams | None) -> torch.Tensor:
+        """amplitude * render: coords (..., A, 3), rotation (..., 3, 3), shift (..., 2) A, ctf (B,) or None
+        (B the first of the leading dims; each particle's CTF is computed once for all its renders)."""
+        sigma = self.config.render_sigma
+        if ctf is None:
+            images = render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma)
+        else:
+            images = render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma)
+        return self.amplitude.to(images.dtype) * images
+
+    def trainable_parameters(self, stage: int) -> Iterable[nn.Parameter]:
+        """Stage 1: encoder trunk, pose head and amplitude (structure fixed). Stage 2: everything."""
+        if stage == 1:
+            modules = (self.encoder, self.pose_head)
+            return [p for m in modules for p in m.parameters()] + [self.log_amplitude]
+        if stage == 2:
+            return list(self.parameters())
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+
+    # ------------------------------------------------------------------ objective
+    def loss(self, images: torch.Tensor, ctf: CTFParams | None, *, stage: int, n_conf: int, n_pose: int,
+             weights: LossWeights, given_rotation: torch.Tensor | None = None,
+             given_shift: torch.Tensor | None = None, pose_mode: str = "inferred",
+             generator: torch.Generator | None = None) -> LossOutput:
+        """Paper eq. 4 averaged over the batch.
+
+        images (B, H, W) normalised as the noise_sigma; ctf (B,) or None (no CTF); stage 1 renders
+        the base structure at n_pose pose samples per image, stage 2 decodes n_conf conformation
+        samples and renders each at n_pose pose samples (the log-mean runs over all n_conf*n_pose).
+        pose_mode "given" uses given_rotation (B, 3, 3) / given_shift (B, 2) A as they are (no pose
+        samples, no pose KL); "refine" samples corrections to them (latent 0 = the given pose).
+        """
+        if pose_mode not in POSE_MODES:
+            raise ValueError(f"pose_mode must be one of {POSE_MODES}, got {pose_mode!r}")
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        if pose_mode != "inferred" and (given_rotation is None or given_shift is None):
+            raise ValueError(f"pose_mode {pose_mode!r} needs given_rotation and given_shift")
+        batch = images.shape[0]
+        h = self.encoder(images)
+        zero = h.new_zeros(batch)
+        kl_conf = backbone = center_sq = zero
+
+        if stage == 1:
+            coords = self.base_render_coords.expand(batch, 1, *self.base_render_coords.shape)
+            d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
+            d = d.expand(batch, 1, d.shape[-1])
+        else:
+            mu_c, sigma_c = self.conf_posterior(h)
+            eps = torch.randn(batch, n_conf, mu_c.shape[-1], generator=generator, device=h.device,
+                              dtype=mu_c.dtype)
+            z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
+            d = self.decoder.representation(z_conf)  # (B, Kc, D)
+            rot, trans = self.decoder.frames(d.float())
+            coords = self.decoder.atoms(rot, trans, "render")  # (B, Kc, A_r, 3)
+            kl_conf = kl_diagonal_normal(mu_c.float(), sigma_c.float())
+            backbone = backbone_continuity(self.decoder.atoms(rot, trans, "C"),
+                                           self.decoder.atoms(rot, trans, "N"),
+                                           self.bonded_to_next, weights.peptide_bond_length).mean(dim=1)
+            center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
+
+        if pose_mode == "given":
+            rotation = given_rotation.to(coords.dtype)[:, None, None]  # (B, 1, 1, 3, 3)
+            shift = given_shift.to(coords.dtype)[:, None, None]
+            kl_pose = zero
+        else:
+            mu_p, sigma_p = self.pose_head(h, d)  # (B, Kc, 8)
+            mu_p, sigma_p = mu_p.float(), sigma_p.float()
+            eps = torch.randn(*mu_p.shape[:2], n_pose, mu_p.shape[-1], generator=generator,
+                              device=h.device, dtype=mu_p.dtype)
+            z_pose = mu_p.unsqueeze(2) + sigma_p.unsqueeze(2) * eps  # (B, Kc, Kp, 8)
+            if pose_mode == "inferred":
+                rotation, shift = latent_to_pose(z_pose, self.config.shift_scale)
+            else:
+                rotation, shift = latent_to_pose_correction(
+                    z_pose, given_rotation.to(z_pose.dtype)[:, None, None],
+                    given_shift.to(z_pose.dtype)[:, None, None],
+                    self.config.refine_rotation_scale, self.config.refine_shift_scale)
+            kl_pose = kl_diagonal_normal(mu_p, sigma_p).mean(dim=1)
+
+        predicted = self.render_images(coords.unsqueeze(2), rotation, shift, ctf)  # (B, Kc, Kp, H, W)
+        log_lik = gaussian_log_likelihood(images.float()[:, None, None], predicted, self.noise_sigma)
+        per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
+
+        per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
+                          + weights.backbone * backbone + weights.centering * center_sq)
+        total = per_image_loss.mean()
+        terms = {
+            "nll": float(-per_image.detach().mean()),
+            "kl_conf": float(kl_conf.detach().mean()),
+            "kl_pose": float(kl_pose.detach().mean()),
+            "backbone": float(backbone.detach().mean()),
+            "centering": float(center_sq.detach().mean()),
+            "amplitude": float(self.amplitude.detach()),
+            "total": float(total.detach()),
+        }
+        return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
+
+    # ------------------------------------------------------------------ using a trained model
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, H, W) -> mu_conf, sigma_conf (B, latent_conf); the pose posterior at z_conf = mu_conf:
+        pose_mu, pose_sigma (B, 8), and its mean as rotation (B, 3, 3) and shift (B, 2) A."""
+        h = self.encoder(images)
+        mu_c, sigma_c = self.conf_posterior(h)
+        mu_p, sigma_p = self.pose_head(h, self.decoder.representation(mu_c))
+        rotation, shift = latent_to_pose(mu_p.float(), self.config.shift_scale)
+        return {"mu_conf": mu_c, "sigma_conf": sigma_c, "pose_mu": mu_p, "pose_sigma": sigma_p,
+                "rotation": rotation, "shift": shift}
+
+    def decode(self, z_conf: torch.Tensor, atoms: str = "all") -> torch.Tensor:
+        """z_conf (..., latent_conf) -> coordinates (..., A, 3) A in the model frame. atoms: "all"
+        (every heavy atom of the base) or "render" (the atoms the renderer sees)."""
+        return self.decoder(z_conf, atoms)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n structures (n, A, 3) A (all atoms, model frame) decoded from z_conf ~ N(0, I)."""
+        device = self.base_coords.device
+        z = torch.randn(n, self.config.latent_conf, generator=generator, device=device)
+        return self.decode(z, "all")
+
+    @torch.no_grad()
+    def initialise_amplitude(self, images: torch.Tensor, ctf: CTFParams | None,
+                             rotation: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                             generator: torch.Generator | None = None) -> float:
+        """Set the image amplitude from data before training; returns it.
+
+        With poses (rotation (B, 3, 3), shift (B, 2) A) it is the least-squares scale of base-structure
+        renders onto the images. Without, it matches variances: the images' mean per-image variance
+        minus noise_sigma^2 against that of base renders at uniformly random rotations (no shift).
+        """
+        batch = images.shape[0]
+        coords = self.base_render_coords
+        poses_given = rotation is not None
+        if not poses_given:
+            rotation = random_rotations(batch, generator=generator, dtype=coords.dtype, device=coords.device)
+            shift = coords.new_zeros(batch, 2)
+        elif shift is None:
+            shift = coords.new_zeros(batch, 2)
+        renders = render_projections(coords, rotation.to(coords.dtype), shift.to(coords.dtype),
+                                     self.box, self.pixel_size, self.config.render_sigma)
+        if ctf is not None:
+            renders = apply_ctf(renders, ctf, self.pixel_size)
+        images = images.to(renders.dtype)
+        amplitude = None
+        if poses_given:
+            amplitude = (images * renders).sum() / renders.square().sum().clamp_min(1e-30)
+            if not amplitude > 0:
+                warnings.warn("images anti-correlate with base renders at the given poses (inverted "
+                              "contrast?); setting the amplitude by variance matching instead", stacklevel=2)
+                amplitude = None
+        if amplitude is None:
+            signal_var = (images.var(dim=(-2, -1)).mean() - self.noise_sigma.square()).clamp_min(1e-12)
+            amplitude = torch.sqrt(signal_var / renders.var(dim=(-2, -1)).mean().clamp_min(1e-30))
+        self.log_amplitude.copy_(amplitude.log())
+        return float(amplitude)
