@@ -13,13 +13,15 @@ image x axis (image axis 1), counter-clockwise towards +y (image axis 0):
   ``ctf(0) = Q > 0``, i.e. the low-frequency image keeps the sign of the projected density.
 - B-factor envelope ``exp(-B * s^2 / 4)``.
 
-Why not torch-ctf: ``torch_ctf.calculate_ctf_2d`` gives the same values under the mapping
-``defocus = (dU + dV) / 2e4`` um, ``astigmatism = (dU - dV) / 2e4`` um and
-``astigmatism_angle = angle`` deg (its grid holds (y, x) frequencies and its angle is measured from the
-x = axis 1 direction too; pinned by ``tests/test_ctf.py::test_matches_torch_ctf``), but it has no
-B-factor, rebuilds the frequency grid on every call, and the training loop evaluates the CTF for every
-batch on a 2x padded grid. The closed form here caches the CTF-independent grids per
-(shape, pixel size, device, dtype) and costs one ``sin`` per frequency.
+Why not torch-ctf: ``torch_ctf.calculate_ctf_2d`` gives the same values (to its float32 precision)
+under the mapping ``defocus = (dU + dV) / 2e4`` um, ``astigmatism = |dU - dV| / 2e4`` um and
+``astigmatism_angle = angle`` deg, plus 90 deg when ``dU < dV`` (it takes ``sqrt(astigmatism)``, NaN
+for negative values); its angle, like RELION's, is measured from the x = image axis 1 direction
+(pinned by ``tests/test_ctf.py::test_matches_torch_ctf_under_documented_mapping``). But it computes
+in float32 whatever the input dtype, has no B-factor envelope, and rebuilds its frequency grids on
+every call, while training evaluates a CTF per particle on a 2x padded grid for every batch. The
+closed form here caches the CTF-independent grids per (shape, pixel size, device, dtype), follows the
+input dtype (float64 gradient checks) and costs one ``sin`` per frequency.
 """
 
 from __future__ import annotations
