@@ -108,8 +108,9 @@ def test_full_grid_is_hermitian_and_contains_rfft_grid():
     # Nyquist column: +1/2 in the rfft layout, -1/2 in the full one, so f(ky, 1/2) = f(-ky, -1/2)
     # (odd height: no y Nyquist row that would map onto itself).
     torch.testing.assert_close(half[..., 20 // 2], torch.roll(torch.flip(full[..., 20 // 2], (-1,)), 1, -1))
-    flipped = torch.roll(torch.flip(full, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))  # f(-k)
-    torch.testing.assert_close(flipped, full)
+    odd = ctf_2d(params, (15, 21), 1.5, rfft=False)  # odd sizes: every -k is on the grid
+    flipped = torch.roll(torch.flip(odd, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))  # f(-k)
+    torch.testing.assert_close(flipped, odd)
 
 
 def _direct_convolution(image: np.ndarray, kernel_wrapped: np.ndarray) -> np.ndarray:
