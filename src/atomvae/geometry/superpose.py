@@ -9,7 +9,8 @@ centring, the optimal RMSD of a pair depends only on the 3x3 correlation matrix 
 ``N*M`` of them come from one matrix product, and the largest eigenvalue of Horn's 4x4 quaternion
 matrix of each ``H`` (the maximal ``trace(R H)``) is found by Newton's method on its characteristic
 polynomial (Theobald's QCP, Acta Cryst. A61, 2005). That is elementwise arithmetic on all pairs at
-once, ~10x faster here than a batched 3x3 SVD, and accurate to float64 rounding.
+once, ~10x faster here than a batched 3x3 SVD, and accurate to float64 rounding except where that
+eigenvalue is a double root (collinear atoms), where it is good to ~1e-8 relative.
 """
 
 from __future__ import annotations
