@@ -139,6 +139,21 @@ class Topology:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """One protein model: ``topology`` and ``coords`` (A, 3) float64 in A, atoms in topology order."""
+
+    topology: Topology
+    coords: np.ndarray
+
+    def __post_init__(self):
+        coords = np.asarray(self.coords, dtype=np.float64)
+        if coords.shape != (self.topology.n_atoms, 3):
+            raise ValueError(f"Structure coords have shape {coords.shape}, "
+                             f"expected ({self.topology.n_atoms}, 3)")
+        object.__setattr__(self, "coords", coords)
+
+
 def residues_consecutive(chain_id: np.ndarray, res_seq: np.ndarray, ins_code: np.ndarray) -> np.ndarray:
     """(R-1,) bool: residue r+1 follows residue r in the same chain without a numbering gap.
 

@@ -1,0 +1,424 @@
+"""Read and write protein structures and ensembles.
+
+PDB and mmCIF go through gemmi; topology + trajectory files (.psf + .dcd, .gro/.tpr + .xtc, ...) and
+.dcd output go through MDAnalysis (optional dependency: ``pip install atomvae[md]``).
+
+What is read, the same way for every source (so a trajectory and a PDB of the same protein give the
+same atoms in the same order):
+- protein residues of all chains: residue names gemmi tabulates as amino acids, plus force-field
+  variants such as HSD/HIE/CYX (``topology.MD_AMINO_ACID_NAMES``); waters and ligands are skipped;
+- heavy atoms only, in file order within each residue; elements come from the atom name (a PDB without
+  an element column would otherwise give calcium for "CA");
+- alternative locations: per residue the altloc with the highest mean occupancy is kept (atoms without
+  altloc always); of point mutations (two residues with one number) the one with the higher occupancy;
+- insertion codes are kept; a residue missing N, CA or C is dropped with a warning naming it
+  (InputError with ``strict=True``);
+- chain ids: a blank chain id (PDB files written by CHARMM/NAMD often have one), or an MDAnalysis
+  topology without chain ids (e.g. PSF segments like "4AKE"), gets the next free letter A, B, C, ...
+  in order of appearance; so adk.psf's single segment 4AKE and adk_open.pdb's blank chain are both "A".
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from atomvae.errors import InputError, atomic_path
+from atomvae.structure.topology import (
+    MD_AMINO_ACID_NAMES,
+    Structure,
+    Topology,
+    compute_bonded_to_next,
+)
+
+__all__ = ["Structure", "read_ensemble", "read_structure", "write_ensemble"]
+
+STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+ENSEMBLE_WRITE_SUFFIXES = (".pdb", ".cif", ".mmcif", ".dcd")
+
+
+def is_amino_acid(res_name: str) -> bool:
+    """True for residue names of protein amino acids (gemmi's table plus MD force-field variants)."""
+    if res_name in MD_AMINO_ACID_NAMES:
+        return True
+    info = gemmi.find_tabulated_residue(res_name)
+    return info is not None and info.is_amino_acid()
+
+
+def element_from_name(atom_name: str, res_name: str, fallback: str = "") -> str:
+    """Element of a protein atom from its name: first letter of C/N/O/S/H (D = deuterium -> "H"),
+    "Se" for selenomethionine's SE; ``fallback`` otherwise."""
+    name = atom_name.strip().lstrip("0123456789").upper()
+    if name.startswith("SE") and res_name in ("MSE", "SEC"):
+        return "Se"
+    first = name[:1]
+    if first in ("C", "N", "O", "S", "H"):
+        return first
+    if first == "D":
+        return "H"
+    return fallback
+
+
+@dataclass
+class _Residue:
+    chain: str
+    res_name: str
+    res_seq: int
+    ins_code: str
+    atom_names: list[str]
+    elements: list[str]
+    source_index: list[int]  # index of each atom in the source's coordinate list
+
+
+def _structure_suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _letters_for_blank_chains(names: Iterable[str]) -> dict[str, str]:
+    """Map each blank or placeholder chain name to a free letter, in order of appearance."""
+    names = list(dict.fromkeys(names))
+    used = {n for n in names if n.strip()}
+    free = iter(c for c in string.ascii_uppercase + string.ascii_lowercase + string.digits if c not in used)
+    return {n: (n if n.strip() else next(free)) for n in names}
+
+
+def _pick_atoms(atoms: list[gemmi.Atom], res_name: str) -> list[tuple[gemmi.Atom, str]]:
+    """Heavy atoms of one residue with altlocs resolved: (atom, element) in file order."""
+    heavy = []
+    for atom in atoms:
+        element = element_from_name(atom.name, res_name, fallback=atom.element.name)
+        if element != "H" and not atom.is_hydrogen():
+            heavy.append((atom, element))
+    alts = sorted({a.altloc for a, _ in heavy if a.altloc != "\0"})
+    if not alts:
+        return heavy
+    mean_occ = {alt: np.mean([a.occ for a, _ in heavy if a.altloc == alt]) for alt in alts}
+    best = max(alts, key=lambda alt: mean_occ[alt])  # ties: the first letter (max keeps the first)
+    chosen: dict[str, tuple[gemmi.Atom, str]] = {}
+    for atom, element in heavy:
+        score = (atom.altloc in ("\0", best), atom.occ)
+        current = chosen.get(atom.name)
+        if current is None or score > (current[0].altloc in ("\0", best), current[0].occ):
+            chosen[atom.name] = (atom, element)
+    return list(chosen.values())
+
+
+def _residue_occupancy(residue: gemmi.Residue) -> float:
+    return float(np.mean([a.occ for a in residue])) if len(residue) else 0.0
+
+
+def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
+    """Protein residues of one gemmi model (all chains) and their atom coordinates (N, 3)."""
+    chain_names = _letters_for_blank_chains(chain.name for chain in model)
+    residues: list[_Residue] = []
+    coords: list[tuple[float, float, float]] = []
+    for chain in model:
+        protein = [r for r in chain if is_amino_acid(r.name)]
+        # Point mutations: residues sharing one number; keep the one with the higher occupancy.
+        kept: list[gemmi.Residue] = []
+        for res in protein:
+            if kept and kept[-1].seqid == res.seqid:
+                if _residue_occupancy(res) > _residue_occupancy(kept[-1]):
+                    kept[-1] = res
+                continue
+            kept.append(res)
+        for res in kept:
+            picked = _pick_atoms(list(res), res.name)
+            start = len(coords)
+            coords.extend((a.pos.x, a.pos.y, a.pos.z) for a, _ in picked)
+            residues.append(_Residue(
+                chain=chain_names[chain.name], res_name=res.name, res_seq=res.seqid.num,
+                ins_code=res.seqid.icode.strip(), atom_names=[a.name for a, _ in picked],
+                elements=[e for _, e in picked], source_index=list(range(start, len(coords))),
+            ))
+    return residues, np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+
+
+def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: bool,
+                    warn: bool = True) -> tuple[Topology, np.ndarray]:
+    """Drop residues without N/CA/C, then build the Topology; returns it and the source atom indices."""
+    good = []
+    for res in residues:
+        missing = [name for name in ("N", "CA", "C") if name not in res.atom_names]
+        if missing:
+            label = f"{res.chain}:{res.res_name}:{res.res_seq}{res.ins_code}"
+            problem = f"residue {label} lacks backbone atom(s) {', '.join(missing)}"
+            if strict:
+                raise InputError(path, problem)
+            if warn:
+                warnings.warn(f"{path}: {problem}; dropping it", stacklevel=3)
+            continue
+        good.append(res)
+    if not good:
+        raise InputError(path, "no protein residues with N, CA and C atoms found")
+    source = np.asarray([i for res in good for i in res.source_index], dtype=np.int64)
+    residue_index = np.repeat(np.arange(len(good)), [len(res.atom_names) for res in good])
+    chain = np.asarray([r.chain for r in good])
+    res_seq = np.asarray([r.res_seq for r in good])
+    ins_code = np.asarray([r.ins_code for r in good])
+    pos = {name: coords[[r.source_index[r.atom_names.index(name)] for r in good]] for name in ("N", "C")}
+    topology = Topology(
+        atom_name=np.asarray([n for r in good for n in r.atom_names]),
+        element=np.asarray([e for r in good for e in r.elements]),
+        residue_index=residue_index,
+        res_name=np.asarray([r.res_name for r in good]),
+        res_seq=res_seq,
+        ins_code=ins_code,
+        chain_id=chain,
+        bonded_to_next=compute_bonded_to_next(chain, res_seq, ins_code, pos["C"], pos["N"]),
+    )
+    return topology, source
+
+
+def _read_gemmi(path: Path) -> gemmi.Structure:
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if _structure_suffix(path) not in STRUCTURE_SUFFIXES:
+        raise InputError(path, f"unknown structure format; use one of {', '.join(STRUCTURE_SUFFIXES)}")
+    try:
+        st = gemmi.read_structure(str(path), merge_chain_parts=True)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(path, f"cannot read as PDB/mmCIF: {err}") from None
+    if len(st) == 0:
+        raise InputError(path, "no models (no atoms) in file")
+    return st
+
+
+def read_structure(path: str | os.PathLike, strict: bool = False) -> Structure:
+    """First model of a PDB/mmCIF file -> Structure(topology, coords (A, 3) float64 A).
+
+    See the module docstring for what is kept. InputError for a missing/unreadable file, no protein,
+    or (``strict``) a residue without N, CA or C.
+    """
+    path = Path(path)
+    st = _read_gemmi(path)
+    residues, coords = _gemmi_residues(st[0])
+    topology, source = _build_topology(residues, coords, path, strict)
+    return Structure(topology, coords[source])
+
+
+def _describe_difference(a: Topology, b: Topology) -> str:
+    if a.n_atoms != b.n_atoms:
+        return f"{b.n_atoms} atoms instead of {a.n_atoms}"
+    for field in ("atom_name", "element", "residue_index"):
+        diff = np.nonzero(getattr(a, field) != getattr(b, field))[0]
+        if len(diff):
+            i = int(diff[0])
+            return (f"atom {i + 1} is {b.residue_label(b.residue_index[i])}:{b.atom_name[i]} instead of "
+                    f"{a.residue_label(a.residue_index[i])}:{a.atom_name[i]}")
+    for field in ("res_name", "res_seq", "ins_code", "chain_id"):
+        diff = np.nonzero(getattr(a, field) != getattr(b, field))[0]
+        if len(diff):
+            i = int(diff[0])
+            return f"residue {i + 1} is {b.residue_label(i)} instead of {a.residue_label(i)}"
+    return "different atoms"
+
+
+def _apply_atom_selection(topology: Topology, coords: np.ndarray, atoms: str | None, path):
+    if atoms is None:
+        return topology, coords
+    try:
+        idx = topology.select(atoms)
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
+    return topology.subset(idx), coords[..., idx, :]
+
+
+def read_ensemble(
+    path: str | os.PathLike,
+    topology_path: str | os.PathLike | None = None,
+    atoms: str | None = None,
+    strict: bool = False,
+) -> tuple[Topology, np.ndarray]:
+    """An ensemble of structures -> (Topology, coords (M, A, 3) float64 A).
+
+    path: a multi-model PDB/mmCIF (every model must have the same atoms; InputError naming the first
+    model that differs), or a trajectory (.dcd, .xtc, .trr, .nc, ...) with ``topology_path`` (.psf,
+    .tpr, .gro, .pdb, ...) read through MDAnalysis. atoms: None (all heavy atoms) or a selection
+    kind "CA" | "backbone" | "heavy" (see ``Topology.select``); the topology is then the subset.
+    """
+    path = Path(path)
+    if topology_path is not None:
+        topology, coords = _read_md_ensemble(Path(topology_path), path, strict)
+        return _apply_atom_selection(topology, coords, atoms, path)
+    if _structure_suffix(path) not in STRUCTURE_SUFFIXES:
+        if path.is_file():
+            raise InputError(path, "a trajectory needs its topology file (.psf, .tpr, .gro, .pdb, ...) too")
+        raise InputError(path, "file not found")
+    st = _read_gemmi(path)
+    topology = None
+    frames = []
+    for k, model in enumerate(st):
+        residues, coords = _gemmi_residues(model)
+        model_topology, source = _build_topology(residues, coords, path, strict, warn=(k == 0))
+        if topology is None:
+            topology = model_topology
+        elif not model_topology.same_atoms(topology):
+            raise InputError(path, f"model {k + 1} has different atoms from model 1: "
+                                   f"{_describe_difference(topology, model_topology)}")
+        frames.append(coords[source])
+    return _apply_atom_selection(topology, np.stack(frames), atoms, path)
+
+
+def _import_mdanalysis(path):
+    try:
+        import MDAnalysis
+    except ImportError:
+        raise InputError(path, "this format needs MDAnalysis: pip install 'atomvae[md]'") from None
+    return MDAnalysis
+
+
+def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
+                      strict: bool) -> tuple[Topology, np.ndarray]:
+    """Topology + trajectory through MDAnalysis -> (Topology, coords (M, A, 3) float64 A).
+
+    Chain ids: an atom's chainID when the topology has non-blank ones, otherwise its segment's next
+    free letter (A, B, ...), matching how read_structure names blank PDB chains.
+    """
+    mda = _import_mdanalysis(trajectory_path)
+    for p in (topology_path, trajectory_path):
+        if not p.is_file():
+            raise InputError(p, "file not found")
+    try:
+        universe = mda.Universe(str(topology_path), str(trajectory_path))
+    except Exception as err:  # MDAnalysis raises many types (ValueError, OSError, IOError, EOFError...)
+        raise InputError(trajectory_path, f"cannot read with topology {topology_path}: {err}") from None
+    atoms = universe.atoms
+    names = atoms.names
+    protein = [res for res in universe.residues if is_amino_acid(str(res.resname))]
+    first_atoms = [int(res.atoms.indices[0]) for res in protein]
+    if hasattr(atoms, "chainIDs") and any(str(atoms.chainIDs[i]).strip() for i in first_atoms):
+        chain_keys = [str(atoms.chainIDs[i]).strip() for i in first_atoms]
+    else:
+        # No chain ids: one letter per segment that holds protein, in order ("4AKE" -> "A").
+        chain_keys = [f"segment {res.segindex}" for res in protein]
+        letters = dict(zip(dict.fromkeys(chain_keys), string.ascii_uppercase + string.ascii_lowercase,
+                           strict=False))
+        chain_keys = [letters[k] for k in chain_keys]
+    chain_names = _letters_for_blank_chains(chain_keys)
+    residues: list[_Residue] = []
+    for residue, chain_key in zip(protein, chain_keys, strict=True):
+        res_name = str(residue.resname)
+        picked = [(int(i), str(names[i])) for i in residue.atoms.indices]
+        picked = [(i, n, element_from_name(n, res_name)) for i, n in picked]
+        picked = [(i, n, e) for i, n, e in picked if e not in ("H", "")]
+        if not picked:
+            continue
+        icode = str(getattr(residue, "icode", "") or "").strip()
+        residues.append(_Residue(
+            chain=chain_names[chain_key], res_name=res_name, res_seq=int(residue.resid), ins_code=icode,
+            atom_names=[n for _, n, _ in picked], elements=[e for _, _, e in picked],
+            source_index=[i for i, _, _ in picked],
+        ))
+    first = atoms.positions.astype(np.float64)
+    topology, source = _build_topology(residues, first, trajectory_path, strict)
+    frames = np.empty((len(universe.trajectory), len(source), 3), dtype=np.float64)
+    for k, _ in enumerate(universe.trajectory):
+        frames[k] = atoms.positions[source]
+    return topology, frames
+
+
+def _as_coords(topology: Topology, coords, path) -> np.ndarray:
+    if hasattr(coords, "detach"):
+        coords = coords.detach().cpu().numpy()
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim == 2:
+        coords = coords[None]
+    if coords.ndim != 3 or coords.shape[1:] != (topology.n_atoms, 3):
+        raise InputError(path, f"coordinates of shape {coords.shape} do not fit {topology.n_atoms} atoms "
+                               f"(expected (M, {topology.n_atoms}, 3))")
+    if not np.all(np.isfinite(coords)):
+        raise InputError(path, "coordinates contain NaN or inf; refusing to write them")
+    return coords
+
+
+def _gemmi_structure(topology: Topology, coords: np.ndarray) -> gemmi.Structure:
+    """A gemmi Structure with one model per coordinate set, residues and atoms as in the topology."""
+    template = gemmi.Model(1)
+    starts = topology.residue_start
+    for r in range(topology.n_residues):
+        chain_name = str(topology.chain_id[r])
+        if len(template) == 0 or template[len(template) - 1].name != chain_name:
+            template.add_chain(gemmi.Chain(chain_name))
+        res = gemmi.Residue()
+        res.name = str(topology.res_name[r])
+        res.seqid = gemmi.SeqId(int(topology.res_seq[r]), str(topology.ins_code[r]) or " ")
+        res.het_flag = "A"
+        res.subchain = chain_name  # label_asym_id = the chain id (gemmi would invent "Axp")
+        for a in range(starts[r], starts[r + 1]):
+            atom = gemmi.Atom()
+            atom.name = str(topology.atom_name[a])
+            atom.element = gemmi.Element(str(topology.element[a]))
+            atom.occ = 1.0
+            atom.b_iso = 0.0
+            res.add_atom(atom)
+        template[len(template) - 1].add_residue(res)
+    st = gemmi.Structure()
+    st.name = "atomvae_ensemble"
+    for m, xyz in enumerate(coords):
+        model = template.clone()
+        model.num = m + 1
+        positions = iter(xyz.tolist())
+        for chain in model:
+            for res in chain:
+                for atom in res:
+                    atom.pos = gemmi.Position(*next(positions))
+        st.add_model(model)
+    # Entities with their sequences and label_seq_id, so mmCIF readers (ChimeraX) see proper polymers.
+    st.add_entity_types()
+    st.ensure_entities()
+    for entity in st.entities:
+        if entity.entity_type == gemmi.EntityType.Polymer and not entity.full_sequence:
+            entity.full_sequence = [res.name for res in st[0].get_subchain(entity.subchains[0])]
+    st.deduplicate_entities()
+    st.assign_label_seq_id(force=True)
+    st.assign_serial_numbers()
+    return st
+
+
+def write_ensemble(path: str | os.PathLike, topology: Topology, coords) -> list[Path]:
+    """Write structures coords (M, A, 3) (or one (A, 3)) in A with their topology; atomic.
+
+    ``.pdb``: multi-model PDB (MODEL/ENDMDL); ``.cif``/``.mmcif``: mmCIF with one pdbx_PDB_model_num per
+    structure; both keep residue names, numbers, insertion codes, chains and elements (ChimeraX, PyMOL
+    and VMD open them). ``.dcd``: DCD trajectory through MDAnalysis plus, since a DCD holds no
+    atom names, the first structure as ``<stem>_topology.pdb`` beside it (read back with
+    ``read_ensemble(dcd, topology_path=that_pdb)``). Returns the paths written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in ENSEMBLE_WRITE_SUFFIXES:
+        raise InputError(path, f"unknown ensemble format; use one of {', '.join(ENSEMBLE_WRITE_SUFFIXES)}")
+    coords = _as_coords(topology, coords, path)
+    if suffix == ".dcd":
+        topology_pdb = path.with_name(f"{path.stem}_topology.pdb")
+        _write_dcd(path, coords)
+        write_ensemble(topology_pdb, topology, coords[:1])
+        return [path, topology_pdb]
+    st = _gemmi_structure(topology, coords)
+    with atomic_path(path) as tmp:
+        if suffix == ".pdb":
+            st.write_pdb(str(tmp), gemmi.PdbWriteOptions(cryst1_record=False))
+        else:
+            st.make_mmcif_document().write_file(str(tmp))
+    return [path]
+
+
+def _write_dcd(path: Path, coords: np.ndarray) -> None:
+    mda = _import_mdanalysis(path)
+    n_models, n_atoms, _ = coords.shape
+    universe = mda.Universe.empty(n_atoms, trajectory=True)
+    with atomic_path(path) as tmp, mda.Writer(str(tmp), n_atoms=n_atoms) as writer:
+        for xyz in coords:
+            universe.atoms.positions = xyz.astype(np.float32)
+            writer.write(universe.atoms)
