@@ -1,13 +1,90 @@
-"""train (being built; see the issue tracker)."""
+"""Train the VAE on particle images: stage 1 (poses on the base structure), then stage 2 (everything).
+
+Writes a self-describing run folder: config.yaml (resolved config, version, argv), run.yaml (box, pixel
+size, noise sigma), a copy of the base structure, checkpoints every N steps and at each stage end,
+metrics.jsonl, training_curve.png, and best.yaml naming the seed with the highest held-out
+log-likelihood. The configuration is the preset, then --config FILE field by field, then the options.
+
+examples:
+  atomvae train particles.star base.pdb -o run/ --preset cpu
+  atomvae train particles.star base.pdb -o run/ --preset paper --seeds 3 --device cuda
+  atomvae train particles.star base.pdb -o run/ --poses given          # poses from a consensus refinement
+  atomvae train particles.star base.pdb -o run/ --config mine.yaml --max-steps 1000
+  atomvae train particles.star base.pdb -o run/ --resume               # continue where it stopped
+
+--config FILE (YAML) overrides any field, e.g.:
+  stage1: {epochs: 50, n_pose: 32}
+  model: {render_atoms: CA, render_sigma: 2.0}
+  data: {val_fraction: 0.1}
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from atomvae.train.config import DEVICES, POSE_MODES, PRESETS, TrainConfig, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("particles", type=Path, help="particle metadata (.star; RELION conventions)")
+    parser.add_argument("base", type=Path, help="base structure (.pdb or .cif)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="run folder to create (or resume)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                        help="starting configuration (default: cpu; paper = the exact paper numbers)")
+    parser.add_argument("--config", type=Path, help="YAML file overriding preset fields")
+    parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in -o from its last checkpoint, with the run's own config")
+    parser.add_argument("--poses", choices=POSE_MODES,
+                        help="inferred: learnt; given: the STAR file's poses, fixed; "
+                             "refine: the STAR file's poses as the start of a local refinement")
+    parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
+    parser.add_argument("--seed", type=int, help="random seed (data split, initialisation, sampling)")
+    parser.add_argument("--seeds", type=int, help="train this many seeds and keep the best (held-out LL)")
+    parser.add_argument("--val-fraction", type=float, help="fraction of particles held out")
+    parser.add_argument("--noise-sigma", type=float,
+                        help="pixel noise sigma in normalised image units (default: from the background)")
+    parser.add_argument("--epochs-stage1", type=int, help="epochs of pose-only training")
+    parser.add_argument("--epochs-stage2", type=int, help="epochs of full training")
+    parser.add_argument("--batch-size", type=int, help="images per step")
+    parser.add_argument("--workers", type=int, help="data loader worker processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset -> --config file -> command-line options (each only when given)."""
+    config = PRESETS[args.preset]
+    if args.config is not None:
+        config = load_config(args.config, base=config)
+    top = {"pose_mode": args.poses, "device": args.device, "seed": args.seed, "n_seeds": args.seeds,
+           "batch_size": args.batch_size}
+    config = dataclasses.replace(config, **{k: v for k, v in top.items() if v is not None})
+    data = {"val_fraction": args.val_fraction, "noise_sigma": args.noise_sigma, "num_workers": args.workers}
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, **{k: v for k, v in data.items() if v is not None}))
+    for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
+        if epochs is not None:
+            stage = dataclasses.replace(getattr(config, name), epochs=epochs)
+            config = dataclasses.replace(config, **{name: stage})
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("atomvae train: not available yet in this build")
+    from atomvae.train.loop import resolved_config_for_resume, train
+
+    if args.resume and (args.output / "config.yaml").is_file():
+        # The run's own config; only where it runs may change.
+        config = resolved_config_for_resume(args.output, device=args.device)
+    else:
+        config = build_config(args)
+    summary = train(config, args.particles, args.base, args.output, resume=args.resume,
+                    max_steps=args.max_steps, argv=sys.argv[1:] if sys.argv else None,
+                    show_progress=False if args.no_progress else None)
+    best = next(r for r in summary.seeds if r.seed == summary.best_seed)
+    state = "finished" if summary.complete else f"stopped at step {best.position.global_step}"
+    print(f"{state}: best seed {summary.best_seed}, held-out log-likelihood "
+          f"{best.val_log_likelihood:.2f} nats/image -> {summary.best_checkpoint}")
+    return 0

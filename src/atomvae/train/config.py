@@ -51,7 +51,8 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How particles are read, split and normalised."""
+    """How particles are split and calibrated. (Images are downsampled to ``model.image_size``: the encoder
+    and the renderer see the same grid.)"""
 
     # Held-out fraction for validation log-likelihood (model selection across seeds, per-epoch curve).
     val_fraction: float = 0.05
@@ -62,9 +63,6 @@ class DataConfig:
     noise_sigma: float | None = None
     # Images used to estimate the noise sigma and the renderer's amplitude before training.
     n_calibration_images: int = 512
-    # Downsample particles to this box (px) before the encoder; None = use the model's image_size when the
-    # stack is larger, else the stack as is.
-    downsample_to: int | None = None
     # DataLoader worker processes (0 = load in the training process; the order is identical either way).
     num_workers: int = 0
 

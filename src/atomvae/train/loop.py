@@ -1,0 +1,370 @@
+"""The training loop: stage 1 (pose path on the fixed base structure), then stage 2 (everything).
+
+Read top to bottom: :func:`train` prepares the run folder and the data once, then trains each seed with
+:func:`train_seed` and records the best seed by held-out log-likelihood (paper section 9).
+
+Exact resume: the data order of an epoch is a permutation drawn from (seed, stage, epoch) and the
+sampling noise of a step comes from a generator seeded with (seed, stage, global step), so a checkpoint
+needs only the position (stage, epoch, step within the epoch) besides the model, optimizer and global RNG
+states to continue with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from atomvae.errors import InputError, atomic_path
+from atomvae.train import run as run_folder
+from atomvae.train.checkpoint import (
+    LAST,
+    Position,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    stage_checkpoint_name,
+)
+from atomvae.train.config import TrainConfig, config_to_dict, load_config, save_config
+from atomvae.train.metrics import CURVE_FILE, MetricsLogger, plot_training_curve
+from atomvae.train.particles import ParticleSource, open_particles
+from atomvae.train.progress import TrainingProgress
+
+# Config fields that may change when a run is resumed (where and how fast it runs, not what it computes).
+RESUMABLE_CHANGES = {"device", "data.num_workers"}
+
+# Stream tags mixed into the seeds so the data order, the sampling noise and validation never share draws.
+_ORDER, _SAMPLING, _VALIDATION, _SPLIT = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    checkpoint: Path  # the seed's latest checkpoint
+    position: Position
+    val_log_likelihood: float  # mean held-out log-likelihood per image (nats) at the end of training
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    seeds: list[SeedResult]
+    best_seed: int
+    best_checkpoint: Path
+    complete: bool  # every seed finished both stages (False when stopped by max_steps)
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (numpy SeedSequence: well separated streams for nearby inputs)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).astype(np.uint64)
+               .dot(np.array([1, 2**32], dtype=np.uint64)) % np.uint64(2**63))
+
+
+def split_indices(n_particles: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) particle indices, sorted; fixed by ``seed`` and shared by all seeds of a run so their
+    held-out log-likelihoods compare on the same images. At least one image on each side."""
+    if n_particles < 2:
+        raise InputError(None, f"need at least 2 particles to hold out a validation set, got {n_particles}")
+    n_val = min(max(1, round(val_fraction * n_particles)), n_particles - 1)
+    order = np.random.default_rng(derived_seed(seed, _SPLIT)).permutation(n_particles)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def epoch_batches(train_indices: np.ndarray, batch_size: int, seed: int, stage: int, epoch: int
+                  ) -> list[list[int]]:
+    """The batches of one epoch: a permutation of the training indices from (seed, stage, epoch), cut into
+    ``batch_size`` pieces (the last may be smaller)."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, _ORDER, stage, epoch))
+    order = torch.randperm(len(train_indices), generator=generator).numpy()
+    shuffled = np.asarray(train_indices)[order]
+    return [shuffled[i:i + batch_size].tolist() for i in range(0, len(shuffled), batch_size)]
+
+
+def sampling_generator(device: torch.device, *parts: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(*parts))
+
+
+def _stages(config: TrainConfig) -> list[int]:
+    # With fixed given poses nothing of the pose path is trained, so the pose-only stage 1 is skipped.
+    return [2] if config.pose_mode == "given" else [1, 2]
+
+
+def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any]) -> dict[str, Any]:
+    stage_config = config.stage1 if stage == 1 else config.stage2
+    kwargs: dict[str, Any] = dict(
+        stage=stage, n_conf=1 if stage == 1 else stage_config.n_conf, n_pose=stage_config.n_pose,
+        weights=config.loss, pose_mode=config.pose_mode,
+    )
+    if config.pose_mode != "inferred":
+        kwargs["given_rotation"] = batch["rotation"]
+        kwargs["given_shift"] = batch["shift"]
+    return kwargs
+
+
+def _autocast(device: torch.device, config: TrainConfig):
+    """bf16 autocast on CUDA when asked; a no-op context on CPU (float32 there, always)."""
+    enabled = device.type == "cuda" and config.mixed_precision
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def validation_log_likelihood(model, source: ParticleSource, indices: Sequence[int], config: TrainConfig,
+                              stage: int, seed: int, device: torch.device) -> float:
+    """Mean held-out per-image log-likelihood (the model's IWAE-style term, nats), with sampling noise
+    fixed per run seed so successive passes differ only by the parameters."""
+    was_training = model.training
+    model.eval()
+    generator = sampling_generator(device, seed, _VALIDATION, stage)
+    total, count = 0.0, 0
+    try:
+        for batch in source.batches([list(indices[i:i + config.batch_size])
+                                     for i in range(0, len(indices), config.batch_size)], device):
+            with _autocast(device, config):
+                out = model.loss(batch["image"], batch["ctf"], generator=generator,
+                                 **_loss_kwargs(config, stage, batch))
+            values = out.per_image_log_likelihood.double()
+            total += float(values.sum())
+            count += values.numel()
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def _check_resume_config(config: TrainConfig, run_dir: Path) -> None:
+    saved = config_to_dict(load_config(run_dir / run_folder.CONFIG_FILE))
+    given = config_to_dict(config)
+
+    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    saved_flat, given_flat = flatten(saved), flatten(given)
+    differing = sorted(k for k in saved_flat
+                       if saved_flat[k] != given_flat.get(k) and k not in RESUMABLE_CHANGES)
+    if differing:
+        raise InputError(run_dir / run_folder.CONFIG_FILE,
+                         f"--resume with a different configuration ({', '.join(differing)}); "
+                         "resume with the run's own config or start a new run")
+
+
+def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Path, run_dir: Path,
+                        resume: bool, argv: Sequence[str] | None, source: ParticleSource
+                        ) -> dict[str, Any]:
+    """Write (fresh run) or check (resume) config.yaml, run.yaml, base.*, split.npz; return run.yaml."""
+    if resume:
+        if not (run_dir / run_folder.CONFIG_FILE).is_file():
+            raise InputError(run_dir, "--resume: not a run folder (config.yaml is missing)")
+        _check_resume_config(config, run_dir)
+        info = run_folder.read_run_info(run_dir)
+        if int(info["box"]) != source.box or not math.isclose(info["pixel_size"], source.pixel_size,
+                                                                 rel_tol=1e-4):
+            raise InputError(particles_path, f"box {source.box} px / {source.pixel_size:.4g} A differs from "
+                                             f"the run's {info['box']} px / {info['pixel_size']:.4g} A")
+        return info
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise InputError(run_dir, "output folder is not empty; use --resume to continue it or choose another")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_idx, val_idx = split_indices(source.n_particles, config.data.val_fraction, config.seed)
+    with atomic_path(run_dir / run_folder.SPLIT_FILE) as tmp:
+        np.savez(tmp, train=train_idx, val=val_idx)
+    # The noise level is a property of the data: estimated once, from training images only.
+    if config.data.noise_sigma is not None:
+        noise_sigma, noise_source = float(config.data.noise_sigma), "given"
+    else:
+        calibration = train_idx[: config.data.n_calibration_images]
+        noise_sigma, noise_source = source.estimate_noise_sigma(calibration), "estimated from background"
+    with atomic_path(run_dir / f"{run_folder.BASE_STEM}{base_path.suffix.lower()}") as tmp:
+        shutil.copyfile(base_path, tmp)
+    info = {
+        "particles": str(particles_path.resolve()),
+        "base_source": str(base_path.resolve()),
+        "box": source.box,
+        "pixel_size": source.pixel_size,
+        "original_box": source.original_box,
+        "noise_sigma": noise_sigma,
+        "noise_sigma_source": noise_source,
+        "n_particles": source.n_particles,
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+    }
+    run_folder.write_yaml(run_dir / run_folder.RUN_INFO_FILE, info)
+    save_config(config, run_dir / run_folder.CONFIG_FILE, argv=list(argv) if argv is not None else None)
+    return info
+
+
+def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path, run_dir: str | Path,
+          resume: bool = False, max_steps: int | None = None, argv: Sequence[str] | None = None,
+          show_progress: bool | None = None) -> RunSummary:
+    """Train ``config.n_seeds`` models on a particle file and keep the best by held-out log-likelihood.
+
+    particles_path: .star (or any format ``atomvae.data`` reads); base_path: PDB/mmCIF base structure.
+    run_dir: the run folder (layout in ``atomvae.train.run``). ``max_steps``: stop each seed once its
+    global step reaches this (a checkpoint is written there; ``resume=True`` continues it).
+    """
+    from atomvae.structure.io import read_structure
+
+    particles_path, base_path, run_dir = Path(particles_path), Path(base_path), Path(run_dir)
+    if not base_path.is_file():
+        raise InputError(base_path, "base structure not found")
+    device = run_folder.resolve_device(config.device)
+    source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
+    info = _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source)
+    train_idx, val_idx = run_folder.read_split(run_dir)
+    val_idx = val_idx[: config.data.max_val_images]
+    structure = read_structure(run_folder.base_structure_path(run_dir))
+
+    results = []
+    for seed in config.seeds:
+        results.append(train_seed(config, seed, source, structure, info, train_idx, val_idx, run_dir,
+                                  device, resume=resume, max_steps=max_steps, show_progress=show_progress))
+    best = max(results, key=lambda r: r.val_log_likelihood if math.isfinite(r.val_log_likelihood)
+               else -math.inf)
+    run_folder.write_yaml(run_dir / run_folder.BEST_FILE, {
+        "seed": best.seed,
+        "checkpoint": str(best.checkpoint.relative_to(run_dir)),
+        "val_log_likelihood": best.val_log_likelihood,
+        "complete": all(r.position.complete for r in results),
+        "seeds": {r.seed: {"val_log_likelihood": r.val_log_likelihood, "global_step": r.position.global_step,
+                           "complete": r.position.complete} for r in results},
+    })
+    return RunSummary(run_dir=run_dir, seeds=results, best_seed=best.seed, best_checkpoint=best.checkpoint,
+                      complete=all(r.position.complete for r in results))
+
+
+def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure, info: dict[str, Any],
+               train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, device: torch.device, *,
+               resume: bool = False, max_steps: int | None = None, show_progress: bool | None = None
+               ) -> SeedResult:
+    """Train one seed in RUN/seed_<seed>/ (resuming from its last checkpoint when asked and present)."""
+    ckpt_dir = run_folder.checkpoint_dir(run_dir, seed)
+    last = ckpt_dir / LAST
+    payload = load_checkpoint(last, map_location=device) if resume and last.is_file() else None
+    position = payload["position"] if payload is not None else Position(stage=_stages(config)[0])
+    model_init = {k: info[k] for k in ("box", "pixel_size", "noise_sigma")}
+
+    torch.manual_seed(derived_seed(seed))  # parameter initialisation (and anything else on the global RNG)
+    model = run_folder.build_model(config, structure.topology, structure.coords, info).to(device)
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        restore_rng_state(payload["rng"])
+    else:
+        calibration = source.load(train_idx[: config.data.n_calibration_images].tolist(), device)
+        model.initialise_amplitude(calibration["image"], calibration["ctf"])
+    model.train()
+
+    def checkpoint(path: Path, optimizer, metrics: dict[str, Any] | None = None) -> None:
+        save_checkpoint(path, model=model, optimizer=optimizer, position=position, model_init=model_init,
+                        seed=seed, metrics=metrics)
+
+    stages = [s for s in _stages(config) if s >= position.stage]
+    if max_steps is not None and position.global_step >= max_steps:
+        stages = []  # already there (resuming a run that stopped at this max_steps)
+    images_per_epoch = len(train_idx)
+    total_images = sum(images_per_epoch * (config.stage1 if s == 1 else config.stage2).epochs
+                       for s in _stages(config))
+    done_images = _images_done(config, position, images_per_epoch, len(train_idx))
+    stopped = False
+    with MetricsLogger(run_folder.seed_dir(run_dir, seed),
+                       resume_step=position.global_step if payload is not None else None) as metrics, \
+            TrainingProgress(total_images, done_images, enabled=show_progress, desc=f"seed {seed}") as bar:
+        for stage in stages:
+            stage_config = config.stage1 if stage == 1 else config.stage2
+            optimizer = torch.optim.Adam(model.trainable_parameters(stage), lr=stage_config.learning_rate)
+            # A stage-end checkpoint carries no optimizer (the next stage starts a fresh Adam on its own
+            # parameter set); a mid-stage one carries the stage's Adam moments.
+            if payload is not None and position.stage == stage and payload["optimizer"] is not None:
+                optimizer.load_state_dict(payload["optimizer"])
+            first_epoch = position.epoch if position.stage == stage else 0
+            for epoch in range(first_epoch, stage_config.epochs):
+                for group in optimizer.param_groups:
+                    group["lr"] = stage_config.learning_rate_at(epoch)
+                batches = epoch_batches(train_idx, config.batch_size, seed, stage, epoch)
+                resuming_here = (position.stage, position.epoch) == (stage, epoch)
+                first_step = position.step_in_epoch if resuming_here else 0
+                for step_in_epoch, batch in enumerate(source.batches(batches[first_step:], device),
+                                                      start=first_step):
+                    started = time.perf_counter()
+                    out, finite = _train_step(model, optimizer, batch, config, stage, device,
+                                              sampling_generator(device, seed, _SAMPLING, stage,
+                                                                 position.global_step))
+                    n_images = len(batch["image"])
+                    position = Position(stage, epoch, step_in_epoch + 1, position.global_step + 1)
+                    if position.global_step % config.log_every == 0 or not finite:
+                        metrics.log({"kind": "train", "step": position.global_step, "stage": stage,
+                                     "epoch": epoch, "loss": float(out.total), "finite": finite,
+                                     **{k: float(v) for k, v in out.terms.items()},
+                                     "images_per_s": n_images / (time.perf_counter() - started),
+                                     "lr": optimizer.param_groups[0]["lr"]})
+                    bar.update(n_images, stage=stage, loss=float(out.total))
+                    if position.global_step % config.checkpoint_every == 0:
+                        checkpoint(last, optimizer)
+                    if max_steps is not None and position.global_step >= max_steps:
+                        stopped = True
+                        break
+                if stopped:
+                    break
+                if (epoch + 1) % config.validate_every == 0 or epoch + 1 == stage_config.epochs:
+                    val = validation_log_likelihood(model, source, val_idx, config, stage, seed, device)
+                    metrics.log({"kind": "val", "step": position.global_step, "stage": stage, "epoch": epoch,
+                                 "val_log_likelihood": val})
+                position = Position(stage, epoch + 1, 0, position.global_step)
+            if stopped:
+                checkpoint(last, optimizer)
+                break
+            position = Position(stage + 1, 0, 0, position.global_step)
+            checkpoint(ckpt_dir / stage_checkpoint_name(stage), None)
+            checkpoint(last, None)
+
+    # Model selection compares seeds on the final stage's objective (stage 1 only if stopped before 2).
+    final_stage = min(position.stage, 2)
+    val = validation_log_likelihood(model, source, val_idx, config, final_stage, seed, device)
+    if not last.is_file():  # max_steps = 0: keep the initial model so the folder is usable
+        checkpoint(last, None)
+    plot_training_curve(run_folder.seed_dir(run_dir, seed) / "metrics.jsonl",
+                        run_folder.seed_dir(run_dir, seed) / CURVE_FILE)
+    return SeedResult(seed=seed, checkpoint=last, position=position, val_log_likelihood=val)
+
+
+def _train_step(model, optimizer, batch: dict[str, Any], config: TrainConfig, stage: int,
+                device: torch.device, generator: torch.Generator):
+    """One Adam step on one batch; returns (LossOutput, whether the loss was finite).
+
+    A non-finite loss would poison Adam's moments, so that update is skipped (and logged by the caller).
+    """
+    with _autocast(device, config):
+        out = model.loss(batch["image"], batch["ctf"], generator=generator,
+                         **_loss_kwargs(config, stage, batch))
+    optimizer.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(out.total))
+    if finite:
+        out.total.backward()
+        optimizer.step()
+    return out, finite
+
+
+def _images_done(config: TrainConfig, position: Position, images_per_epoch: int, n_train: int) -> int:
+    """Images already processed before ``position`` (for the progress bar's starting point)."""
+    done = 0
+    for stage in _stages(config):
+        stage_config = config.stage1 if stage == 1 else config.stage2
+        if stage < position.stage:
+            done += images_per_epoch * stage_config.epochs
+        elif stage == position.stage:
+            in_epoch = min(n_train, position.step_in_epoch * config.batch_size)
+            done += images_per_epoch * position.epoch + in_epoch
+    return done
+
+
+def resolved_config_for_resume(run_dir: str | Path, device: str | None = None) -> TrainConfig:
+    """The config a run was started with (config.yaml), optionally on another device."""
+    config = load_config(Path(run_dir) / run_folder.CONFIG_FILE)
+    return replace(config, device=device) if device is not None else config
