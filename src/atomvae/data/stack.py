@@ -1,0 +1,122 @@
+"""Memory-mapped particle stacks: one or several .mrcs files read lazily as one indexable set.
+
+Headers are read with mrcfile (``permissive=False``, so a corrupt header is an error, not a warning)
+and checked against the file size before mapping: a truncated copy reports the expected and actual
+sizes instead of failing inside ``mmap``. The pixel data are then mapped with ``numpy.memmap``
+(offset and dtype from the header) rather than kept as open mrcfile objects, so a stack pickles
+cheaply into DataLoader worker processes and reopens its maps there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import mrcfile
+import mrcfile.utils
+import numpy as np
+import torch
+
+from atomvae.data import validate
+from atomvae.errors import InputError
+
+
+class StackFile:
+    """Header facts of one .mrcs: n_images, box, dtype, offset (bytes), pixel_size (A, 0 = unset)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = validate.check_exists(path, "image stack")
+        try:
+            with mrcfile.open(self.path, mode="r", header_only=True, permissive=False) as mrc:
+                header = mrc.header
+                dtype = mrcfile.utils.data_dtype_from_header(header)
+                nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+                offset = header.nbytes + int(header.nsymbt)
+                pixel_size = float(mrc.voxel_size.x)
+        except (ValueError, OSError) as err:
+            raise InputError(self.path, f"not a readable MRC stack ({err})") from None
+        validate.check_stack_size(self.path, nz, ny, nx, dtype.itemsize, offset)
+        validate.check_square(self.path, ny, nx)
+        self.n_images, self.box, self.dtype, self.offset, self.pixel_size = nz, nx, dtype, offset, pixel_size
+
+    def memmap(self) -> np.ndarray:
+        """The images ``(n_images, box, box)`` as a read-only memory map in the file's dtype."""
+        return np.memmap(
+            self.path,
+            dtype=self.dtype,
+            mode="r",
+            offset=self.offset,
+            shape=(self.n_images, self.box, self.box),
+        )
+
+
+class ParticleStack:
+    """Particles drawn from one or several stacks, loaded lazily.
+
+    paths: the stack files. file_index, image_index ``(N,)``: particle i is image ``image_index[i]``
+    (0-based) of ``paths[file_index[i]]``; if omitted, the particles are all images of all files in
+    order. ``stack[i]`` is ``(H, W)``, ``stack[indices]`` / ``stack[a:b]`` ``(n, H, W)``, float32 tensors.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        file_index: np.ndarray | None = None,
+        image_index: np.ndarray | None = None,
+    ):
+        self.files = [StackFile(p) for p in paths]
+        if not self.files:
+            raise ValueError("ParticleStack needs at least one file")
+        boxes = {f.box for f in self.files}
+        if len(boxes) > 1:
+            sizes = ", ".join(f"{f.path.name}: {f.box}" for f in self.files)
+            raise InputError(self.files[0].path, f"stacks have different image sizes ({sizes})")
+        self.box = self.files[0].box
+        if file_index is None:
+            counts = [f.n_images for f in self.files]
+            file_index = np.repeat(np.arange(len(self.files)), counts)
+            image_index = np.concatenate([np.arange(c) for c in counts])
+        self.file_index = np.asarray(file_index, dtype=np.int64)
+        self.image_index = np.asarray(image_index, dtype=np.int64)
+        self._maps: list[np.ndarray] | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+    def __len__(self) -> int:
+        return len(self.file_index)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maps"] = None  # memory maps are reopened lazily in the receiving process
+        return state
+
+    def _memmaps(self) -> list[np.ndarray]:
+        if self._maps is None:
+            self._maps = [f.memmap() for f in self.files]
+        return self._maps
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Images of particles ``indices (n,)`` as float32 numpy ``(n, H, W)`` (in the given order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        files = self.file_index[indices]
+        images = self.image_index[indices]
+        maps = self._memmaps()
+        for f in np.unique(files):
+            where = np.flatnonzero(files == f)
+            # sorted reads walk the file forwards; np.unique also drops repeats
+            wanted, inverse = np.unique(images[where], return_inverse=True)
+            out[where] = maps[f][wanted][inverse]
+        return out
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, (int, np.integer)):
+            return torch.from_numpy(self.read(np.array([idx]))[0])
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        return torch.from_numpy(self.read(np.asarray(idx)))

@@ -1,0 +1,120 @@
+"""The bad-input catalogue for particle data: one check per function, one message per problem.
+
+Every check raises ``atomvae.errors.InputError(path, problem)`` naming the file at fault, so the CLI
+prints one line such as ``atomvae: error: run/particles.star: missing CTF column(s) rlnDefocusV``.
+Readers only read: nothing here (or in the readers) writes or moves user files. Tests assert on each
+message (tests/test_validate.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from atomvae.errors import InputError
+
+# Relative disagreement tolerated between a stack header's voxel size and the metadata's pixel size.
+PIXEL_SIZE_TOLERANCE = 0.01
+
+
+def check_exists(path: str | os.PathLike, what: str = "file") -> Path:
+    """The file must exist and be a regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{what} not found")
+    if not path.is_file():
+        raise InputError(path, f"{what} is not a regular file")
+    return path
+
+
+def check_stack_size(path: Path, n_images: int, height: int, width: int, itemsize: int, header_bytes: int):
+    """The file must hold all the images its header announces (a truncated copy does not)."""
+    expected = header_bytes + n_images * height * width * itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(
+            path,
+            f"truncated stack: header announces {n_images} images of {height}x{width} "
+            f"({expected} bytes with the header) but the file has {actual} bytes",
+        )
+
+
+def check_square(path: Path, height: int, width: int) -> None:
+    if height != width:
+        raise InputError(
+            path, f"images are {height}x{width} pixels (height x width); square images are needed"
+        )
+
+
+def check_count(
+    meta_path: Path, n_meta: int, stack_path: Path, n_images: int, what: str = "particles"
+) -> None:
+    """Metadata that lists one row per image of a stack must have as many rows as the stack has images."""
+    if n_meta != n_images:
+        raise InputError(
+            meta_path, f"lists {n_meta} {what} but stack {stack_path.name} holds {n_images} images"
+        )
+
+
+def check_index_range(
+    meta_path: Path, rows: np.ndarray, image_index: np.ndarray, stack_path: Path, n_images: int
+) -> None:
+    """Every (0-based) image index into ``stack_path`` must be inside the stack; names the first bad row."""
+    bad = np.flatnonzero((image_index < 0) | (image_index >= n_images))
+    if bad.size:
+        first = int(bad[0])
+        raise InputError(
+            meta_path,
+            f"particle {int(rows[first]) + 1} refers to image {int(image_index[first]) + 1} of "
+            f"{stack_path.name}, which holds {n_images} images ({bad.size} such particles)",
+        )
+
+
+def check_columns(path: Path, present: Iterable[str], required: Iterable[str], what: str) -> None:
+    """All ``required`` columns must be ``present``; the message lists every missing one."""
+    present = set(present)
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise InputError(path, f"missing {what} column(s) {', '.join(missing)}")
+
+
+def check_pixel_size(stack_path: Path, header_pixel_size: float, meta_path: Path, meta_pixel_size: float):
+    """A stack header that states a voxel size (non-zero) must agree with the metadata's pixel size."""
+    if (
+        header_pixel_size > 0
+        and abs(header_pixel_size - meta_pixel_size) > PIXEL_SIZE_TOLERANCE * meta_pixel_size
+    ):
+        raise InputError(
+            stack_path,
+            f"pixel size {header_pixel_size:g} A in the header disagrees with {meta_pixel_size:g} A "
+            f"in {meta_path.name}",
+        )
+
+
+def check_positive(path: Path, name: str, value: float) -> None:
+    if not np.isfinite(value) or value <= 0:
+        raise InputError(path, f"{name} must be a positive number, got {value}")
+
+
+def check_finite_images(stack_path: Path, bad_particles: np.ndarray, strict: bool) -> int:
+    """NaN/Inf images: with ``strict`` an error naming the first one, else their count (they are skipped)."""
+    if strict and bad_particles.size:
+        raise InputError(
+            stack_path,
+            f"{bad_particles.size} image(s) contain NaN or Inf values (first: particle "
+            f"{int(bad_particles[0]) + 1}); drop --strict to skip them",
+        )
+    return int(bad_particles.size)
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """An output folder must not exist unless ``overwrite``; it must never be an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output path exists and is not a folder")
+    if path.exists() and not overwrite:
+        raise InputError(path, "output folder already exists; pass --overwrite to replace it")
+    return path
