@@ -15,6 +15,7 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 from atomvae.errors import InputError
+from atomvae.structure.select import parse_atom_selection
 
 __all__ = [
     "DistanceSpec", "MarginalComparison", "parse_distance", "atom_distances", "compare_marginal",
@@ -35,13 +36,8 @@ class DistanceSpec:
 
     def atom_indices(self, topology, source=None) -> tuple[int, int]:
         """Atom indices of both ends in ``topology`` (InputError naming ``source`` if one is absent)."""
-        from atomvae.structure.select import parse_atom_selection
-
-        try:
-            return parse_atom_selection(self.atom_a, topology), parse_atom_selection(self.atom_b, topology)
-        except InputError as err:
-            # Re-raise naming the ensemble file, not the selection string alone.
-            raise InputError(source if source is not None else err.path, err.problem) from None
+        return (parse_atom_selection(self.atom_a, topology, source),
+                parse_atom_selection(self.atom_b, topology, source))
 
 
 def parse_distance(text: str) -> DistanceSpec:

@@ -1,0 +1,325 @@
+"""``atomvae evaluate`` as one library call: read the ensembles, compute EMD-RMSD with its references,
+distance marginals, optionally a trained run's latent space, conditional accuracy and training curves,
+and write the report (HTML + PNGs + JSON).
+
+Inputs of the optional run part (see ``conditional.py``):
+  RUN/                    a run folder (``atomvae train``): the model for posterior samples and
+                          ``seed_*/metrics.jsonl`` for training curves;
+  latents.npz             ``atomvae encode`` output (mu, sigma (N, L), index (N,) into the particles);
+                          default RUN/latents.npz;
+  truth.npz               ``atomvae simulate`` output: per particle, the index of its true structure in
+                          the simulated ensemble (ENSEMBLE, the file given to simulate).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from atomvae.errors import InputError
+from atomvae.evaluate import plots
+from atomvae.evaluate.atom_matching import match_atoms
+from atomvae.evaluate.conditional import (
+    conditional_distance_correlation,
+    latent_pca,
+    posterior_distances,
+    read_latents,
+)
+from atomvae.evaluate.emd_rmsd import EmdComparison, compare_ensembles
+from atomvae.evaluate.marginals import (
+    DistanceSpec,
+    atom_distances,
+    compare_marginal,
+    mode_proportions,
+    parse_distance,
+)
+from atomvae.evaluate.report import ReportFigure, ReportSection, summary_text, write_json, write_report
+from atomvae.structure.io import read_ensemble, read_structure
+
+__all__ = ["EvaluateConfig", "evaluate", "read_truth_frames", "run_metrics_records"]
+
+# Keys of truth.npz that may hold each particle's index into the simulated ensemble, most specific first.
+TRUTH_FRAME_KEYS = ("frame_index", "structure_index", "frame", "conformation")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Everything ``atomvae evaluate`` needs; paths as given by the user (errors name them)."""
+
+    pred: Path
+    gt: Path
+    pred_topology: Path | None = None
+    gt_topology: Path | None = None
+    n: int = 2048
+    atoms: str = "CA"
+    seed: int = 0
+    base: Path | None = None
+    distances: tuple[str, ...] = ()
+    cutoffs: tuple[float, ...] = ()
+    out_dir: Path = Path("evaluation")
+    json_path: Path | None = None
+    run: Path | None = None
+    latents: Path | None = None
+    particles: Path | None = None
+    truth: Path | None = None
+    ensemble_source: Path | None = None
+    ensemble_source_topology: Path | None = None
+    posterior_samples: int = 16
+    device: str = "cpu"
+    write_report: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+
+def _read(path: Path, topology_path: Path | None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MDAnalysis chatter; real problems raise InputError
+        return read_ensemble(path, topology_path)
+
+
+def read_truth_frames(truth_path: Path, particle_index: np.ndarray | None = None) -> np.ndarray:
+    """Per particle (N,) the index of its true structure in the simulated ensemble, from truth.npz.
+
+    particle_index: rows to take (a latents file's ``index``); InputError if out of range.
+    """
+    truth_path = Path(truth_path)
+    if not truth_path.is_file():
+        raise InputError(truth_path, "truth file not found")
+    try:
+        with np.load(truth_path) as data:
+            key = next((k for k in TRUTH_FRAME_KEYS if k in data), None)
+            if key is None:
+                raise InputError(truth_path, f"has none of the keys {', '.join(TRUTH_FRAME_KEYS)} "
+                                             f"(it has {', '.join(data.files)})")
+            frames = np.asarray(data[key]).astype(np.int64).reshape(-1)
+    except (OSError, ValueError) as err:
+        raise InputError(truth_path, f"not a readable .npz file: {err}") from None
+    if particle_index is None:
+        return frames
+    if len(particle_index) and (particle_index.max() >= len(frames) or particle_index.min() < 0):
+        raise InputError(truth_path, f"holds {len(frames)} particles but the latents refer to particle "
+                                     f"{int(particle_index.max())}; are they from the same data set?")
+    return frames[particle_index]
+
+
+def run_metrics_records(run_dir: Path) -> list[dict]:
+    """Training metrics of a run: the best (else first) seed's metrics.jsonl, or RUN/metrics.jsonl."""
+    from atomvae.train.metrics import read_metrics
+
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "metrics.jsonl"]
+    try:
+        from atomvae.train.run import best_checkpoint_path, seed_dir
+
+        seed, _ = best_checkpoint_path(run_dir)
+        candidates.insert(0, seed_dir(run_dir, seed) / "metrics.jsonl")
+    except InputError:
+        pass
+    candidates += sorted(run_dir.glob("seed_*/metrics.jsonl"))
+    for path in candidates:
+        if path.is_file():
+            return read_metrics(path)
+    return []
+
+
+def _fmt(x, unit=" A"):
+    return "n/a" if x is None else f"{x:.3f}{unit}"
+
+
+def _emd_section(cmp: EmdComparison, config: EvaluateConfig, atom_note: str) -> ReportSection:
+    rows = [("EMD-RMSD (model)", _fmt(cmp.model.emd_rmsd)), ("N per ensemble", str(cmp.n)),
+            ("atoms compared", atom_note)]
+    if cmp.base_only is not None:
+        rows.append(("base structure only", _fmt(cmp.base_only)))
+    if cmp.floor is not None:
+        rows.append(("finite-sample floor", _fmt(cmp.floor.emd_rmsd)))
+    if cmp.recovered_fraction is not None:
+        rows.append(("recovered fraction", f"{cmp.recovered_fraction:.3f}"))
+    rows.append(("median / max assigned RMSD", f"{np.median(cmp.model.assigned_rmsd):.3f} / "
+                                               f"{cmp.model.assigned_rmsd.max():.3f} A"))
+    paragraphs = [
+        "EMD-RMSD (paper section 4): N structures drawn without replacement from each ensemble, RMSD after "
+        "optimal rigid superposition for every pair, optimal one-to-one assignment, mean assigned RMSD. "
+        "Lower is better."]
+    if config.base is not None:
+        paragraphs.append(
+            "References on the same ground-truth draw: 'base structure only' is the EMD-RMSD of N copies "
+            "of the base structure (no heterogeneity learnt); the 'floor' is the EMD-RMSD between two "
+            "disjoint ground-truth draws (the best a perfect model could score at this N); recovered "
+            "fraction = (base - model) / (base - floor): 0 means nothing learnt beyond the base, 1 means "
+            "as good as the ground truth itself.")
+    paragraphs += list(cmp.notes)
+    fig = ReportFigure("emd_rmsd", plots.emd_figure(cmp, config.atoms),
+                       "Left: EMD-RMSD of the model and its references. "
+                       "Right: the per-pair RMSDs they average.")
+    return ReportSection("EMD-RMSD", rows=rows, paragraphs=paragraphs, figures=[fig])
+
+
+def _distance_part(specs: list[DistanceSpec], cutoffs: list[float | None], pred_top, pred_coords, gt_top,
+                   gt_coords, config: EvaluateConfig):
+    pred_pairs = np.array([s.atom_indices(pred_top, config.pred) for s in specs])
+    gt_pairs = np.array([s.atom_indices(gt_top, config.gt) for s in specs])
+    pred_d = atom_distances(pred_coords, pred_pairs)
+    gt_d = atom_distances(gt_coords, gt_pairs)
+    comparisons = [compare_marginal(pred_d[:, k], gt_d[:, k], s.label, cutoffs[k])
+                   for k, s in enumerate(specs)]
+    summary = {"distances": [c.to_dict() for c in comparisons]}
+    figures = [ReportFigure("distance_histograms", plots.distance_histograms(pred_d, gt_d, comparisons),
+                            "Distance marginals on shared bins; W1 = 1D Wasserstein-1 distance between "
+                            "predicted and true distributions (A, lower is better).")]
+    rows = [(c.label, f"W1 {c.wasserstein_1:.3f} A; mean pred {c.pred_mean:.2f} vs GT {c.gt_mean:.2f} A; "
+                      f"sd pred {c.pred_std:.2f} vs GT {c.gt_std:.2f} A") for c in comparisons]
+    for c in comparisons:
+        if c.cutoff is not None:
+            rows.append((f"{c.label} < {c.cutoff:g} A", f"pred {c.pred_below:.1%}, GT {c.gt_below:.1%}"))
+    with_cut = [k for k, c in enumerate(cutoffs) if c is not None]
+    if with_cut:
+        labels = [f"d{k + 1}" for k in with_cut]
+        cuts = [cutoffs[k] for k in with_cut]
+        props = {"prediction": mode_proportions(pred_d[:, with_cut], cuts, labels),
+                 "ground truth": mode_proportions(gt_d[:, with_cut], cuts, labels)}
+        summary["mode_proportions"] = props
+        for group in props["prediction"]:
+            rows.append((f"mode {group}", f"pred {props['prediction'][group]:.1%}, "
+                                          f"GT {props['ground truth'][group]:.1%}"))
+    else:
+        props = None
+    if len(specs) >= 2:
+        pair_props = props if with_cut == [0, 1] else None
+        figures.append(ReportFigure(
+            "distance_scatter",
+            plots.distance_scatter(pred_d[:, :2], gt_d[:, :2], [s.label for s in specs[:2]], cutoffs[:2],
+                                   pair_props),
+            "Each structure as a point at the first two distances (paper figure 8); dashed lines are the "
+            "cutoffs; the bars give the fraction of structures in each group."))
+    names = ", ".join(f"d{k + 1} = {s.label}" for k, s in enumerate(specs))
+    section = ReportSection("Distance marginals", rows=rows, figures=figures,
+                            paragraphs=[f"Distances between atom pairs across the same N-structure draws as "
+                                        f"EMD-RMSD ({names})."])
+    return section, summary
+
+
+def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
+    """Latent space, conditional accuracy and training curves of a trained run."""
+    sections, summary = [], {}
+    records = run_metrics_records(config.run)
+    latents_path = config.latents if config.latents is not None else Path(config.run) / "latents.npz"
+    latents = read_latents(latents_path) if (config.latents is not None or latents_path.is_file()) else None
+    frames = None
+    if latents is not None:
+        if config.truth is not None:
+            frames = read_truth_frames(config.truth, latents.index)
+        proj, explained = latent_pca(latents.mu, 2)
+        fig = plots.latent_figure(proj, explained, frames)
+        coloured = (", coloured by the index of each particle's true structure in the simulated ensemble "
+                    "(a smooth colour gradient means the latent space orders conformations).")
+        text = ["PCA of the posterior means of the encoded particles"
+                + (coloured if frames is not None else ".")]
+        caption = f"{len(latents.mu)} particles, {latents.mu.shape[1]} latent dimensions."
+        sections.append(ReportSection("Latent space", paragraphs=text, figures=[
+            ReportFigure("latent_pca", fig, caption)],
+            rows=[("explained variance PC1, PC2", ", ".join(f"{e:.1%}" for e in explained))]))
+        summary["latent_pca_explained_variance"] = explained.tolist()
+    if latents is not None and frames is not None and specs and config.ensemble_source is not None:
+        from atomvae.train.run import load_run
+
+        source_top, source_coords = _read(config.ensemble_source, config.ensemble_source_topology)
+        if frames.max() >= len(source_coords) or frames.min() < 0:
+            raise InputError(config.truth, f"refers to structure {int(frames.max())} but "
+                                           f"{config.ensemble_source} holds {len(source_coords)}")
+        run = load_run(config.run, device=config.device)
+        true_pairs = np.array([s.atom_indices(source_top, config.ensemble_source) for s in specs])
+        model_pairs = np.array([s.atom_indices(run.topology, config.run) for s in specs])
+        truth_d = atom_distances(source_coords[frames], true_pairs)  # (N, P)
+        samples = posterior_distances(lambda z: run.model.decode(z, "all"), latents, model_pairs,
+                                      config.posterior_samples, config.seed, device=run.device)  # (N, S, P)
+        r = {s.label: conditional_distance_correlation(samples[:, :, k], truth_d[:, k])
+             for k, s in enumerate(specs)}
+        summary["conditional"] = {"pearson_r": r, "n_particles": len(frames),
+                                  "posterior_samples": config.posterior_samples}
+        figs = [ReportFigure(f"conditional_d{k + 1}",
+                             plots.conditional_figure(samples[:, :, k], truth_d[:, k], s.label, r[s.label]),
+                             f"Posterior samples of {s.label} against the particle's true value.")
+                for k, s in enumerate(specs)]
+        sections.append(ReportSection(
+            "Conditional accuracy", figures=figs, rows=[(k, f"Pearson r = {v:.3f}") for k, v in r.items()],
+            paragraphs=["Per particle, distances in posterior samples (z = mu + sigma * eps, decoded) "
+                        "against the distance in that particle's true structure (paper figure 9). r near 1: "
+                        "each image alone pins down its conformation; near 0: only the ensemble is "
+                        "recovered."]))
+    if records:
+        fig = plots.training_curves_figure(records)
+        if fig is not None:
+            sections.append(ReportSection("Training curves", figures=[
+                ReportFigure("training_curves", fig, "Every numeric metric of the run's metrics.jsonl over "
+                                                     "training steps, one colour per stage.")],
+                rows=[("records", str(len(records))), ("last step", str(records[-1].get("step")))]))
+    return sections, summary
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Run the evaluation; write the report (out_dir/report.html, PNGs, summary.json) and
+    ``config.json_path``; return the summary dict (also printed by the CLI via ``summary_text``)."""
+    if len(config.cutoffs) > len(config.distances):
+        raise InputError(None, f"{len(config.cutoffs)} --cutoff values for {len(config.distances)} "
+                               "--distance; give at most one cutoff per distance, in the same order")
+    specs = [parse_distance(d) for d in config.distances]
+    cutoffs: list[float | None] = list(config.cutoffs) + [None] * (len(specs) - len(config.cutoffs))
+    if (config.truth is not None or config.ensemble_source is not None or config.latents is not None) \
+            and config.run is None:
+        raise InputError(None, "--latents, --truth and --ensemble-source need --run")
+
+    pred_top, pred_coords = _read(config.pred, config.pred_topology)
+    gt_top, gt_coords = _read(config.gt, config.gt_topology)
+    tops = {"gt": (gt_top, config.gt), "pred": (pred_top, config.pred)}
+    base_coords = None
+    if config.base is not None:
+        base = read_structure(config.base)
+        tops["base"] = (base.topology, config.base)
+    match = match_atoms(tops, config.atoms)
+    pred_sel = pred_coords[:, match.indices["pred"]]
+    gt_sel = gt_coords[:, match.indices["gt"]]
+    if config.base is not None:
+        base_coords = base.coords[match.indices["base"]]
+    cmp = compare_ensembles(pred_sel, gt_sel, config.n, config.seed, base_coords, config.pred, config.gt)
+
+    n_sel = {"gt": len(gt_top.select(config.atoms)), "pred": len(pred_top.select(config.atoms))}
+    atom_note = f"{match.n_atoms} {config.atoms} atoms"
+    if len(set(n_sel.values()) | {match.n_atoms}) > 1:
+        atom_note += f" in common (pred has {n_sel['pred']}, GT {n_sel['gt']})"
+    if match.ignored_chain_ids:
+        atom_note += "; chain IDs differ and were ignored"
+
+    summary = {"emd_rmsd": cmp.model.emd_rmsd, "n": config.n, "atoms": config.atoms, "seed": config.seed,
+               **cmp.to_dict(), "atoms_note": atom_note,
+               "inputs": {"pred": str(config.pred), "gt": str(config.gt),
+                          "base": None if config.base is None else str(config.base)}}
+    sections = [_emd_section(cmp, config, atom_note)]
+    if specs:
+        section, dist_summary = _distance_part(specs, cutoffs, pred_top, pred_coords[cmp.pred_index], gt_top,
+                                               gt_coords[cmp.gt_index], config)
+        sections.append(section)
+        summary.update(dist_summary)
+    if config.run is not None:
+        run_sections, run_summary = _run_part(config, specs)
+        sections += run_sections
+        summary.update(run_summary)
+        summary["inputs"]["run"] = str(config.run)
+
+    if config.write_report:
+        inputs = [("prediction", str(config.pred)), ("ground truth", str(config.gt))]
+        if config.base is not None:
+            inputs.append(("base structure", str(config.base)))
+        if config.run is not None:
+            inputs.append(("run", str(config.run)))
+        inputs.append(("settings", f"--n {config.n} --atoms {config.atoms} --seed {config.seed}"))
+        written = write_report(config.out_dir, "atomvae evaluation", sections, summary, inputs)
+        summary["report"] = str(written["html"])
+    if config.json_path is not None:
+        write_json(config.json_path, summary)
+    return summary
+
+
+__all__ += ["summary_text"]
