@@ -10,52 +10,57 @@ import roma
 import torch
 
 
-def _norm_clamped(v: torch.Tensor, tiny: float) -> torch.Tensor:
-    """Euclidean norm over the last axis, kept >= ``tiny`` so that neither the value nor its
+def _norm_clamped(v: torch.Tensor, floor: float) -> torch.Tensor:
+    """Euclidean norm over the last axis, kept >= ``floor`` so that neither the value nor its
     gradient is ever inf/NaN (``torch.linalg.norm`` has a NaN gradient at exactly 0)."""
-    return torch.sqrt(torch.clamp_min((v * v).sum(-1, keepdim=True), tiny * tiny))
+    return torch.sqrt(torch.clamp_min((v * v).sum(-1, keepdim=True), floor * floor))
+
+
+def _unit_scale(v: torch.Tensor) -> torch.Tensor:
+    """v divided by its largest absolute component (left at 0 if v is 0), so that norms neither
+    underflow nor overflow. Gram-Schmidt ignores positive scale, so the scale is detached: the
+    gradient through it is zero anyway."""
+    scale = v.detach().abs().amax(-1, keepdim=True)
+    return v / torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _any_perpendicular(e1: torch.Tensor) -> torch.Tensor:
-    """A unit vector perpendicular to the unit vector ``e1`` (..., 3), chosen smoothly per input:
-    project out e1 from the coordinate axis least aligned with it."""
+    """A unit vector perpendicular to the unit vector ``e1`` (..., 3): e1 projected out of the
+    coordinate axis least aligned with it."""
     axis_index = e1.detach().abs().argmin(dim=-1, keepdim=True)
     axis = torch.zeros_like(e1).scatter_(-1, axis_index, 1.0)
     u = axis - e1 * (e1 * axis).sum(-1, keepdim=True)
-    return u / _norm_clamped(u, 1e-30)
+    return u / _norm_clamped(u, 0.5)  # |u| >= sqrt(2/3) by the choice of axis
 
 
-def gram_schmidt(v1: torch.Tensor, v2: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+def gram_schmidt(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
     """Rotation matrix with columns e1, e2, e3 from two vectors, exactly as paper section 9:
 
     e1 = v1/|v1|,  u2 = v2 - e1 (e1 . v2),  e2 = u2/|u2|,  e3 = e1 x e2,  R = (e1, e2, e3).
 
-    v1, v2: (..., 3) (broadcast together) -> R: (..., 3, 3) with det +1.
+    v1, v2: (..., 3) (broadcast together) -> R: (..., 3, 3) with det +1. Differentiable.
 
     roma.special_gramschmidt computes the same columns, but for degenerate input (v2 parallel to v1,
     or a zero vector) it returns a zero column and NaN gradients. The network can produce such
-    inputs, so we write the few lines ourselves: the norm is clamped at ``eps`` (finite gradients),
-    u2 is projected twice ("twice is enough") so e2 stays orthogonal to e1 even when v2 is almost
-    parallel to v1, and when v1 or u2 vanishes (|.| < eps relative to the inputs' scale) a fixed
-    perpendicular direction takes its place. Far from degeneracy the result is the formula above.
+    inputs, so we write the few lines ourselves: inputs are rescaled to unit max-component (tiny or
+    huge vectors work), norms are clamped (finite gradients), u2 is projected twice ("twice is
+    enough") so e2 stays orthogonal to e1 when v2 is almost parallel to v1, and where v1 or u2
+    vanishes (relative to machine precision) a fixed perpendicular direction takes its place.
+    Away from degeneracy the result is exactly the formula above.
     """
-    v1, v2 = torch.broadcast_tensors(v1, v2)
-    finfo = torch.finfo(v1.dtype)
-    # Relative threshold: below this the direction of u2 is rounding noise.
-    eps = float(finfo.eps) * 4 if eps is None else eps
-    tiny = float(finfo.tiny) ** 0.5
+    v1, v2 = torch.broadcast_tensors(_unit_scale(v1), _unit_scale(v2))
+    # Below this relative size the direction of u2 is rounding noise.
+    eps = 16 * float(torch.finfo(v1.dtype).eps)
 
-    n1 = _norm_clamped(v1, tiny)
+    n1 = _norm_clamped(v1, 0.5)  # after rescaling |v1| is 0 or in [1, sqrt 3]
     x_axis = torch.zeros_like(v1)
     x_axis[..., 0] = 1.0
-    e1 = torch.where(n1 > tiny, v1 / n1, x_axis)
+    e1 = torch.where(n1 > 0.5, v1 / n1, x_axis)
 
     u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
     u2 = u2 - e1 * (e1 * u2).sum(-1, keepdim=True)
-    n2 = _norm_clamped(u2, tiny)
-    scale = _norm_clamped(v2, tiny).detach()
-    degenerate = n2 <= eps * scale
-    e2 = torch.where(degenerate, _any_perpendicular(e1), u2 / n2)
+    n2 = _norm_clamped(u2, eps)
+    e2 = torch.where(n2 > eps, u2 / n2, _any_perpendicular(e1))
 
     e3 = torch.linalg.cross(e1, e2, dim=-1)
     return torch.stack((e1, e2, e3), dim=-1)
