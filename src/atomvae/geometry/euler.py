@@ -58,24 +58,20 @@ def relion_to_matrix(rot, tilt, psi):
 def matrix_to_relion(R):
     """R (..., 3, 3) rotation(s) -> RELION angles (..., 3) in degrees: (rot, tilt, psi).
 
-    tilt is in [0, 180]; rot and psi in (-180, 180]. At gimbal lock (tilt within ~1e-6 rad of 0
-    or 180 degrees) only rot +/- psi is defined; like RELION we then set rot = 0 and put the whole
-    in-plane angle into psi, so ``relion_to_matrix(*matrix_to_relion(R))`` reproduces R.
-    Not meant to be differentiated (atan2 branches).
+    tilt is in [0, 180]; rot and psi in (-180, 180]. rot and tilt come from R's third row (the
+    projection direction), then psi from what is left, ``R @ relion_to_matrix(rot, tilt, 0)^T``,
+    an in-plane rotation Rz(-psi). So ``relion_to_matrix(*matrix_to_relion(R))`` reproduces R to
+    rounding even at and near gimbal lock (tilt 0 or 180, where only rot +/- psi is defined); exactly
+    at lock rot is set to 0, as RELION does. Not meant to be differentiated (atan2 branches).
     """
     R, was_torch = _as_tensor(R)
-    abs_sb = torch.sqrt(R[..., 0, 2] ** 2 + R[..., 1, 2] ** 2)
-    tilt = torch.atan2(abs_sb, R[..., 2, 2])
-    psi = torch.atan2(R[..., 1, 2], -R[..., 0, 2])
-    rot = torch.atan2(R[..., 2, 1], R[..., 2, 0])
-    # Threshold in float32 terms either way: with |sin tilt| this small rot and psi are rounding noise.
-    locked = abs_sb <= 16 * float(torch.finfo(torch.float32).eps)
-    up = R[..., 2, 2] > 0
-    psi_locked = torch.where(
-        up, torch.atan2(-R[..., 1, 0], R[..., 0, 0]), torch.atan2(R[..., 1, 0], -R[..., 0, 0])
-    )
-    psi = torch.where(locked, psi_locked, psi)
-    rot = torch.where(locked, torch.zeros_like(rot), rot)
+    row_xy = torch.sqrt(R[..., 2, 0] ** 2 + R[..., 2, 1] ** 2)  # |sin tilt|
+    tilt = torch.atan2(row_xy, R[..., 2, 2])
+    locked = row_xy <= 16 * float(torch.finfo(R.dtype).eps)
+    rot = torch.where(locked, torch.zeros_like(tilt), torch.atan2(R[..., 2, 1], R[..., 2, 0]))
+    without_psi = relion_to_matrix(torch.rad2deg(rot), torch.rad2deg(tilt), torch.zeros_like(rot))
+    in_plane = R @ without_psi.transpose(-1, -2)  # = Rz(-psi)
+    psi = torch.atan2(in_plane[..., 0, 1], in_plane[..., 0, 0])
     angles = torch.rad2deg(torch.stack((rot, tilt, psi), dim=-1))
     return _out(angles, was_torch)
 
