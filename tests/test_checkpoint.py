@@ -16,7 +16,9 @@ from atomvae.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from atomvae.train.loop import epoch_batches, split_indices
+from atomvae.train.loop import epoch_batches, split_indices, train
+from atomvae.train.metrics import read_metrics
+from helpers_train import BASE_PDB, tiny_config, write_particles
 
 
 def _tiny_model_and_optimizer():
@@ -106,3 +108,55 @@ def test_split_is_fixed_by_seed_and_disjoint():
     assert np.array_equal(val, again_val) and np.array_equal(train, again_train)
     assert not np.array_equal(val, split_indices(100, 0.1, seed=1)[1])
     assert len(split_indices(3, 0.01, seed=0)[1]) == 1
+
+
+# ------------------------------------------------------------------------------------ resume equality
+
+def _final_state(run_dir):
+    payload = load_checkpoint(run_dir / "seed_0" / "checkpoints" / "last.pt")
+    return payload["position"], payload["model"], payload["optimizer"]
+
+
+def _train_records(run_dir):
+    return [{k: v for k, v in r.items() if k != "images_per_s"}
+            for r in read_metrics(run_dir / "seed_0" / "metrics.jsonl")]
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+    """24 particles, batch 8 -> 3 steps per epoch, 2 + 2 epochs = 12 steps. The interrupted run stops in
+    stage 1 mid-epoch (step 4), resumes to stage 2 mid-epoch (step 8), then runs to the end."""
+    star = write_particles(tmp_path / "data", n=24)
+    config = tiny_config()
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(config, star, BASE_PDB, straight)
+    first = train(config, star, BASE_PDB, interrupted, max_steps=4)
+    assert not first.complete and first.seeds[0].position == Position(1, 1, 1, 4)
+    second = train(config, star, BASE_PDB, interrupted, resume=True, max_steps=8)
+    assert second.seeds[0].position == Position(2, 0, 2, 8)
+    third = train(config, star, BASE_PDB, interrupted, resume=True)
+    assert third.complete and third.seeds[0].position == Position(3, 0, 0, 12)
+
+    position_a, model_a, _ = _final_state(straight)
+    position_b, model_b, _ = _final_state(interrupted)
+    assert position_a == position_b
+    assert model_a.keys() == model_b.keys()
+    for key in model_a:
+        assert torch.equal(model_a[key], model_b[key]), key
+    assert _train_records(straight) == _train_records(interrupted)
+    # Stage-end snapshots agree too (stage 1 ended inside the second, resumed, leg).
+    stage1_a = load_checkpoint(straight / "seed_0" / "checkpoints" / "stage1.pt")["model"]
+    stage1_b = load_checkpoint(interrupted / "seed_0" / "checkpoints" / "stage1.pt")["model"]
+    assert all(torch.equal(stage1_a[k], stage1_b[k]) for k in stage1_a)
+
+
+def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_a_used_folder(tmp_path):
+    star = write_particles(tmp_path / "data", n=24)
+    config = tiny_config()
+    train(config, star, BASE_PDB, tmp_path / "run", max_steps=1)
+    with pytest.raises(InputError, match="already holds|not empty"):
+        train(config, star, BASE_PDB, tmp_path / "run", max_steps=1)
+    changed = tiny_config(batch_size=4)
+    with pytest.raises(InputError, match="different configuration.*batch_size"):
+        train(changed, star, BASE_PDB, tmp_path / "run", resume=True)
+    with pytest.raises(InputError, match="not a run folder"):
+        train(config, star, BASE_PDB, tmp_path / "nothing", resume=True)

@@ -61,7 +61,7 @@ class DataConfig:
     # Noise standard deviation in normalised image units; None = estimated from the particles'
     # background outside the particle radius (``atomvae.data.dataset.estimate_noise_sigma``).
     noise_sigma: float | None = None
-    # Images used to estimate the noise sigma and the renderer's amplitude before training.
+    # Training images used to set the renderer's amplitude before training (AtomVAE.initialise_amplitude).
     n_calibration_images: int = 512
     # DataLoader worker processes (0 = load in the training process; the order is identical either way).
     num_workers: int = 0

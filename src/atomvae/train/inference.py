@@ -168,7 +168,8 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
     Returns mu, sigma (N, D); rotation (N, 3, 3), shift (N, 2) A (the pose posterior mean at
     z_conf = mu; for a run trained with --poses given the STAR file's poses, for --poses refine the
     refined poses); euler (N, 3) RELION rot, tilt, psi in degrees; pose_mu, pose_sigma (N, 8);
-    index (N,) into the particle file.
+    index (N,) the particle's row in the file. ``indices`` select usable particles (default: all;
+    particles whose images hold NaN/Inf are skipped by the dataset).
     """
     from atomvae.geometry.euler import matrix_to_relion
     from atomvae.model.pose import latent_to_pose_correction
@@ -185,7 +186,7 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
     if indices is None:
         indices = np.arange(source.n_particles)
     outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("mu", "sigma", "rotation", "shift", "pose_mu",
-                                                            "pose_sigma")}
+                                                            "pose_sigma", "index")}
     batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     for batch in source.batches(batches, run.device):
         encoded = run.model.encode(batch["image"])
@@ -200,10 +201,10 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
                   "shift": shift, "pose_mu": encoded["pose_mu"], "pose_sigma": encoded["pose_sigma"]}
         for key, value in values.items():
             outputs[key].append(value.detach().float().cpu().numpy())
+        outputs["index"].append(batch["index"].cpu().numpy().astype(np.int64))
     result = {k: np.concatenate(v) for k, v in outputs.items()}
     result["euler"] = np.asarray(matrix_to_relion(torch.as_tensor(result["rotation"], dtype=torch.float64))
                                  ).astype(np.float32)
-    result["index"] = np.asarray(indices, dtype=np.int64)
     return result
 
 

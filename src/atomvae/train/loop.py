@@ -41,7 +41,7 @@ from atomvae.train.progress import TrainingProgress
 RESUMABLE_CHANGES = {"device", "data.num_workers"}
 
 # Stream tags mixed into the seeds so the data order, the sampling noise and validation never share draws.
-_ORDER, _SAMPLING, _VALIDATION, _SPLIT = 1, 2, 3, 4
+_ORDER, _SAMPLING, _VALIDATION, _SPLIT, _CALIBRATION = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,7 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
     if config.data.noise_sigma is not None:
         noise_sigma, noise_source = float(config.data.noise_sigma), "given"
     else:
-        calibration = train_idx[: config.data.n_calibration_images]
-        noise_sigma, noise_source = source.estimate_noise_sigma(calibration), "estimated from background"
+        noise_sigma, noise_source = source.noise_sigma, "estimated from the background outside 0.4 box"
     with atomic_path(run_dir / f"{run_folder.BASE_STEM}{base_path.suffix.lower()}") as tmp:
         shutil.copyfile(base_path, tmp)
     info = {
@@ -258,7 +257,11 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
         restore_rng_state(payload["rng"])
     else:
         calibration = source.load(train_idx[: config.data.n_calibration_images].tolist(), device)
-        model.initialise_amplitude(calibration["image"], calibration["ctf"])
+        given = config.pose_mode != "inferred"
+        model.initialise_amplitude(calibration["image"], calibration["ctf"],
+                                   rotation=calibration["rotation"] if given else None,
+                                   shift=calibration["shift"] if given else None,
+                                   generator=sampling_generator(device, seed, _CALIBRATION))
     model.train()
 
     def checkpoint(path: Path, optimizer, metrics: dict[str, Any] | None = None) -> None:
@@ -281,7 +284,8 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
             optimizer = torch.optim.Adam(model.trainable_parameters(stage), lr=stage_config.learning_rate)
             # A stage-end checkpoint carries no optimizer (the next stage starts a fresh Adam on its own
             # parameter set); a mid-stage one carries the stage's Adam moments.
-            if payload is not None and position.stage == stage and payload["optimizer"] is not None:
+            resumed_in_this_stage = payload is not None and payload["position"].stage == stage
+            if resumed_in_this_stage and payload["optimizer"] is not None:
                 optimizer.load_state_dict(payload["optimizer"])
             first_epoch = position.epoch if position.stage == stage else 0
             for epoch in range(first_epoch, stage_config.epochs):
@@ -300,11 +304,11 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
                     position = Position(stage, epoch, step_in_epoch + 1, position.global_step + 1)
                     if position.global_step % config.log_every == 0 or not finite:
                         metrics.log({"kind": "train", "step": position.global_step, "stage": stage,
-                                     "epoch": epoch, "loss": float(out.total), "finite": finite,
+                                     "epoch": epoch, "loss": float(out.total.detach()), "finite": finite,
                                      **{k: float(v) for k, v in out.terms.items()},
                                      "images_per_s": n_images / (time.perf_counter() - started),
                                      "lr": optimizer.param_groups[0]["lr"]})
-                    bar.update(n_images, stage=stage, loss=float(out.total))
+                    bar.update(n_images, stage=stage, loss=float(out.total.detach()))
                     if position.global_step % config.checkpoint_every == 0:
                         checkpoint(last, optimizer)
                     if max_steps is not None and position.global_step >= max_steps:
