@@ -52,8 +52,8 @@ class Topology:
             "chain_id": np.asarray(self.chain_id, dtype=str),
             "bonded_to_next": np.asarray(self.bonded_to_next, dtype=bool),
         }
+        # Arrays stay writable (torch.as_tensor warns on read-only numpy arrays); treat them as read-only.
         for name, value in arrays.items():
-            value.setflags(write=False)
             object.__setattr__(self, name, value)
         n_atoms, n_res = len(self.atom_name), len(self.res_name)
         for name in ("element", "residue_index"):
@@ -69,7 +69,6 @@ class Topology:
         if n_res and np.any(counts == 0):
             raise ValueError(f"Topology residue {int(np.argmin(counts))} has no atoms")
         start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        start.setflags(write=False)
         object.__setattr__(self, "residue_start", start)
 
     @property
