@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from atomvae.train.config import DEVICES, POSE_MODES, PRESETS, TrainConfig, load_config
@@ -72,6 +71,18 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The command as it was parsed (``atomvae train ...``), for config.yaml: independent of how the CLI was
+    entered (console script, ``python -m``, or ``main(argv)`` from Python)."""
+    argv = ["train", str(args.particles), str(args.base), "-o", str(args.output)]
+    for key, value in vars(args).items():
+        if key in ("particles", "base", "output", "command") or key.startswith("_") or value in (None, False):
+            continue
+        option = "--" + key.replace("_", "-")
+        argv += [option] if value is True else [option, str(value)]
+    return argv
+
+
 def run(args: argparse.Namespace) -> int:
     from atomvae.train.loop import resolved_config_for_resume, train
 
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = build_config(args)
     summary = train(config, args.particles, args.base, args.output, resume=args.resume,
-                    max_steps=args.max_steps, argv=sys.argv[1:] if sys.argv else None,
+                    max_steps=args.max_steps, argv=command_line(args),
                     show_progress=False if args.no_progress else None)
     best = next(r for r in summary.seeds if r.seed == summary.best_seed)
     state = "finished" if summary.complete else f"stopped at step {best.position.global_step}"

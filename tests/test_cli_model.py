@@ -1,0 +1,160 @@
+"""atomvae train / sample / interpolate / encode end to end on a tiny simulated particle set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from atomvae.cli.main import main
+from atomvae.structure.io import read_ensemble, read_structure
+from atomvae.train.config import save_config
+from atomvae.train.inference import latent_line, principal_axis_endpoints
+from helpers_train import BASE_PDB, tiny_config, write_particles
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A run folder trained for 10 steps (stage 1 and into stage 2) through the command line."""
+    folder = tmp_path_factory.mktemp("cli")
+    star = write_particles(folder / "data", n=24)
+    config_path = folder / "tiny.yaml"
+    save_config(tiny_config(), config_path)
+    run_dir = folder / "run"
+    argv = ["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(config_path),
+            "--max-steps", "8", "--seed", "3", "--no-progress"]
+    assert main(argv) == 0
+    return folder, star, run_dir
+
+
+def test_train_writes_a_self_describing_run_folder(trained_run):
+    _, _, run_dir = trained_run
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["seed"] == 3 and "atomvae_version" in config
+    assert config["argv"][:2] == ["train", str(trained_run[1])] and "--max-steps" in config["argv"]
+    assert config["model"]["image_size"] == 32 and config["batch_size"] == 8  # --config applied
+    info = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert info["box"] == 32 and info["pixel_size"] == 1.5 and info["noise_sigma"] > 0
+    assert info["n_train"] + info["n_val"] == 24
+    best = yaml.safe_load((run_dir / "best.yaml").read_text())
+    assert best["seed"] == 3 and not best["complete"] and np.isfinite(best["val_log_likelihood"])
+    seed_dir = run_dir / "seed_3"
+    assert (seed_dir / "checkpoints" / "last.pt").is_file()
+    assert (seed_dir / "checkpoints" / "stage1.pt").is_file()
+    assert (seed_dir / "training_curve.png").stat().st_size > 1000
+    records = [yaml.safe_load(line) for line in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(1, 9))
+    assert {r["stage"] for r in train_records} == {1, 2}
+    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 and r["lr"] > 0 for r in train_records)
+    assert any(r["kind"] == "val" for r in records)
+
+
+@pytest.mark.parametrize("suffix", [".pdb", ".cif", ".dcd"])
+def test_sample_writes_all_atom_structures(trained_run, suffix):
+    folder, _, run_dir = trained_run
+    out = folder / f"ensemble{suffix}"
+    assert main(["sample", str(run_dir), "-n", "5", "-o", str(out), "--seed", "1"]) == 0
+    base = read_structure(BASE_PDB)
+    if suffix == ".dcd":
+        topology, coords = read_ensemble(out, topology_path=folder / "ensemble_topology.pdb")
+    else:
+        topology, coords = read_ensemble(out)
+    assert coords.shape == (5, base.topology.n_atoms, 3) and np.all(np.isfinite(coords))
+    assert list(topology.atom_name) == list(base.topology.atom_name)
+    # Barely trained: structures stay near the base, in the base's own frame.
+    assert np.abs(coords.mean(axis=1) - base.coords.mean(axis=0)).max() < 5.0
+
+
+def test_sample_is_reproducible_by_seed(trained_run):
+    folder, _, run_dir = trained_run
+    for name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        out = str(folder / f"{name}.pdb")
+        assert main(["sample", str(run_dir), "-n", "3", "-o", out, "--seed", str(seed)]) == 0
+    a, b, c = (read_ensemble(folder / f"{name}.pdb")[1] for name in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_encode_writes_latents(trained_run):
+    folder, star, run_dir = trained_run
+    out = folder / "latents.npz"
+    assert main(["encode", str(run_dir), str(star), "-o", str(out)]) == 0
+    with np.load(out) as latents:
+        shapes = {k: latents[k].shape for k in latents.files}
+        assert shapes["mu"] == shapes["sigma"] == (24, 32)
+        assert shapes["rotation"] == (24, 3, 3) and shapes["shift"] == (24, 2) and shapes["euler"] == (24, 3)
+        assert np.array_equal(latents["index"], np.arange(24))
+        assert all(np.all(np.isfinite(latents[k])) for k in latents.files)
+        assert np.all(latents["sigma"] > 0)
+        rotation = latents["rotation"].astype(np.float64)
+        assert np.allclose(rotation @ rotation.transpose(0, 2, 1), np.eye(3), atol=1e-5)
+        from atomvae.geometry.euler import relion_to_matrix
+
+        euler = torch.as_tensor(latents["euler"], dtype=torch.float64)
+        back = relion_to_matrix(euler[:, 0], euler[:, 1], euler[:, 2]).numpy()
+        assert np.allclose(back, rotation, atol=1e-4)
+
+
+def test_interpolate_automatic_and_between_points(trained_run):
+    folder, _, run_dir = trained_run
+    n_atoms = read_structure(BASE_PDB).topology.n_atoms
+    auto = folder / "auto.pdb"
+    assert main(["interpolate", str(run_dir), "-o", str(auto), "--steps", "4"]) == 0
+    coords = read_ensemble(auto)[1]
+    assert coords.shape == (4, n_atoms, 3) and np.all(np.isfinite(coords))
+    start, end = folder / "start.npy", folder / "end.npy"
+    np.save(start, np.zeros(32))
+    np.save(end, np.full(32, 2.0))
+    between = folder / "between.pdb"
+    assert main(["interpolate", str(run_dir), "-o", str(between), "--steps", "3",
+                 "--from", str(start), "--to", str(end)]) == 0
+    coords = read_ensemble(between)[1]
+    midpoint = folder / "mid.pdb"
+    assert main(["interpolate", str(run_dir), "-o", str(midpoint), "--steps", "2",
+                 "--from", ",".join(["1"] * 32), "--to", ",".join(["1"] * 32)]) == 0
+    # The middle of the line from 0 to 2 is the point 1.
+    assert np.allclose(coords[1], read_ensemble(midpoint)[1][0], atol=2e-3)
+
+
+def test_latent_line_and_principal_axis():
+    line = latent_line(torch.zeros(2), torch.tensor([2.0, 4.0]), 3)
+    assert torch.allclose(line, torch.tensor([[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]]))
+    rng = np.random.default_rng(0)
+    t = np.linspace(-3, 3, 101)
+    mu = np.stack([t, 0.5 * t, 0.01 * rng.standard_normal(101)], axis=1) + 1.0
+    low, high = principal_axis_endpoints(mu, percentile=0.0)
+    ends = sorted([low, high], key=lambda p: p[0])
+    assert np.allclose(ends[0], [-2.0, -0.5, 1.0], atol=0.02)
+    assert np.allclose(ends[1], [4.0, 2.5, 1.0], atol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "{folder}/nowhere", "-n", "2", "-o", "{folder}/x.pdb"], "run folder not found"),
+        (["sample", "{run}", "-n", "2", "-o", "{folder}/x.xyz"], "output must end in"),
+        (["interpolate", "{run}", "-o", "{folder}/x.pdb", "--from", "1,2"], "give both ends"),
+        (["interpolate", "{run}", "-o", "{folder}/x.pdb", "--from", "1,2", "--to", "3,4"], "has 32 values"),
+        (["encode", "{run}", "{folder}/big/particles.star", "-o", "{folder}/l.npz"], "run was trained on"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(trained_run, capsys, argv, message):
+    folder, _, run_dir = trained_run
+    if "big" in " ".join(argv) and not (folder / "big" / "particles.star").exists():
+        write_particles(folder / "big", n=4, box=48)  # Fourier-cropped to 32 px: another pixel size
+    argv = [a.format(folder=folder, run=run_dir) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("atomvae: error: ") and message in err and "\n" not in err
+
+
+def test_corrupt_checkpoint_is_reported(trained_run, capsys, tmp_path):
+    _, _, run_dir = trained_run
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "seed_3" / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    assert main(["sample", str(broken), "-n", "1", "-o", str(tmp_path / "x.pdb")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
