@@ -108,7 +108,8 @@ def test_binning_commutes_with_exact_integration_without_ctf():
     shift = torch.zeros(2, 2, dtype=torch.float64)
     coarse = scattering.projected_potential(coords, rot, shift, a, b, 16, 1.5, 5.0, oversample=1)
     fine = scattering.projected_potential(coords, rot, shift, a, b, 16, 1.5, 5.0, oversample=4)
-    torch.testing.assert_close(scattering.bin_pixels(fine, 4), coarse, rtol=1e-9, atol=1e-12)
+    # equal up to the mass beyond the 6-sigma evaluation band (~1e-9 of an atom; pixels reach ~20 V*A)
+    torch.testing.assert_close(scattering.bin_pixels(fine, 4), coarse, rtol=1e-9, atol=1e-7)
 
 
 def test_phase_contrast_low_frequency_keeps_density_sign():
