@@ -290,7 +290,9 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
         if not p.is_file():
             raise InputError(p, "file not found")
     try:
-        universe = mda.Universe(str(topology_path), str(trajectory_path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="MDAnalysis")
+            universe = mda.Universe(str(topology_path), str(trajectory_path))
     except Exception as err:  # MDAnalysis raises many types (ValueError, OSError, IOError, EOFError...)
         raise InputError(trajectory_path, f"cannot read with topology {topology_path}: {err}") from None
     atoms = universe.atoms
@@ -323,8 +325,11 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
     first = atoms.positions.astype(np.float64)
     topology, source = _build_topology(residues, first, trajectory_path, strict)
     frames = np.empty((len(universe.trajectory), len(source), 3), dtype=np.float64)
-    for k, _ in enumerate(universe.trajectory):
-        frames[k] = atoms.positions[source]
+    with warnings.catch_warnings():
+        # MDAnalysis 2.x announces a future DCDReader change on every read: nothing for users to do.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="MDAnalysis")
+        for k, _ in enumerate(universe.trajectory):
+            frames[k] = atoms.positions[source]
     return topology, frames
 
 
@@ -418,7 +423,8 @@ def _write_dcd(path: Path, coords: np.ndarray) -> None:
     mda = _import_mdanalysis(path)
     n_models, n_atoms, _ = coords.shape
     universe = mda.Universe.empty(n_atoms, trajectory=True)
-    with atomic_path(path) as tmp, mda.Writer(str(tmp), n_atoms=n_atoms) as writer:
+    with atomic_path(path) as tmp, warnings.catch_warnings(), mda.Writer(str(tmp), n_atoms=n_atoms) as writer:
+        warnings.filterwarnings("ignore", message="No dimensions set", category=UserWarning)  # no unit cell
         for xyz in coords:
             universe.atoms.positions = xyz.astype(np.float32)
             writer.write(universe.atoms)
