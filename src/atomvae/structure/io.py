@@ -20,6 +20,7 @@ same atoms in the same order):
 
 from __future__ import annotations
 
+import functools
 import os
 import string
 import warnings
@@ -44,6 +45,7 @@ STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 ENSEMBLE_WRITE_SUFFIXES = (".pdb", ".cif", ".mmcif", ".dcd")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_amino_acid(res_name: str) -> bool:
     """True for residue names of protein amino acids (gemmi's table plus MD force-field variants)."""
     if res_name in MD_AMINO_ACID_NAMES:
@@ -52,6 +54,7 @@ def is_amino_acid(res_name: str) -> bool:
     return info is not None and info.is_amino_acid()
 
 
+@functools.lru_cache(maxsize=65536)  # called per atom and per model; names repeat
 def element_from_name(atom_name: str, res_name: str, fallback: str = "") -> str:
     """Element of a protein atom from its name: first letter of C/N/O/S/H (D = deuterium -> "H"),
     "Se" for selenomethionine's SE; ``fallback`` otherwise."""
