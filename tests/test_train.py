@@ -7,6 +7,10 @@ import yaml
 
 from atomvae.errors import InputError
 from atomvae.train.config import PRESETS, StageConfig, TrainConfig, load_config, save_config
+from atomvae.train.loop import train
+from atomvae.train.metrics import MetricsLogger, plot_training_curve, read_metrics
+from atomvae.train.progress import TrainingProgress
+from helpers_train import BASE_PDB, tiny_config, write_particles
 
 
 def test_paper_preset_holds_the_paper_numbers():
@@ -72,3 +76,75 @@ def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):
 def test_invalid_values_are_input_errors():
     with pytest.raises(InputError, match="batch_size must be >= 1"):
         TrainConfig(batch_size=0)
+
+
+def test_command_line_overrides_config_file_overrides_preset(tmp_path):
+    from atomvae.cli.main import build_parser
+    from atomvae.cli.train import build_config, command_line
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("batch_size: 16\nstage2: {n_conf: 5}\ndata: {val_fraction: 0.2}\n")
+    args = build_parser().parse_args(
+        ["train", "p.star", "b.pdb", "-o", "run", "--preset", "cpu", "--config", str(path),
+         "--val-fraction", "0.3", "--epochs-stage1", "4", "--poses", "refine", "--pose-center", "1,2,3.5"])
+    config = build_config(args)
+    cpu = PRESETS["cpu"]
+    assert config.batch_size == 16 and config.stage2.n_conf == 5 and config.stage2.n_pose == cpu.stage2.n_pose
+    assert config.data.val_fraction == 0.3 and config.stage1.epochs == 4
+    assert config.stage1.n_pose == cpu.stage1.n_pose and config.model == cpu.model
+    assert config.pose_mode == "refine" and config.data.pose_center == (1.0, 2.0, 3.5)
+    again = build_config(build_parser().parse_args(command_line(args)))
+    assert again == config
+
+
+# ------------------------------------------------------------------------- loop on a tiny particle set
+
+def _records(run_dir, seed):
+    return read_metrics(run_dir / f"seed_{seed}" / "metrics.jsonl")
+
+
+def test_given_poses_skip_stage_one(tmp_path):
+    star = write_particles(tmp_path / "data", n=24)
+    summary = train(tiny_config(pose_mode="given"), star, BASE_PDB, tmp_path / "run", max_steps=3)
+    steps = [r for r in _records(tmp_path / "run", 0) if r["kind"] == "train"]
+    assert [r["stage"] for r in steps] == [2, 2, 2] and all(r["kl_pose"] == 0.0 for r in steps)
+    assert summary.seeds[0].position.stage == 2
+
+
+def test_several_seeds_keep_the_best_by_held_out_log_likelihood(tmp_path):
+    star = write_particles(tmp_path / "data", n=24)
+    summary = train(tiny_config(n_seeds=2, seed=7), star, BASE_PDB, tmp_path / "run", max_steps=2)
+    assert [r.seed for r in summary.seeds] == [7, 8]
+    best = max(summary.seeds, key=lambda r: r.val_log_likelihood)
+    assert summary.best_seed == best.seed
+    recorded = yaml.safe_load((tmp_path / "run" / "best.yaml").read_text())
+    assert recorded["seed"] == best.seed and recorded["checkpoint"] == f"seed_{best.seed}/checkpoints/last.pt"
+    assert recorded["seeds"][7]["val_log_likelihood"] == summary.seeds[0].val_log_likelihood
+    # Different seeds: different initialisations and data orders, the same validation images.
+    first7 = next(r for r in _records(tmp_path / "run", 7) if r["kind"] == "train")
+    first8 = next(r for r in _records(tmp_path / "run", 8) if r["kind"] == "train")
+    assert first7["loss"] != first8["loss"]
+
+
+def test_metrics_log_is_cut_back_to_the_resume_step_and_plotted(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        for step in range(1, 6):
+            log.log({"kind": "train", "step": step, "stage": 1 if step < 4 else 2, "loss": 10.0 - step})
+        log.log({"kind": "val", "step": 5, "stage": 2, "val_log_likelihood": -3.0})
+    with MetricsLogger(tmp_path, resume_step=3, tensorboard=False) as log:
+        log.log({"kind": "train", "step": 4, "stage": 2, "loss": 0.5})
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["kind"], r["step"]) for r in records] == [("train", step) for step in (1, 2, 3, 4)]
+    assert records[-1]["loss"] == 0.5
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "st')  # a torn last line is skipped
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
+    plot_training_curve(tmp_path / "metrics.jsonl", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_progress_bar_shows_images_per_second_and_eta(capsys):
+    with TrainingProgress(total_images=100, done_images=20, enabled=True) as bar:
+        bar.update(40, stage=1, loss=1.5)
+    err = capsys.readouterr().err
+    assert "60/100" in err and "img/s" in err and "loss=1.5" in err

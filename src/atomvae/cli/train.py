@@ -27,6 +27,16 @@ from pathlib import Path
 from atomvae.train.config import DEVICES, POSE_MODES, PRESETS, TrainConfig, load_config
 
 
+def _point(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected x,y,z in A, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated values, got {text!r}")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("particles", type=Path, help="particle metadata (.star; RELION conventions)")
     parser.add_argument("base", type=Path, help="base structure (.pdb or .cif)")
@@ -40,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poses", choices=POSE_MODES,
                         help="inferred: learnt; given: the STAR file's poses, fixed; "
                              "refine: the STAR file's poses as the start of a local refinement")
+    parser.add_argument("--pose-center", type=_point,
+                        help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
+                             "centre of atoms); for atomvae simulate data, truth.npz's center")
     parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--seed", type=int, help="random seed (data split, initialisation, sampling)")
     parser.add_argument("--seeds", type=int, help="train this many seeds and keep the best (held-out LL)")
@@ -61,7 +74,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     top = {"pose_mode": args.poses, "device": args.device, "seed": args.seed, "n_seeds": args.seeds,
            "batch_size": args.batch_size}
     config = dataclasses.replace(config, **{k: v for k, v in top.items() if v is not None})
-    data = {"val_fraction": args.val_fraction, "noise_sigma": args.noise_sigma, "num_workers": args.workers}
+    data = {"val_fraction": args.val_fraction, "noise_sigma": args.noise_sigma, "num_workers": args.workers,
+            "pose_center": args.pose_center}
     config = dataclasses.replace(config, data=dataclasses.replace(
         config.data, **{k: v for k, v in data.items() if v is not None}))
     for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
@@ -79,6 +93,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
         if key in ("particles", "base", "output", "command") or key.startswith("_") or value in (None, False):
             continue
         option = "--" + key.replace("_", "-")
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
         argv += [option] if value is True else [option, str(value)]
     return argv
 

@@ -65,6 +65,11 @@ class DataConfig:
     n_calibration_images: int = 512
     # DataLoader worker processes (0 = load in the training process; the order is identical either way).
     num_workers: int = 0
+    # Rotation centre of the particles' poses in the base structure's coordinates (A): the model rotates the
+    # base about this point. None = the base's centre of atoms, right for inferred poses. With --poses
+    # given/refine it must be the centre the poses refer to: for a consensus refinement the map's box
+    # centre in model coordinates; for `atomvae simulate` data, truth.npz's `center`.
+    pose_center: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class TrainConfig:
                 problems.append(f"{stage_name}: epochs >= 0, n_pose >= 1, n_conf >= 1, learning_rate > 0")
         if not 0.0 < self.data.val_fraction < 1.0:
             problems.append(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        if self.data.pose_center is not None and len(self.data.pose_center) != 3:
+            problems.append(f"data.pose_center must be 3 values (x, y, z in A), got {self.data.pose_center}")
         if self.data.noise_sigma is not None and self.data.noise_sigma <= 0:
             problems.append(f"data.noise_sigma must be > 0, got {self.data.noise_sigma}")
         if problems:

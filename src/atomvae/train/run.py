@@ -128,9 +128,11 @@ def build_model(config: TrainConfig, topology, base_coords, info: dict[str, Any]
     """Construct the AtomVAE of a run (parameters as initialised) from its config and data facts."""
     from atomvae.model.vae import AtomVAE
 
+    center = config.data.pose_center
     return AtomVAE(
         config.model, topology, torch.as_tensor(np.asarray(base_coords), dtype=torch.float32),
         box=int(info["box"]), pixel_size=float(info["pixel_size"]), noise_sigma=float(info["noise_sigma"]),
+        center=None if center is None else np.asarray(center, dtype=np.float64),
     )
 
 
