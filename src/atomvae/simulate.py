@@ -53,6 +53,7 @@ from atomvae.physics import noise, scattering
 from atomvae.physics.ctf import CTFParams
 from atomvae.structure.io import read_ensemble, write_ensemble
 
+SNR_PILOT = 256  # particles whose mean signal variance sets the --snr noise level
 RENDER_BATCH = 8  # particles per projected-potential call: bounds the (batch, atoms*5, pixels) erf tables
 
 
@@ -286,6 +287,31 @@ def _write_images(
     n, box = len(frames), config.box
     coords_t = torch.as_tensor(coords, dtype=torch.float32)
     noise_sigma = 0.0 if config.dose is None else noise.shot_noise_sigma(config.dose, config.pixel_size)
+
+    def render(first: int, last: int) -> torch.Tensor:
+        """Noise-free images of particles first .. last-1: (last - first, box, box) radians."""
+        batches = [
+            scattering.phase_contrast_images(
+                coords_t[frames[i:j]],
+                rotation[i:j].float(),
+                shift[i:j].float(),
+                a,
+                b,
+                ctf.index(slice(i, j)).to(dtype=torch.float32),
+                box,
+                config.pixel_size,
+                bfactor=config.bfactor,
+                oversample=config.oversample,
+            )
+            for i, j in _batches(first, last, RENDER_BATCH)
+        ]
+        return torch.cat(batches) if batches else torch.zeros(0, box, box)
+
+    # --snr: one noise sigma for the whole set (set-average SNR) from the first SNR_PILOT particles,
+    # rendered up front and reused, so the result does not depend on the chunk size
+    pilot = render(0, min(n, SNR_PILOT)) if config.snr is not None else torch.zeros(0, box, box)
+    if config.snr is not None:
+        noise_sigma = noise.snr_noise_sigma(pilot, config.snr)
     # running header statistics, so no second pass over a large stack is needed
     stats = {"min": math.inf, "max": -math.inf, "sum": 0.0, "sum_sq": 0.0}
     with mrcfile.new_mmap(path, shape=(n, box, box), mrc_mode=2, overwrite=True) as mrc:
@@ -294,26 +320,8 @@ def _write_images(
         with tqdm(total=n, unit="particle", desc="simulate", disable=not config.progress) as bar:
             for start in range(0, n, config.chunk):
                 stop = min(start + config.chunk, n)
-                clean = torch.cat(
-                    [
-                        scattering.phase_contrast_images(
-                            coords_t[frames[i:j]],
-                            rotation[i:j].float(),
-                            shift[i:j].float(),
-                            a,
-                            b,
-                            ctf.index(slice(i, j)).to(dtype=torch.float32),
-                            box,
-                            config.pixel_size,
-                            bfactor=config.bfactor,
-                            oversample=config.oversample,
-                        )
-                        for i, j in _batches(start, stop, RENDER_BATCH)
-                    ]
-                )
+                clean = torch.cat([pilot[start:stop], render(max(start, len(pilot)), stop)])
                 if config.snr is not None:
-                    if start == 0:  # one sigma for the whole set, from the first chunk (set-average SNR)
-                        noise_sigma = noise.snr_noise_sigma(clean, config.snr)
                     images = noise.add_gaussian_noise(clean, noise_sigma, generator)
                 elif config.dose is not None:
                     images = noise.shot_noise(clean, config.dose, config.pixel_size, generator)
