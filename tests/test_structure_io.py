@@ -237,3 +237,18 @@ def test_topology_validates_its_arrays():
         Topology(["N"], [], [0], ["ALA"], [1], [""], ["A"], [False])
     with pytest.raises(ValueError, match="grouped by residue"):
         Topology(["N", "CA"], ["N", "C"], [1, 0], ["ALA", "ALA"], [1, 2], ["", ""], ["A", "A"], [0, 0])
+
+
+def test_atoms_are_ordered_backbone_first_whatever_the_file_order(tmp_path):
+    """CHARMM writes side chains before C and O; RCSB files after. Both read in the same order."""
+    lines = []
+    for k, names in enumerate([["N", "CA", "CB", "C", "O"], ["N", "CA", "CB", "C", "OT1", "OT2"]]):
+        table = dict(_residue_atoms(k, ["N", "CA", "C", "O", "CB"]))
+        table.update({"OT1": table["O"], "OT2": (table["O"][0] + 1, table["O"][1], 0)})
+        lines += [_atom(len(lines) + 1, n, "ALA", "A", k + 1, table[n]) for n in names]
+    path = tmp_path / "charmm_order.pdb"
+    path.write_text("\n".join(lines) + "\nEND\n")
+    structure = read_structure(path)
+    names = structure.topology.atom_name.tolist()
+    assert names == ["N", "CA", "C", "O", "CB", "N", "CA", "C", "CB", "OT1", "OT2"]
+    np.testing.assert_allclose(structure.coords[4], dict(_residue_atoms(0, ["CB"]))["CB"])

@@ -7,8 +7,10 @@ What is read, the same way for every source (so a trajectory and a PDB of the sa
 same atoms in the same order):
 - protein residues of all chains: residue names gemmi tabulates as amino acids, plus force-field
   variants such as HSD/HIE/CYX (``topology.MD_AMINO_ACID_NAMES``); waters and ligands are skipped;
-- heavy atoms only, in file order within each residue; elements come from the atom name (a PDB without
-  an element column would otherwise give calcium for "CA");
+- heavy atoms only; within each residue N, CA, C, O first, then the other atoms in file order, then
+  the C-terminal oxygens (OXT, OT1, OT2), so files that order atoms differently (CHARMM puts C, O after
+  the side chain) agree; elements come from the atom name (a PDB without an element column would
+  otherwise give calcium for "CA");
 - alternative locations: per residue the altloc with the highest mean occupancy is kept (atoms without
   altloc always); of point mutations (two residues with one number) the one with the higher occupancy;
 - insertion codes are kept; a residue missing N, CA or C is dropped with a warning naming it
@@ -147,6 +149,17 @@ def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
     return residues, np.asarray(coords, dtype=np.float64).reshape(-1, 3)
 
 
+# Canonical position of atoms within a residue; everything else keeps its file order in between.
+_ATOM_ORDER = {"N": 0, "CA": 1, "C": 2, "O": 3, "OXT": 5, "OT1": 5, "OT2": 5}
+
+
+def _canonical_order(res: _Residue) -> _Residue:
+    order = sorted(range(len(res.atom_names)), key=lambda i: (_ATOM_ORDER.get(res.atom_names[i], 4), i))
+    return _Residue(res.chain, res.res_name, res.res_seq, res.ins_code,
+                    atom_names=[res.atom_names[i] for i in order], elements=[res.elements[i] for i in order],
+                    source_index=[res.source_index[i] for i in order])
+
+
 def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: bool,
                     warn: bool = True) -> tuple[Topology, np.ndarray]:
     """Drop residues without N/CA/C, then build the Topology; returns it and the source atom indices."""
@@ -161,7 +174,7 @@ def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: 
             if warn:
                 warnings.warn(f"{path}: {problem}; dropping it", stacklevel=3)
             continue
-        good.append(res)
+        good.append(_canonical_order(res))
     if not good:
         raise InputError(path, "no protein residues with N, CA and C atoms found")
     source = np.asarray([i for res in good for i in res.source_index], dtype=np.int64)
