@@ -228,6 +228,14 @@ def test_bad_input_messages(tmp_path):
     with pytest.raises(InputError, match="NaN"):
         write_ensemble(tmp_path / "keep.pdb", structure.topology, bad)
     assert (tmp_path / "keep.pdb").read_text() == "old"
+    top = structure.topology
+    long_chains = Topology(top.atom_name, top.element, top.residue_index, top.res_name, top.res_seq,
+                           top.ins_code, np.full(top.n_residues, "LONG"), top.bonded_to_next)
+    with pytest.raises(InputError, match=r"long.pdb: cannot write as PDB \(chain name too long.*write .cif"):
+        write_ensemble(tmp_path / "long.pdb", long_chains, structure.coords)
+    assert not (tmp_path / "long.pdb").exists()
+    write_ensemble(tmp_path / "long.cif", long_chains, structure.coords)
+    assert read_structure(tmp_path / "long.cif").topology.chain_id[0] == "LONG"
     with pytest.raises(InputError, match="unknown ensemble format"):
         write_ensemble(tmp_path / "out.xyz", structure.topology, structure.coords)
 

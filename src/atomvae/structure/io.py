@@ -429,7 +429,10 @@ def write_ensemble(path: str | os.PathLike, topology: Topology, coords) -> list[
     st = _gemmi_structure(topology, coords)
     with atomic_path(path) as tmp:
         if suffix == ".pdb":
-            st.write_pdb(str(tmp), gemmi.PdbWriteOptions(cryst1_record=False))
+            try:
+                st.write_pdb(str(tmp), gemmi.PdbWriteOptions(cryst1_record=False))
+            except RuntimeError as err:  # e.g. chain names longer than PDB allows
+                raise InputError(path, f"cannot write as PDB ({err}); write .cif instead") from None
         else:
             st.make_mmcif_document().write_file(str(tmp))
     return [path]
