@@ -330,6 +330,8 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
         picked = [(int(i), str(names[i])) for i in residue.atoms.indices]
         picked = [(i, n, element_from_name(n, res_name)) for i, n in picked]
         picked = [(i, n, e) for i, n, e in picked if e not in ("H", "")]
+        # Trajectories have no alternative locations; if a PDB topology brings some, keep the first.
+        picked = list({n: (i, n, e) for i, n, e in reversed(picked)}.values())[::-1]
         if not picked:
             continue
         icode = str(getattr(residue, "icode", "") or "").strip()
