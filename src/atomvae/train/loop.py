@@ -91,6 +91,14 @@ def sampling_generator(device: torch.device, *parts: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(*parts))
 
 
+def make_optimizer(parameters, learning_rate: float, device: torch.device) -> torch.optim.Adam:
+    """Adam (paper). The fused kernel on CPU and CUDA: with the ~12M encoder parameters the default
+    per-tensor Adam costs ~350 ms a step on 2 cores against ~40 ms fused, more than the renders of a
+    CPU-preset batch."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(parameters, lr=learning_rate, fused=fused)
+
+
 def _stages(config: TrainConfig) -> list[int]:
     # With fixed given poses nothing of the pose path is trained, so the pose-only stage 1 is skipped.
     return [2] if config.pose_mode == "given" else [1, 2]
@@ -281,7 +289,7 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
             TrainingProgress(total_images, done_images, enabled=show_progress, desc=f"seed {seed}") as bar:
         for stage in stages:
             stage_config = config.stage1 if stage == 1 else config.stage2
-            optimizer = torch.optim.Adam(model.trainable_parameters(stage), lr=stage_config.learning_rate)
+            optimizer = make_optimizer(model.trainable_parameters(stage), stage_config.learning_rate, device)
             # A stage-end checkpoint carries no optimizer (the next stage starts a fresh Adam on its own
             # parameter set); a mid-stage one carries the stage's Adam moments.
             resumed_in_this_stage = payload is not None and payload["position"].stage == stage
