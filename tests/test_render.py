@@ -1,0 +1,148 @@
+"""The separable renderer against a brute-force 3D projection, finite differences and its conventions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from atomvae.physics import render as render_module
+from atomvae.physics.ctf import CTFParams, apply_ctf
+from atomvae.physics.grid import pixel_centers
+from atomvae.physics.render import render, render_projections
+
+
+def _random_case(n: int, n_atoms: int, seed: int, dtype=torch.float64, spread: float = 5.0):
+    rng = np.random.default_rng(seed)
+    coords = torch.as_tensor(rng.normal(scale=spread, size=(n, n_atoms, 3)), dtype=dtype)
+    rotation = torch.as_tensor(Rotation.random(n, random_state=seed).as_matrix(), dtype=dtype)
+    shift = torch.as_tensor(rng.uniform(-2.0, 2.0, size=(n, 2)), dtype=dtype)  # sub-pixel and beyond
+    return coords, rotation, shift
+
+
+def _brute_force_projection(coords, rotation, shift, box, pixel_size, sigma):
+    """Integrate each rotated 3D Gaussian along z on a fine grid at every pixel centre (dense, numpy)."""
+    coords, rotation, shift = (np.asarray(t, dtype=np.float64) for t in (coords, rotation, shift))
+    centers = (np.arange(box) - box // 2) * pixel_size
+    images = np.zeros((len(coords), box, box))
+    dz = 0.02 * sigma
+    z_offsets = np.arange(-10 * sigma, 10 * sigma + dz / 2, dz)
+    norm = 1.0 / ((2 * np.pi) ** 1.5 * sigma**3)
+    for n in range(len(coords)):
+        rotated = coords[n] @ rotation[n].T  # x_img = R @ x
+        for atom in rotated:
+            x, y, z = atom[0] + shift[n, 0], atom[1] + shift[n, 1], atom[2]
+            zs = z + z_offsets
+            r2 = (
+                (centers[:, None, None] - y) ** 2  # image axis 0 is y
+                + (centers[None, :, None] - x) ** 2
+                + (zs[None, None, :] - z) ** 2
+            )
+            density = norm * np.exp(-0.5 * r2 / sigma**2)
+            images[n] += np.trapezoid(density, zs, axis=-1) * pixel_size**2
+    return images
+
+
+@pytest.mark.parametrize(
+    ("box", "pixel_size", "sigma"),
+    [(24, 1.5, 1.0), (17, 2.3, 1.0), (20, 0.4, 1.0), (16, 1.0, 1.7)],  # banded, odd box, dense, wide
+)
+def test_matches_brute_force_3d_projection(box, pixel_size, sigma):
+    coords, rotation, shift = _random_case(3, 25, seed=box)
+    expected = _brute_force_projection(coords, rotation, shift, box, pixel_size, sigma)
+    got64 = render_projections(coords, rotation, shift, box, pixel_size, sigma).numpy()
+    got32 = render_projections(coords.float(), rotation.float(), shift.float(), box, pixel_size, sigma)
+    scale = np.abs(expected).max()
+    assert np.abs(got64 - expected).max() / scale < 1e-5
+    assert np.abs(got32.double().numpy() - expected).max() / scale < 1e-5
+
+
+def test_unit_mass_and_axis_convention():
+    pixel_size, box = 0.5, 32
+    coords = torch.tensor([[[2 * pixel_size, -3 * pixel_size, 7.0]]], dtype=torch.float64)
+    image = render_projections(coords, torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 2), box,
+                               pixel_size)[0]
+    assert image.sum().item() == pytest.approx(1.0, abs=1e-9)
+    peak = divmod(int(image.argmax()), box)
+    assert peak == (box // 2 - 3, box // 2 + 2)  # (row = y, column = x), centre pixel box // 2
+    shifted = render_projections(coords, torch.eye(3, dtype=torch.float64)[None],
+                                 torch.tensor([[pixel_size, 0.0]], dtype=torch.float64), box, pixel_size)[0]
+    assert divmod(int(shifted.argmax()), box) == (box // 2 - 3, box // 2 + 3)  # +shift_x moves right
+
+
+def test_rotation_maps_model_axes_into_the_image():
+    # R maps model coordinates to the image frame: an atom on the model z axis rotated by
+    # R = Rx(-90 deg) (y <- z) lands at +y in the image.
+    pixel_size, box = 1.0, 16
+    coords = torch.tensor([[[0.0, 0.0, 4.0]]], dtype=torch.float64)
+    rotation = torch.as_tensor(Rotation.from_euler("x", -90, degrees=True).as_matrix())[None]
+    assert torch.allclose(rotation[0] @ coords[0, 0], torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64))
+    image = render_projections(coords, rotation, torch.zeros(1, 2, dtype=torch.float64), box, pixel_size)[0]
+    assert divmod(int(image.argmax()), box) == (box // 2 + 4, box // 2)
+    assert pixel_centers(box, pixel_size)[box // 2 + 4].item() == 4.0
+
+
+@pytest.mark.parametrize("pixel_size", [1.7, 0.6])  # banded backward, dense backward
+def test_gradcheck_coordinates_rotation_shift(pixel_size):
+    coords, rotation, shift = _random_case(2, 6, seed=11, spread=3.0)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (coords, rotation, shift))
+    assert torch.autograd.gradcheck(
+        lambda c, r, s: render_projections(c, r, s, 12, pixel_size), inputs, atol=1e-7, rtol=1e-5,
+        fast_mode=True,  # random projections of the Jacobian: seconds instead of a backward per pixel
+    )
+    # The full Jacobian on a tiny case.
+    small = tuple(t.clone().requires_grad_(True) for t in (coords[:1, :3], rotation[:1], shift[:1]))
+    assert torch.autograd.gradcheck(lambda c, r, s: render_projections(c, r, s, 6, pixel_size * 2), small)
+
+
+def test_gradcheck_of_the_autograd_function_with_chunks():
+    g = torch.Generator().manual_seed(3)
+    positions = (torch.rand(5, 7, 2, generator=g, dtype=torch.float64) - 0.5) * 20
+    positions.requires_grad_(True)
+    function = render_module._SeparableGaussianProjection.apply
+    # chunk of 2 renders: the last chunk is partial; one atom sits outside the box.
+    with torch.no_grad():
+        positions[0, 0] = torch.tensor([30.0, -2.0])
+    assert torch.autograd.gradcheck(lambda p: function(p, 14, 1.5, 1.0, 2), (positions,), atol=1e-7,
+                                    fast_mode=True)
+    assert torch.autograd.gradcheck(lambda p: function(p, 5, 3.0, 1.0, 2), (positions[:3, :3],), atol=1e-7)
+
+
+def test_broadcasts_leading_dims_and_chunking_does_not_matter(monkeypatch):
+    coords, rotation, shift = _random_case(6, 30, seed=5, dtype=torch.float32)
+    coords_bk = coords.reshape(2, 3, 30, 3)
+    together = render_projections(coords_bk, rotation.reshape(2, 3, 3, 3), shift.reshape(2, 3, 2), 20, 1.5)
+    assert together.shape == (2, 3, 20, 20)
+    # One structure under several poses: coords (A, 3) broadcast against rotation (K, 3, 3).
+    shared = render_projections(coords[0], rotation, shift, 20, 1.5)
+    monkeypatch.setattr(render_module, "CHUNK_ATOMS", 30)  # one render per chunk
+    for k in range(6):
+        alone = render_projections(coords[k], rotation[k], shift[k], 20, 1.5)
+        torch.testing.assert_close(together.reshape(6, 20, 20)[k], alone, atol=1e-6, rtol=1e-5)
+        alone_shared = render_projections(coords[0], rotation[k], shift[k], 20, 1.5)
+        torch.testing.assert_close(shared[k], alone_shared, atol=1e-6, rtol=1e-5)
+
+
+def test_render_with_ctf_is_projection_then_ctf_and_differentiable():
+    coords, rotation, shift = _random_case(2, 5, seed=8, spread=3.0)
+    params = CTFParams(torch.tensor([12000.0, 18000.0], dtype=torch.float64), 15000.0, 33.0, bfactor=20.0)
+    images = render(coords[:, None], rotation[:, None], shift[:, None], params, 10, 2.0)  # (B=2, K=1)
+    expected = apply_ctf(render_projections(coords, rotation, shift, 10, 2.0)[:, None], params, 2.0)
+    torch.testing.assert_close(images, expected)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (coords, rotation, shift))
+    assert torch.autograd.gradcheck(lambda c, r, s: render(c, r, s, params, 10, 2.0), inputs, fast_mode=True)
+
+
+def test_far_and_nan_atoms():
+    coords = torch.tensor([[[500.0, -400.0, 0.0], [0.0, 0.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    eye = torch.eye(3, dtype=torch.float64)[None]
+    image = render_projections(coords, eye, torch.zeros(1, 2, dtype=torch.float64), 16, 1.0)
+    single = render_projections(coords[:, 1:].detach(), eye, torch.zeros(1, 2, dtype=torch.float64), 16, 1.0)
+    torch.testing.assert_close(image.detach(), single)
+    image.sum().backward()
+    assert torch.isfinite(coords.grad).all() and coords.grad[0, 0].abs().max() < 1e-30
+    nan_coords = torch.tensor([[[math.nan, 0.0, 0.0]]])
+    assert torch.isnan(render_projections(nan_coords, torch.eye(3)[None], torch.zeros(1, 2), 8, 1.0)).any()
