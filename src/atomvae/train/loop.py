@@ -32,8 +32,8 @@ from atomvae.train.checkpoint import (
     save_checkpoint,
     stage_checkpoint_name,
 )
-from atomvae.train.config import TrainConfig, config_to_dict, load_config, save_config
-from atomvae.train.metrics import CURVE_FILE, MetricsLogger, plot_training_curve
+from atomvae.train.config import StageConfig, TrainConfig, config_to_dict, load_config, save_config
+from atomvae.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_training_curve
 from atomvae.train.particles import ParticleSource, open_particles
 from atomvae.train.progress import TrainingProgress
 
@@ -252,98 +252,135 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
                resume: bool = False, max_steps: int | None = None, show_progress: bool | None = None
                ) -> SeedResult:
     """Train one seed in RUN/seed_<seed>/ (resuming from its last checkpoint when asked and present)."""
-    ckpt_dir = run_folder.checkpoint_dir(run_dir, seed)
-    last = ckpt_dir / LAST
-    payload = load_checkpoint(last, map_location=device) if resume and last.is_file() else None
-    position = payload["position"] if payload is not None else Position(stage=_stages(config)[0])
-    model_init = {k: info[k] for k in ("box", "pixel_size", "noise_sigma")}
+    trainer = _SeedTrainer(config, seed, source, structure, info, train_idx, val_idx, run_dir, device,
+                           resume=resume)
+    seed_dir = run_folder.seed_dir(run_dir, seed)
+    total_images = sum(len(train_idx) * _stage_config(config, s).epochs for s in _stages(config))
+    with MetricsLogger(seed_dir, resume_step=trainer.resumed_step) as metrics, \
+            TrainingProgress(total_images, trainer.images_done(), enabled=show_progress,
+                             desc=f"seed {seed}") as bar:
+        trainer.run(metrics, bar, max_steps)
+    # Seeds are compared on the final stage's objective (stage 1 only if stopped before stage 2).
+    final_stage = min(trainer.position.stage, 2)
+    val = validation_log_likelihood(trainer.model, source, val_idx, config, final_stage, seed, device)
+    plot_training_curve(seed_dir / METRICS_FILE, seed_dir / CURVE_FILE)
+    return SeedResult(seed=seed, checkpoint=trainer.last, position=trainer.position, val_log_likelihood=val)
 
-    torch.manual_seed(derived_seed(seed))  # parameter initialisation (and anything else on the global RNG)
-    model = run_folder.build_model(config, structure.topology, structure.coords, info).to(device)
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        restore_rng_state(payload["rng"])
-    else:
-        calibration = source.load(train_idx[: config.data.n_calibration_images].tolist(), device)
+
+def _stage_config(config: TrainConfig, stage: int) -> StageConfig:
+    return config.stage1 if stage == 1 else config.stage2
+
+
+class _SeedTrainer:
+    """The state of one seed's training (model, position, resumed checkpoint) and its stage/epoch loops."""
+
+    def __init__(self, config: TrainConfig, seed: int, source: ParticleSource, structure,
+                 info: dict[str, Any], train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path,
+                 device: torch.device, resume: bool):
+        self.config, self.seed, self.source, self.device = config, seed, source, device
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.ckpt_dir = run_folder.checkpoint_dir(run_dir, seed)
+        self.last = self.ckpt_dir / LAST
+        self.model_init = {k: info[k] for k in ("box", "pixel_size", "noise_sigma")}
+        self.payload = None
+        if resume and self.last.is_file():
+            self.payload = load_checkpoint(self.last, map_location=device)
+        self.resumed_step = None if self.payload is None else self.payload["position"].global_step
+        self.position = self.payload["position"] if self.payload else Position(stage=_stages(config)[0])
+
+        torch.manual_seed(derived_seed(seed))  # parameter initialisation (and anything on the global RNG)
+        self.model = run_folder.build_model(config, structure.topology, structure.coords, info).to(device)
+        if self.payload is not None:
+            self.model.load_state_dict(self.payload["model"])
+            restore_rng_state(self.payload["rng"])
+        else:
+            self._initialise_amplitude()
+        self.model.train()
+
+    def _initialise_amplitude(self) -> None:
+        config = self.config
+        indices = self.train_idx[: config.data.n_calibration_images].tolist()
+        calibration = self.source.load(indices, self.device)
         given = config.pose_mode != "inferred"
-        model.initialise_amplitude(calibration["image"], calibration["ctf"],
-                                   rotation=calibration["rotation"] if given else None,
-                                   shift=calibration["shift"] if given else None,
-                                   generator=sampling_generator(device, seed, _CALIBRATION))
-    model.train()
+        self.model.initialise_amplitude(calibration["image"], calibration["ctf"],
+                                        rotation=calibration["rotation"] if given else None,
+                                        shift=calibration["shift"] if given else None,
+                                        generator=sampling_generator(self.device, self.seed, _CALIBRATION))
 
-    def checkpoint(path: Path, optimizer, metrics: dict[str, Any] | None = None) -> None:
-        save_checkpoint(path, model=model, optimizer=optimizer, position=position, model_init=model_init,
-                        seed=seed, metrics=metrics)
+    def images_done(self) -> int:
+        """Images already processed before ``position`` (the progress bar's starting point)."""
+        done, n_train = 0, len(self.train_idx)
+        for stage in _stages(self.config):
+            if stage < self.position.stage:
+                done += n_train * _stage_config(self.config, stage).epochs
+            elif stage == self.position.stage:
+                in_epoch = min(n_train, self.position.step_in_epoch * self.config.batch_size)
+                done += n_train * self.position.epoch + in_epoch
+        return done
 
-    stages = [s for s in _stages(config) if s >= position.stage]
-    if max_steps is not None and position.global_step >= max_steps:
-        stages = []  # already there (resuming a run that stopped at this max_steps)
-    images_per_epoch = len(train_idx)
-    total_images = sum(images_per_epoch * (config.stage1 if s == 1 else config.stage2).epochs
-                       for s in _stages(config))
-    done_images = _images_done(config, position, images_per_epoch, len(train_idx))
-    stopped = False
-    with MetricsLogger(run_folder.seed_dir(run_dir, seed),
-                       resume_step=position.global_step if payload is not None else None) as metrics, \
-            TrainingProgress(total_images, done_images, enabled=show_progress, desc=f"seed {seed}") as bar:
-        for stage in stages:
-            stage_config = config.stage1 if stage == 1 else config.stage2
-            optimizer = make_optimizer(model.trainable_parameters(stage), stage_config.learning_rate, device)
+    def save(self, path: Path, optimizer: torch.optim.Optimizer | None) -> None:
+        save_checkpoint(path, model=self.model, optimizer=optimizer, position=self.position,
+                        model_init=self.model_init, seed=self.seed)
+
+    def run(self, metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None) -> None:
+        """Stages from the current position on; returns at the end or once ``max_steps`` is reached."""
+        if max_steps is not None and self.position.global_step >= max_steps:
+            return  # resuming a run that already stopped at this max_steps
+        for stage in [s for s in _stages(self.config) if s >= self.position.stage]:
+            stage_config = _stage_config(self.config, stage)
+            optimizer = make_optimizer(self.model.trainable_parameters(stage), stage_config.learning_rate,
+                                       self.device)
             # A stage-end checkpoint carries no optimizer (the next stage starts a fresh Adam on its own
             # parameter set); a mid-stage one carries the stage's Adam moments.
-            resumed_in_this_stage = payload is not None and payload["position"].stage == stage
-            if resumed_in_this_stage and payload["optimizer"] is not None:
+            payload = self.payload
+            if payload and payload["position"].stage == stage and payload["optimizer"] is not None:
                 optimizer.load_state_dict(payload["optimizer"])
-            first_epoch = position.epoch if position.stage == stage else 0
+            first_epoch = self.position.epoch if self.position.stage == stage else 0
             for epoch in range(first_epoch, stage_config.epochs):
-                for group in optimizer.param_groups:
-                    group["lr"] = stage_config.learning_rate_at(epoch)
-                batches = epoch_batches(train_idx, config.batch_size, seed, stage, epoch)
-                resuming_here = (position.stage, position.epoch) == (stage, epoch)
-                first_step = position.step_in_epoch if resuming_here else 0
-                for step_in_epoch, batch in enumerate(source.batches(batches[first_step:], device),
-                                                      start=first_step):
-                    started = time.perf_counter()
-                    out, finite = _train_step(model, optimizer, batch, config, stage, device,
-                                              sampling_generator(device, seed, _SAMPLING, stage,
-                                                                 position.global_step))
-                    n_images = len(batch["image"])
-                    position = Position(stage, epoch, step_in_epoch + 1, position.global_step + 1)
-                    if position.global_step % config.log_every == 0 or not finite:
-                        metrics.log({"kind": "train", "step": position.global_step, "stage": stage,
-                                     "epoch": epoch, "loss": float(out.total.detach()), "finite": finite,
-                                     **{k: float(v) for k, v in out.terms.items()},
-                                     "images_per_s": n_images / (time.perf_counter() - started),
-                                     "lr": optimizer.param_groups[0]["lr"]})
-                    bar.update(n_images, stage=stage, loss=float(out.total.detach()))
-                    if position.global_step % config.checkpoint_every == 0:
-                        checkpoint(last, optimizer)
-                    if max_steps is not None and position.global_step >= max_steps:
-                        stopped = True
-                        break
-                if stopped:
-                    break
-                if (epoch + 1) % config.validate_every == 0 or epoch + 1 == stage_config.epochs:
-                    val = validation_log_likelihood(model, source, val_idx, config, stage, seed, device)
-                    metrics.log({"kind": "val", "step": position.global_step, "stage": stage, "epoch": epoch,
-                                 "val_log_likelihood": val})
-                position = Position(stage, epoch + 1, 0, position.global_step)
-            if stopped:
-                checkpoint(last, optimizer)
-                break
-            position = Position(stage + 1, 0, 0, position.global_step)
-            checkpoint(ckpt_dir / stage_checkpoint_name(stage), None)
-            checkpoint(last, None)
+                if not self._run_epoch(stage, epoch, optimizer, metrics, bar, max_steps):
+                    self.save(self.last, optimizer)  # stopped by max_steps
+                    return
+                if (epoch + 1) % self.config.validate_every == 0 or epoch + 1 == stage_config.epochs:
+                    val = validation_log_likelihood(self.model, self.source, self.val_idx, self.config, stage,
+                                                    self.seed, self.device)
+                    metrics.log({"kind": "val", "step": self.position.global_step, "stage": stage,
+                                 "epoch": epoch, "val_log_likelihood": val})
+                self.position = Position(stage, epoch + 1, 0, self.position.global_step)
+            self.position = Position(stage + 1, 0, 0, self.position.global_step)
+            self.save(self.ckpt_dir / stage_checkpoint_name(stage), None)
+            self.save(self.last, None)
+        if not self.last.is_file():  # no step at all (zero epochs): keep the initial model usable
+            self.save(self.last, None)
 
-    # Model selection compares seeds on the final stage's objective (stage 1 only if stopped before 2).
-    final_stage = min(position.stage, 2)
-    val = validation_log_likelihood(model, source, val_idx, config, final_stage, seed, device)
-    if not last.is_file():  # max_steps = 0: keep the initial model so the folder is usable
-        checkpoint(last, None)
-    plot_training_curve(run_folder.seed_dir(run_dir, seed) / "metrics.jsonl",
-                        run_folder.seed_dir(run_dir, seed) / CURVE_FILE)
-    return SeedResult(seed=seed, checkpoint=last, position=position, val_log_likelihood=val)
+    def _run_epoch(self, stage: int, epoch: int, optimizer: torch.optim.Optimizer, metrics: MetricsLogger,
+                   bar: TrainingProgress, max_steps: int | None) -> bool:
+        """The remaining steps of one epoch; False when stopped early by ``max_steps``."""
+        config, seed = self.config, self.seed
+        for group in optimizer.param_groups:
+            group["lr"] = _stage_config(config, stage).learning_rate_at(epoch)
+        batches = epoch_batches(self.train_idx, config.batch_size, seed, stage, epoch)
+        resuming_here = (self.position.stage, self.position.epoch) == (stage, epoch)
+        first_step = self.position.step_in_epoch if resuming_here else 0
+        for step_in_epoch, batch in enumerate(self.source.batches(batches[first_step:], self.device),
+                                              start=first_step):
+            started = time.perf_counter()
+            generator = sampling_generator(self.device, seed, _SAMPLING, stage, self.position.global_step)
+            out, finite = _train_step(self.model, optimizer, batch, config, stage, self.device, generator)
+            n_images = len(batch["image"])
+            self.position = Position(stage, epoch, step_in_epoch + 1, self.position.global_step + 1)
+            step = self.position.global_step
+            if step % config.log_every == 0 or not finite:
+                metrics.log({"kind": "train", "step": step, "stage": stage, "epoch": epoch,
+                             "loss": float(out.total.detach()), "finite": finite,
+                             **{k: float(v) for k, v in out.terms.items()},
+                             "images_per_s": n_images / (time.perf_counter() - started),
+                             "lr": optimizer.param_groups[0]["lr"]})
+            bar.update(n_images, stage=stage, loss=float(out.total.detach()))
+            if max_steps is not None and step >= max_steps:
+                return False
+            if step % config.checkpoint_every == 0:
+                self.save(self.last, optimizer)
+        return True
 
 
 def _train_step(model, optimizer, batch: dict[str, Any], config: TrainConfig, stage: int,
@@ -361,19 +398,6 @@ def _train_step(model, optimizer, batch: dict[str, Any], config: TrainConfig, st
         out.total.backward()
         optimizer.step()
     return out, finite
-
-
-def _images_done(config: TrainConfig, position: Position, images_per_epoch: int, n_train: int) -> int:
-    """Images already processed before ``position`` (for the progress bar's starting point)."""
-    done = 0
-    for stage in _stages(config):
-        stage_config = config.stage1 if stage == 1 else config.stage2
-        if stage < position.stage:
-            done += images_per_epoch * stage_config.epochs
-        elif stage == position.stage:
-            in_epoch = min(n_train, position.step_in_epoch * config.batch_size)
-            done += images_per_epoch * position.epoch + in_epoch
-    return done
 
 
 def resolved_config_for_resume(run_dir: str | Path, device: str | None = None) -> TrainConfig:
