@@ -41,8 +41,8 @@ from atomvae.structure.io import read_ensemble, read_structure
 
 __all__ = ["EvaluateConfig", "evaluate", "read_truth_frames", "run_metrics_records"]
 
-# Keys of truth.npz that may hold each particle's index into the simulated ensemble, most specific first.
-TRUTH_FRAME_KEYS = ("frame_index", "structure_index", "frame", "conformation")
+# truth.npz (atomvae simulate): "frame" (N,) = each particle's structure index in the simulated ensemble.
+TRUTH_FRAME_KEY = "frame"
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ def read_truth_frames(truth_path: Path, particle_index: np.ndarray | None = None
         raise InputError(truth_path, "truth file not found")
     try:
         with np.load(truth_path) as data:
-            key = next((k for k in TRUTH_FRAME_KEYS if k in data), None)
-            if key is None:
-                raise InputError(truth_path, f"has none of the keys {', '.join(TRUTH_FRAME_KEYS)} "
-                                             f"(it has {', '.join(data.files)})")
-            frames = np.asarray(data[key]).astype(np.int64).reshape(-1)
+            if TRUTH_FRAME_KEY not in data:
+                raise InputError(truth_path, f"has no '{TRUTH_FRAME_KEY}' array (it has "
+                                             f"{', '.join(data.files)}); expected the truth.npz of "
+                                             "atomvae simulate")
+            frames = np.asarray(data[TRUTH_FRAME_KEY]).astype(np.int64).reshape(-1)
     except (OSError, ValueError) as err:
         raise InputError(truth_path, f"not a readable .npz file: {err}") from None
     if particle_index is None:
@@ -239,6 +239,10 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
              for k, s in enumerate(specs)}
         summary["conditional"] = {"pearson_r": r, "n_particles": len(frames),
                                   "posterior_samples": config.posterior_samples}
+        undefined = [label for label, value in r.items() if not np.isfinite(value)]
+        notes = [f"Pearson r is undefined for {', '.join(undefined)}: the posterior samples (or the "
+                 "truth) do not vary, e.g. a run still in stage 1 decodes only the base structure."
+                 ] if undefined else []
         figs = [ReportFigure(f"conditional_d{k + 1}",
                              plots.conditional_figure(samples[:, :, k], truth_d[:, k], s.label, r[s.label]),
                              f"Posterior samples of {s.label} against the particle's true value.")
@@ -248,7 +252,7 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
             paragraphs=["Per particle, distances in posterior samples (z = mu + sigma * eps, decoded) "
                         "against the distance in that particle's true structure (paper figure 9). r near 1: "
                         "each image alone pins down its conformation; near 0: only the ensemble is "
-                        "recovered."]))
+                        "recovered.", *notes]))
     if records:
         fig = plots.training_curves_figure(records)
         if fig is not None:
@@ -312,8 +316,10 @@ def evaluate(config: EvaluateConfig) -> dict:
         inputs = [("prediction", str(config.pred)), ("ground truth", str(config.gt))]
         if config.base is not None:
             inputs.append(("base structure", str(config.base)))
-        if config.run is not None:
-            inputs.append(("run", str(config.run)))
+        for name, value in (("run", config.run), ("latents", config.latents), ("particles", config.particles),
+                            ("truth", config.truth), ("simulated ensemble", config.ensemble_source)):
+            if value is not None:
+                inputs.append((name, str(value)))
         inputs.append(("settings", f"--n {config.n} --atoms {config.atoms} --seed {config.seed}"))
         written = write_report(config.out_dir, "atomvae evaluation", sections, summary, inputs)
         summary["report"] = str(written["html"])
