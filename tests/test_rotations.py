@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from atomvae.geometry.rotations import (
+    _gram_schmidt_robust,
     gram_schmidt,
     random_rotations,
     rotation_to_six_d,
@@ -76,6 +77,28 @@ def test_gram_schmidt_near_degenerate_inputs_give_rotations_and_finite_gradients
         _assert_rotation(R.detach(), atol)
         (R * torch.arange(9, dtype=dtype).view(3, 3)).sum().backward()
         assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all(), name
+
+
+def test_mixed_batch_degenerate_entries_do_not_disturb_the_others():
+    gen = torch.Generator().manual_seed(7)
+    v1 = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    v2 = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    v2[3] = 2 * v1[3]
+    v1[6] = 0.0
+    a, b = v1.clone().requires_grad_(True), v2.clone().requires_grad_(True)
+    R = gram_schmidt(a, b)
+    _assert_rotation(R.detach(), 1e-12)
+    good = [i for i in range(10) if i not in (3, 6)]
+    expected = np.stack([_paper_formula(v1[i].numpy(), v2[i].numpy()) for i in good])
+    np.testing.assert_allclose(R[good].detach().numpy(), expected, atol=1e-12)
+    R.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    # The gradient of a good entry is the same as when computed alone.
+    a1, b1 = v1[:1].clone().requires_grad_(True), v2[:1].clone().requires_grad_(True)
+    gram_schmidt(a1, b1).sum().backward()
+    torch.testing.assert_close(a.grad[:1], a1.grad)
+    # The robust path alone is the same formula on generic input.
+    torch.testing.assert_close(_gram_schmidt_robust(v1[good], v2[good]), R[good].detach())
 
 
 def test_gram_schmidt_tiny_inputs_keep_their_direction():

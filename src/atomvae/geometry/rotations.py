@@ -42,14 +42,35 @@ def gram_schmidt(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
 
     roma.special_gramschmidt computes the same columns, but for degenerate input (v2 parallel to v1,
     or a zero vector) it returns a zero column and NaN gradients. The network can produce such
-    inputs, so we write the few lines ourselves: inputs are rescaled to unit max-component (tiny or
-    huge vectors work), norms are clamped (finite gradients), u2 is projected twice ("twice is
-    enough") so e2 stays orthogonal to e1 when v2 is almost parallel to v1, and where v1 or u2
-    vanishes (relative to machine precision) a fixed perpendicular direction takes its place.
-    Away from degeneracy the result is exactly the formula above.
+    inputs, so we write the few lines ourselves. u2 is projected twice ("twice is enough") so e2 stays
+    orthogonal to e1 when v2 is almost parallel to v1. Entries that are degenerate (v1 or u2 vanishing
+    relative to machine precision, or too small to square) are recomputed by a slower robust path;
+    the fast path alone is about twice as fast as roma's forward+backward here, and the check
+    costs one reduction (a device sync on GPU).
     """
+    v1, v2 = torch.broadcast_tensors(v1, v2)
+    finfo = torch.finfo(v1.dtype)
+    floor = float(finfo.tiny) ** 0.5  # squared norms below this: treat as degenerate (keeps rsqrt' finite)
+    eps = 16 * float(finfo.eps)  # below this relative size the direction of u2 is rounding noise
+    n1_sq = (v1 * v1).sum(-1, keepdim=True)
+    e1 = v1 * torch.rsqrt(n1_sq.clamp_min(floor))
+    u2 = v2 - e1 * (e1 * v2).sum(-1, keepdim=True)
+    u2 = u2 - e1 * (e1 * u2).sum(-1, keepdim=True)
+    n2_sq = (u2 * u2).sum(-1, keepdim=True)
+    e2 = u2 * torch.rsqrt(n2_sq.clamp_min(floor))
+    R = torch.stack((e1, e2, torch.linalg.cross(e1, e2, dim=-1)), dim=-1)
+    with torch.no_grad():
+        bad = (n1_sq <= floor) | (n2_sq <= floor) | (n2_sq <= eps * eps * (v2 * v2).sum(-1, keepdim=True))
+    if bad.any():
+        R = torch.where(bad.unsqueeze(-1), _gram_schmidt_robust(v1, v2), R)
+    return R
+
+
+def _gram_schmidt_robust(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """Gram-Schmidt that returns a rotation with finite gradients for any input: inputs are rescaled to
+    unit max-component (tiny or huge vectors work), norms are clamped, and where v1 or u2 vanishes a
+    fixed perpendicular direction takes its place. Equal to the formula away from degeneracy."""
     v1, v2 = torch.broadcast_tensors(_unit_scale(v1), _unit_scale(v2))
-    # Below this relative size the direction of u2 is rounding noise.
     eps = 16 * float(torch.finfo(v1.dtype).eps)
 
     n1 = _norm_clamped(v1, 0.5)  # after rescaling |v1| is 0 or in [1, sqrt 3]
