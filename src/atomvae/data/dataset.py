@@ -46,11 +46,12 @@ def fourier_crop(images: torch.Tensor, box: int) -> torch.Tensor:
         return images
     if box > size or box % 2:
         raise ValueError(f"can only Fourier-crop to an even box <= {size}, got {box}")
-    spectrum = torch.fft.fftshift(torch.fft.fft2(images), dim=(-2, -1))
-    start = size // 2 - box // 2
-    cropped = spectrum[..., start : start + box, start : start + box]
-    out = torch.fft.ifft2(torch.fft.ifftshift(cropped, dim=(-2, -1))).real
-    return (out * (box * box) / (size * size)).to(images.dtype)
+    # rfft: keep frequency rows 0..box/2-1 and -box/2..-1 and columns 0..box/2 of the half spectrum
+    spectrum = torch.fft.rfft2(images)
+    half = box // 2
+    cropped = torch.cat([spectrum[..., :half, : half + 1], spectrum[..., size - half :, : half + 1]], dim=-2)
+    out = torch.fft.irfft2(cropped, s=(box, box))
+    return out * ((box * box) / (size * size))
 
 
 def background_mask(box: int, radius: float) -> torch.Tensor:

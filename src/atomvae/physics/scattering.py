@@ -161,11 +161,10 @@ def projected_potential(
     patches = torch.matmul((profile_y * weight[None, :, :, None]).transpose(-1, -2), profile_x)
     # flat positions of every patch pixel in a padded (n_sub + 2 pad)^2 canvas
     side = n_sub + 2 * pad
-    offsets = band[:-1]
-    rows = (start_y + pad)[..., None, None] + offsets[:, None]
-    cols = (start_x + pad)[..., None, None] + offsets[None, :]
+    patch_offsets = band[:-1, None] * side + band[None, :-1]  # (2h+1, 2h+1)
+    corner = (start_y + pad) * side + (start_x + pad)  # (B, A) flat position of each patch's corner
     canvas = torch.zeros(xy.shape[0], side * side, dtype=dtype, device=device)
-    canvas.scatter_add_(1, (rows * side + cols).flatten(1), patches.flatten(1))
+    canvas.scatter_add_(1, (corner[..., None, None] + patch_offsets).flatten(1), patches.flatten(1))
     return canvas.reshape(-1, side, side)[:, pad : pad + n_sub, pad : pad + n_sub]
 
 
