@@ -4,6 +4,7 @@ conditional accuracy, training curves) on a tiny trained run."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -206,3 +207,23 @@ def test_run_options_need_a_run_and_truth_must_fit(run_with_latents, capsys):
                  "--truth", str(folder / "short_truth.npz")]) == 2
     err = capsys.readouterr().err
     assert "short_truth.npz: holds 3 particles but the latents refer to particle 15" in err
+
+
+def test_training_curves_plot_every_numeric_key():
+    from atomvae.evaluate.plots import training_curves_figure
+
+    rng = np.random.default_rng(0)
+    records = [{"kind": "train", "step": s, "stage": 1 if s < 300 else 2, "epoch": s // 100, "finite": True,
+                "loss": float(100 * np.exp(-s / 200) + rng.normal()), "kl_conf": 0.1 * s, "note": "text"}
+               for s in range(1, 501)]
+    records += [{"kind": "val", "step": s, "stage": 2, "val_log_likelihood": -float(s)}
+                for s in (300, 400, 500)]
+    fig = training_curves_figure(records)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["loss", "kl_conf", "val_log_likelihood"]
+    loss_ax = fig.axes[0]
+    # Two stages, each a faint raw line and its running mean; the raw stage-1 line holds steps 1..299.
+    assert len(loss_ax.lines) == 4
+    assert loss_ax.lines[0].get_xdata().tolist() == list(range(1, 300))
+    assert training_curves_figure([{"step": 1, "stage": 1, "note": "x"}]) is None
+    fig.savefig(io.BytesIO(), format="png")  # renders without error

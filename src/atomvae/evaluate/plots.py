@@ -22,6 +22,11 @@ __all__ = [
 PRED_COLOUR, GT_COLOUR, BASE_COLOUR, FLOOR_COLOUR = "#d62728", "#1f77b4", "#7f7f7f", "#2ca02c"
 
 
+def _marker_size(n_points: int) -> float:
+    """Scatter marker area: large for a handful of points, small for thousands (so clouds stay readable)."""
+    return float(np.clip(3000.0 / max(n_points, 1), 3.0, 25.0))
+
+
 def emd_figure(cmp: EmdComparison, atoms: str = "CA") -> Figure:
     """EMD-RMSD of the model beside its references (left) and the distribution of the per-pair RMSDs
     behind each number (right)."""
@@ -103,7 +108,7 @@ def distance_scatter(pred: np.ndarray, gt: np.ndarray, labels: list[str], cutoff
             lo[i], hi[i] = min(lo[i], c), max(hi[i], c)
     pad = 0.05 * (hi - lo + 1e-9)
     lims = [(lo[i] - pad[i], hi[i] + pad[i]) for i in range(2)]
-    size = 4 if len(both) > 1000 else 12
+    size = _marker_size(len(both))
     for ax, data, name, colour in ((axes[0], gt, "ground truth", GT_COLOUR),
                                    (axes[1], pred, "prediction", PRED_COLOUR)):
         ax.scatter(data[:, 0], data[:, 1], s=size, alpha=0.4, color=colour, linewidths=0)
@@ -138,8 +143,8 @@ def conditional_figure(samples: np.ndarray, truth: np.ndarray, label: str, r: fl
     fig = Figure(figsize=(4.8, 4.5), layout="constrained")
     ax = fig.subplots()
     samples = np.asarray(samples).reshape(len(truth), -1)
-    ax.scatter(np.repeat(truth, samples.shape[1]), samples.reshape(-1), s=3, alpha=0.25, color=PRED_COLOUR,
-               linewidths=0)
+    ax.scatter(np.repeat(truth, samples.shape[1]), samples.reshape(-1), s=_marker_size(samples.size),
+               alpha=0.3, color=PRED_COLOUR, linewidths=0)
     lo = float(min(truth.min(), samples.min()))
     hi = float(max(truth.max(), samples.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect")
@@ -155,10 +160,12 @@ def latent_figure(projection: np.ndarray, explained: np.ndarray, colour: np.ndar
     """PCA of posterior means (N, 2), optionally coloured by a per-particle value (e.g. the true frame)."""
     fig = Figure(figsize=(5.8, 4.8), layout="constrained")
     ax = fig.subplots()
+    size = _marker_size(len(projection))
     if colour is None:
-        ax.scatter(projection[:, 0], projection[:, 1], s=4, alpha=0.5, linewidths=0)
+        ax.scatter(projection[:, 0], projection[:, 1], s=size, alpha=0.5, linewidths=0)
     else:
-        points = ax.scatter(projection[:, 0], projection[:, 1], s=4, c=colour, cmap="viridis", linewidths=0)
+        points = ax.scatter(projection[:, 0], projection[:, 1], s=size, c=colour, cmap="viridis",
+                            linewidths=0)
         fig.colorbar(points, ax=ax, label=colour_label)
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     if projection.shape[1] > 1:
@@ -189,10 +196,17 @@ def training_curves_figure(records: list[dict]) -> Figure | None:
         for k, stage in enumerate(stages):
             pts = [(r["step"], r[key]) for r in records if r.get("stage") == stage and isinstance(r.get(key),
                    int | float) and math.isfinite(r[key])]
-            if pts:
-                steps, values = zip(*pts, strict=True)
-                marker = "o" if len(pts) < 30 else None
-                ax.plot(steps, values, lw=0.9, marker=marker, ms=3, color=f"C{k}", label=f"stage {stage}")
+            if not pts:
+                continue
+            steps, values = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
+            if len(pts) < 30:
+                ax.plot(steps, values, lw=0.9, marker="o", ms=3, color=f"C{k}", label=f"stage {stage}")
+                continue
+            # Per-step values are noisy: show them faintly, with a running mean over ~2% of the steps.
+            window = max(1, len(values) // 50)
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps, values, lw=0.5, alpha=0.3, color=f"C{k}")
+            ax.plot(steps[window - 1:], smooth, lw=1.2, color=f"C{k}", label=f"stage {stage}")
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
         if len(stages) > 1:
