@@ -43,6 +43,8 @@ def test_train_writes_a_self_describing_run_folder(trained_run):
     assert (seed_dir / "checkpoints" / "last.pt").is_file()
     assert (seed_dir / "checkpoints" / "stage1.pt").is_file()
     assert (seed_dir / "training_curve.png").stat().st_size > 1000
+    assert (run_dir / "training_curve.png").read_bytes() == (seed_dir / "training_curve.png").read_bytes()
+    assert (run_dir / "metrics.jsonl").read_text() == (seed_dir / "metrics.jsonl").read_text()
     records = [yaml.safe_load(line) for line in (seed_dir / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == list(range(1, 9))

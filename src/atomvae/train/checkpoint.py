@@ -4,9 +4,10 @@ A checkpoint holds the model and optimizer state, the training position (stage, 
 epoch, global step), the global random states (torch, CUDA, numpy, python) and the facts needed to rebuild
 the model from the run folder alone (box, pixel size, noise sigma). The data order and the per-step
 sampling noise are pure functions of (seed, stage, epoch) and (seed, stage, step) (see ``loop.py``), so
-resuming mid-epoch needs only the position. Files are written to a temporary name and renamed, so a crash
-during a save leaves the previous checkpoint intact; they load with ``weights_only=True`` (no pickled
-code is executed from a checkpoint file).
+resuming mid-epoch needs only the position; likewise the learning-rate schedule is a pure function of
+(stage, epoch) (``StageConfig.learning_rate_at``), so it has no state of its own to save. Files are
+written to a temporary name and renamed, so a crash during a save leaves the previous checkpoint intact;
+they load with ``weights_only=True`` (no pickled code is executed from a checkpoint file).
 """
 
 from __future__ import annotations

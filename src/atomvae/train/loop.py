@@ -243,6 +243,10 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
         "seeds": {r.seed: {"val_log_likelihood": r.val_log_likelihood, "global_step": r.position.global_step,
                            "complete": r.position.complete} for r in results},
     })
+    # The best seed's log and curve also at the top of the run folder, where a user looks first.
+    for name in (METRICS_FILE, CURVE_FILE):
+        with atomic_path(run_dir / name) as tmp:
+            shutil.copyfile(run_folder.seed_dir(run_dir, best.seed) / name, tmp)
     return RunSummary(run_dir=run_dir, seeds=results, best_seed=best.seed, best_checkpoint=best.checkpoint,
                       complete=all(r.position.complete for r in results))
 

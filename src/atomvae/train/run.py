@@ -7,6 +7,7 @@ A run folder describes itself; nothing else is needed to use it::
     RUN/base.<pdb|cif>         verbatim copy of the base structure (topology of every output)
     RUN/split.npz              train / val particle indices
     RUN/best.yaml              which seed won (held-out log-likelihood) and its checkpoint
+    RUN/metrics.jsonl, training_curve.png   copies of the best seed's (written when training returns)
     RUN/seed_<s>/checkpoints/  last.pt (resume point), stage1.pt, stage2.pt
     RUN/seed_<s>/metrics.jsonl, training_curve.png, tensorboard/ (if installed)
 """
