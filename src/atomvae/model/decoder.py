@@ -67,7 +67,7 @@ class ConformationDecoder(nn.Module):
     def add_atom_set(self, name: str, local: torch.Tensor, residue_index: np.ndarray | torch.Tensor) -> None:
         """Register atoms (A', 3) in their residue frames with residue_index (A',) as set ``name``."""
         self.register_buffer(f"local_{name}", local.detach().clone())
-        index = torch.as_tensor(np.asarray(residue_index), dtype=torch.long, device=local.device)
+        index = torch.as_tensor(np.array(residue_index, dtype=np.int64), device=local.device)
         self.register_buffer(f"residue_index_{name}", index)
         self._atom_sets.append(name)
 

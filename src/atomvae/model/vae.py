@@ -56,6 +56,11 @@ def _indices(selection) -> np.ndarray:
     return np.flatnonzero(selection) if selection.dtype == bool else selection.astype(np.int64)
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors (from autocast) to float32; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class AtomVAE(nn.Module):
     """The VAE of Rosenbaum et al. on one base structure.
 
@@ -156,54 +161,61 @@ class AtomVAE(nn.Module):
         if pose_mode != "inferred" and (given_rotation is None or given_shift is None):
             raise ValueError(f"pose_mode {pose_mode!r} needs given_rotation and given_shift")
         batch = images.shape[0]
-        h = self.encoder(images)
-        zero = h.new_zeros(batch)
+        h = self.encoder(images)  # networks may run under the caller's autocast (bf16 on CUDA)
+        zero = _full(h).new_zeros(batch)
         kl_conf = backbone = center_sq = zero
 
         if stage == 1:
-            coords = self.base_render_coords.expand(batch, 1, *self.base_render_coords.shape)
             d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
             d = d.expand(batch, 1, d.shape[-1])
         else:
-            mu_c, sigma_c = self.conf_posterior(h)
-            eps = torch.randn(batch, n_conf, mu_c.shape[-1], generator=generator, device=h.device,
+            mu_c, sigma_c = (_full(t) for t in self.conf_posterior(h))
+            eps = torch.randn(batch, n_conf, mu_c.shape[-1], generator=generator, device=mu_c.device,
                               dtype=mu_c.dtype)
             z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
             d = self.decoder.representation(z_conf)  # (B, Kc, D)
-            rot, trans = self.decoder.frames(d.float())
-            coords = self.decoder.atoms(rot, trans, "render")  # (B, Kc, A_r, 3)
-            kl_conf = kl_diagonal_normal(mu_c.float(), sigma_c.float())
-            backbone = backbone_continuity(self.decoder.atoms(rot, trans, "C"),
-                                           self.decoder.atoms(rot, trans, "N"),
-                                           self.bonded_to_next, weights.peptide_bond_length).mean(dim=1)
-            center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
+        if pose_mode != "given":
+            mu_p, sigma_p = (_full(t) for t in self.pose_head(h, d))  # (B, Kc, 8)
 
-        if pose_mode == "given":
-            rotation = given_rotation.to(coords.dtype)[:, None, None]  # (B, 1, 1, 3, 3)
-            shift = given_shift.to(coords.dtype)[:, None, None]
-            kl_pose = zero
-        else:
-            mu_p, sigma_p = self.pose_head(h, d)  # (B, Kc, 8)
-            mu_p, sigma_p = mu_p.float(), sigma_p.float()
-            eps = torch.randn(*mu_p.shape[:2], n_pose, mu_p.shape[-1], generator=generator,
-                              device=h.device, dtype=mu_p.dtype)
-            z_pose = mu_p.unsqueeze(2) + sigma_p.unsqueeze(2) * eps  # (B, Kc, Kp, 8)
-            if pose_mode == "inferred":
-                rotation, shift = latent_to_pose(z_pose, self.config.shift_scale)
+        # Geometry, rendering and the likelihood in full precision: Gram-Schmidt and sums over
+        # thousands of pixels are not safe in bf16.
+        with torch.autocast(device_type=zero.device.type, enabled=False):
+            if stage == 1:
+                coords = self.base_render_coords.to(zero.dtype).expand(batch, 1, -1, 3)
             else:
-                rotation, shift = latent_to_pose_correction(
-                    z_pose, given_rotation.to(z_pose.dtype)[:, None, None],
-                    given_shift.to(z_pose.dtype)[:, None, None],
-                    self.config.refine_rotation_scale, self.config.refine_shift_scale)
-            kl_pose = kl_diagonal_normal(mu_p, sigma_p).mean(dim=1)
+                rot, trans = self.decoder.frames(_full(d))
+                coords = self.decoder.atoms(rot, trans, "render")  # (B, Kc, A_r, 3)
+                kl_conf = kl_diagonal_normal(mu_c, sigma_c)
+                c_atoms, n_atoms = self.decoder.atoms(rot, trans, "C"), self.decoder.atoms(rot, trans, "N")
+                bond = backbone_continuity(c_atoms, n_atoms, self.bonded_to_next, weights.peptide_bond_length)
+                backbone = bond.mean(dim=1)
+                center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
 
-        predicted = self.render_images(coords.unsqueeze(2), rotation, shift, ctf)  # (B, Kc, Kp, H, W)
-        log_lik = gaussian_log_likelihood(images.float()[:, None, None], predicted, self.noise_sigma)
-        per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
+            if pose_mode == "given":
+                rotation = given_rotation.to(coords.dtype)[:, None, None]  # (B, 1, 1, 3, 3)
+                shift = given_shift.to(coords.dtype)[:, None, None]
+                kl_pose = zero
+            else:
+                eps = torch.randn(*mu_p.shape[:2], n_pose, mu_p.shape[-1], generator=generator,
+                                  device=mu_p.device, dtype=mu_p.dtype)
+                z_pose = mu_p.unsqueeze(2) + sigma_p.unsqueeze(2) * eps  # (B, Kc, Kp, 8)
+                if pose_mode == "inferred":
+                    rotation, shift = latent_to_pose(z_pose, self.config.shift_scale)
+                else:
+                    rotation, shift = latent_to_pose_correction(
+                        z_pose, given_rotation.to(z_pose.dtype)[:, None, None],
+                        given_shift.to(z_pose.dtype)[:, None, None],
+                        self.config.refine_rotation_scale, self.config.refine_shift_scale)
+                kl_pose = kl_diagonal_normal(mu_p, sigma_p).mean(dim=1)
 
-        per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
-                          + weights.backbone * backbone + weights.centering * center_sq)
-        total = per_image_loss.mean()
+            predicted = self.render_images(coords.unsqueeze(2), rotation, shift, ctf)  # (B, Kc, Kp, H, W)
+            log_lik = gaussian_log_likelihood(images.to(predicted.dtype)[:, None, None], predicted,
+                                              self.noise_sigma)
+            per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
+
+            per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
+                              + weights.backbone * backbone + weights.centering * center_sq)
+            total = per_image_loss.mean()
         terms = {
             "nll": float(-per_image.detach().mean()),
             "kl_conf": float(kl_conf.detach().mean()),
@@ -223,7 +235,7 @@ class AtomVAE(nn.Module):
         h = self.encoder(images)
         mu_c, sigma_c = self.conf_posterior(h)
         mu_p, sigma_p = self.pose_head(h, self.decoder.representation(mu_c))
-        rotation, shift = latent_to_pose(mu_p.float(), self.config.shift_scale)
+        rotation, shift = latent_to_pose(_full(mu_p), self.config.shift_scale)
         return {"mu_conf": mu_c, "sigma_conf": sigma_c, "pose_mu": mu_p, "pose_sigma": sigma_p,
                 "rotation": rotation, "shift": shift}
 
