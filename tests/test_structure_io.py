@@ -159,8 +159,18 @@ def test_models_with_different_atoms_are_refused(fixture_pdb, tmp_path):
     two_models = ["MODEL        1", *model, "ENDMDL", "MODEL        2", *fewer, "ENDMDL", "END"]
     bad = tmp_path / "bad.pdb"
     bad.write_text("\n".join(two_models) + "\n")
-    with pytest.raises(InputError, match=r"bad\.pdb: model 2 has different atoms from model 1"):
+    with pytest.raises(InputError, match=r"bad\.pdb: model 2 has different atoms from model 1: 41 atoms"):
         read_ensemble(bad)
+    # A model that lists more (a water, a hydrogen) but has the same protein heavy atoms is fine.
+    extra = [_atom(900, "H", "ALA", "A", 1, (0.1, 0.2, 0.3), element="H"),
+             *model, _atom(901, "O", "HOH", "A", 101, (20.0, 20.0, 20.0), element="O", record="HETATM")]
+    ok = tmp_path / "ok.pdb"
+    lines = ["MODEL        1", *model, "ENDMDL", "MODEL        2", *extra, "ENDMDL", "END"]
+    ok.write_text("\n".join(lines) + "\n")
+    top, coords = read_ensemble(ok)
+    assert top.same_atoms(structure.topology) and coords.shape == (2, top.n_atoms, 3)
+    np.testing.assert_allclose(coords[1], coords[0])
+    np.testing.assert_allclose(coords[0], structure.coords, atol=6e-4)
 
 
 def test_adk_pdb_and_psf_dcd_give_the_same_topology():

@@ -97,54 +97,70 @@ def _letters_for_blank_chains(names: Iterable[str]) -> dict[str, str]:
     return {n: (n if n.strip() else next(free)) for n in names}
 
 
-def _pick_atoms(atoms: list[gemmi.Atom], res_name: str) -> list[tuple[gemmi.Atom, str]]:
-    """Heavy atoms of one residue with altlocs resolved: (atom, element) in file order."""
+def _pick_atoms(atoms: list[gemmi.Atom], res_name: str) -> list[tuple[int, gemmi.Atom, str]]:
+    """Heavy atoms of one residue with altlocs resolved: (index in residue, atom, element), file order."""
     heavy = []
-    for atom in atoms:
+    for i, atom in enumerate(atoms):
         element = element_from_name(atom.name, res_name, fallback=atom.element.name)
         if element != "H" and not atom.is_hydrogen():
-            heavy.append((atom, element))
-    alts = sorted({a.altloc for a, _ in heavy if a.altloc != "\0"})
+            heavy.append((i, atom, element))
+    alts = sorted({a.altloc for _, a, _ in heavy if a.altloc != "\0"})
     if not alts:
         return heavy
-    mean_occ = {alt: np.mean([a.occ for a, _ in heavy if a.altloc == alt]) for alt in alts}
+    mean_occ = {alt: np.mean([a.occ for _, a, _ in heavy if a.altloc == alt]) for alt in alts}
     best = max(alts, key=lambda alt: mean_occ[alt])  # ties: the first letter (max keeps the first)
-    chosen: dict[str, tuple[gemmi.Atom, str]] = {}
-    for atom, element in heavy:
+    chosen: dict[str, tuple[int, gemmi.Atom, str]] = {}
+    for i, atom, element in heavy:
         score = (atom.altloc in ("\0", best), atom.occ)
         current = chosen.get(atom.name)
-        if current is None or score > (current[0].altloc in ("\0", best), current[0].occ):
-            chosen[atom.name] = (atom, element)
-    return list(chosen.values())
+        if current is None or score > (current[1].altloc in ("\0", best), current[1].occ):
+            chosen[atom.name] = (i, atom, element)
+    return sorted(chosen.values(), key=lambda picked: picked[0])
 
 
 def _residue_occupancy(residue: gemmi.Residue) -> float:
     return float(np.mean([a.occ for a in residue])) if len(residue) else 0.0
 
 
+def _flatten_model(model: gemmi.Model) -> tuple[tuple, np.ndarray]:
+    """Every atom of a model in iteration order: a signature of its residues and atoms (to tell
+    whether two models list the same atoms) and positions (N, 3) A. One tight loop, for ensembles."""
+    residues, atoms, xyz = [], [], []
+    for chain in model:
+        for res in chain:
+            residues.append((chain.name, res.name, res.seqid.num, res.seqid.icode))
+            for atom in res:
+                atoms.append((atom.name, atom.altloc))
+                pos = atom.pos
+                xyz.append((pos.x, pos.y, pos.z))
+    return (tuple(residues), tuple(atoms)), np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+
+
 def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
-    """Protein residues of one gemmi model (all chains) and their atom coordinates (N, 3)."""
+    """Protein residues of one gemmi model (all chains) and the coordinates (N, 3) of all the model's
+    atoms, which ``_Residue.source_index`` indexes (the order of :func:`_flatten_model`)."""
     chain_names = _letters_for_blank_chains(chain.name for chain in model)
     residues: list[_Residue] = []
     coords: list[tuple[float, float, float]] = []
     for chain in model:
-        protein = [r for r in chain if is_amino_acid(r.name)]
-        # Point mutations: residues sharing one number; keep the one with the higher occupancy.
-        kept: list[gemmi.Residue] = []
-        for res in protein:
-            if kept and kept[-1].seqid == res.seqid:
-                if _residue_occupancy(res) > _residue_occupancy(kept[-1]):
-                    kept[-1] = res
+        kept: list[tuple[int, gemmi.Residue]] = []  # (offset of its first atom, residue)
+        for res in chain:
+            offset = len(coords)
+            coords.extend((a.pos.x, a.pos.y, a.pos.z) for a in res)
+            if not is_amino_acid(res.name):
                 continue
-            kept.append(res)
-        for res in kept:
+            # Point mutations: residues sharing one number; keep the one with the higher occupancy.
+            if kept and kept[-1][1].seqid == res.seqid:
+                if _residue_occupancy(res) > _residue_occupancy(kept[-1][1]):
+                    kept[-1] = (offset, res)
+                continue
+            kept.append((offset, res))
+        for offset, res in kept:
             picked = _pick_atoms(list(res), res.name)
-            start = len(coords)
-            coords.extend((a.pos.x, a.pos.y, a.pos.z) for a, _ in picked)
             residues.append(_Residue(
                 chain=chain_names[chain.name], res_name=res.name, res_seq=res.seqid.num,
-                ins_code=res.seqid.icode.strip(), atom_names=[a.name for a, _ in picked],
-                elements=[e for _, e in picked], source_index=list(range(start, len(coords))),
+                ins_code=res.seqid.icode.strip(), atom_names=[a.name for _, a, _ in picked],
+                elements=[e for _, _, e in picked], source_index=[offset + i for i, _, _ in picked],
             ))
     return residues, np.asarray(coords, dtype=np.float64).reshape(-1, 3)
 
@@ -272,18 +288,23 @@ def read_ensemble(
             raise InputError(path, "a trajectory needs its topology file (.psf, .tpr, .gro, .pdb, ...) too")
         raise InputError(path, "file not found")
     st = _read_gemmi(path)
-    topology = None
-    frames = []
-    for k, model in enumerate(st):
-        residues, coords = _gemmi_residues(model)
-        model_topology, source = _build_topology(residues, coords, path, strict, warn=(k == 0))
-        if topology is None:
-            topology = model_topology
-        elif not model_topology.same_atoms(topology):
-            raise InputError(path, f"model {k + 1} has different atoms from model 1: "
-                                   f"{_describe_difference(topology, model_topology)}")
-        frames.append(coords[source])
-    return _apply_atom_selection(topology, np.stack(frames), atoms, path)
+    residues, coords = _gemmi_residues(st[0])
+    topology, source = _build_topology(residues, coords, path, strict)
+    signature = _flatten_model(st[0])[0]
+    frames = np.empty((len(st), len(source), 3), dtype=np.float64)
+    frames[0] = coords[source]
+    for k in range(1, len(st)):
+        model_signature, model_coords = _flatten_model(st[k])
+        if model_signature != signature:  # not the same listing: select atoms again, then compare
+            residues, model_coords = _gemmi_residues(st[k])
+            model_topology, model_source = _build_topology(residues, model_coords, path, strict, warn=False)
+            if not model_topology.same_atoms(topology):
+                raise InputError(path, f"model {k + 1} has different atoms from model 1: "
+                                       f"{_describe_difference(topology, model_topology)}")
+            frames[k] = model_coords[model_source]
+        else:
+            frames[k] = model_coords[source]
+    return _apply_atom_selection(topology, frames, atoms, path)
 
 
 def _import_mdanalysis(path):
