@@ -104,3 +104,10 @@ def test_rmsd_gradient_matches_finite_differences():
     a = torch.as_tensor(rng.normal(size=(8, 3)) * 3.0).requires_grad_(True)
     b = torch.as_tensor(rng.normal(size=(8, 3)) * 3.0)
     assert torch.autograd.gradcheck(lambda p: rmsd(p, b), (a,), eps=1e-6, atol=1e-6)
+
+
+def test_pairwise_rmsd_same_result_for_any_chunking_and_workers():
+    x, y = _ensembles(13, 11, 9, 30, 1.5)
+    ref = pairwise_rmsd(x, y, chunk=11, workers=1)
+    for chunk, workers in ((1, 1), (2, 3), (4, 2), (None, None)):
+        np.testing.assert_array_equal(pairwise_rmsd(x, y, chunk=chunk, workers=workers), ref)

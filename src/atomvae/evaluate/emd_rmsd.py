@@ -33,7 +33,7 @@ class EmdResult:
     assignment_seconds: float = 0.0
 
 
-def emd_rmsd(pred: np.ndarray, gt: np.ndarray, chunk: int = 64) -> EmdResult:
+def emd_rmsd(pred: np.ndarray, gt: np.ndarray, chunk: int | None = None) -> EmdResult:
     """EMD-RMSD between ``pred (N, A, 3)`` and ``gt (N, A, 3)`` in A (same atoms, same order).
 
     Invariant to the order of structures and to any rigid motion of any structure.
