@@ -1,0 +1,135 @@
+"""The terms of paper eq. 4 against hand computations, Monte-Carlo estimates and finite differences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from atomvae.model.losses import (
+    backbone_continuity,
+    center_of_mass,
+    centering,
+    gaussian_log_likelihood,
+    iwae_log_mean_likelihood,
+    kl_diagonal_normal,
+)
+
+
+def test_gaussian_log_likelihood_matches_scipy_including_normalisation():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
+    predicted = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
+    sigma = 0.7
+    expected = stats.norm.logpdf(images.numpy(), loc=predicted.numpy(), scale=sigma).sum(axis=(1, 2))
+    got = gaussian_log_likelihood(images, predicted, sigma)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_gaussian_log_likelihood_broadcasts_one_image_over_samples():
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 1, 6, 6, generator=generator, dtype=torch.float64)
+    renders = torch.randn(2, 3, 6, 6, generator=generator, dtype=torch.float64)
+    got = gaussian_log_likelihood(image, renders, 1.3)
+    assert got.shape == (2, 3)
+    direct = gaussian_log_likelihood(image.expand(2, 3, 6, 6), renders, 1.3)
+    torch.testing.assert_close(got, direct)
+
+
+def test_iwae_term_equals_log_of_mean_of_exp_for_moderate_values():
+    generator = torch.Generator().manual_seed(2)
+    log_likelihoods = 5.0 * torch.randn(4, 7, generator=generator, dtype=torch.float64)
+    direct = torch.log(torch.exp(log_likelihoods).mean(dim=-1))
+    torch.testing.assert_close(iwae_log_mean_likelihood(log_likelihoods), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_iwae_term_is_finite_and_exact_for_extreme_values():
+    # exp(-1e6) and exp(1e4) under/overflow; the answer is known in closed form:
+    # log((e^a + e^(a + log 3)) / 2) = a + log(4) - log(2).
+    for a in (-1e6, 1e4):
+        values = torch.tensor([[a, a + math.log(3.0)]], dtype=torch.float64)
+        got = iwae_log_mean_likelihood(values)
+        assert torch.isfinite(got).all()
+        assert got.item() == pytest.approx(a + math.log(2.0), rel=1e-12, abs=1e-9)
+    mixed = torch.tensor([[-1e6, 1e4, 1e4]], dtype=torch.float32)
+    assert iwae_log_mean_likelihood(mixed).item() == pytest.approx(1e4 + math.log(2.0 / 3.0), rel=1e-6)
+    # Gradients stay finite as well: they are the softmax weights of the samples.
+    values = torch.tensor([[-1e6, 1e4, 1e4]], dtype=torch.float64, requires_grad=True)
+    iwae_log_mean_likelihood(values).sum().backward()
+    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.5, 0.5]], dtype=torch.float64))
+
+
+def test_kl_closed_form_matches_monte_carlo_estimate():
+    generator = torch.Generator().manual_seed(3)
+    mu = torch.tensor([0.5, -1.2, 2.0, 0.0], dtype=torch.float64)
+    sigma = torch.tensor([0.3, 1.5, 1.0, 0.05], dtype=torch.float64)
+    n = 400_000
+    z = mu + sigma * torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    log_q = torch.distributions.Normal(mu, sigma).log_prob(z).sum(-1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    samples = log_q - log_p
+    estimate = samples.mean()
+    standard_error = samples.std() / math.sqrt(n)
+    closed = kl_diagonal_normal(mu, sigma)
+    assert abs(closed - estimate) < 4 * standard_error
+    # and against torch's own closed form
+    reference = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma),
+                                                  torch.distributions.Normal(0.0, 1.0)).sum()
+    torch.testing.assert_close(closed, reference)
+
+
+def test_kl_is_zero_at_the_prior_and_batched():
+    mu = torch.zeros(3, 5)
+    sigma = torch.ones(3, 5)
+    assert kl_diagonal_normal(mu, sigma).shape == (3,)
+    assert kl_diagonal_normal(mu, sigma).abs().max() == 0
+
+
+def _chain(bond_lengths: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """C and N positions (R, 3) of R residues along x: C(i) at 10 i, N(i+1) at 10 i + bond_lengths[i]."""
+    n_res = len(bond_lengths) + 1
+    c_atoms = torch.zeros(n_res, 3, dtype=torch.float64)
+    n_atoms = torch.zeros(n_res, 3, dtype=torch.float64)
+    c_atoms[:, 0] = 10.0 * torch.arange(n_res)
+    n_atoms[0, 0] = -1.0
+    for i, length in enumerate(bond_lengths):
+        n_atoms[i + 1, 0] = 10.0 * i + length
+        n_atoms[i + 1, 1] = 0.0
+    return c_atoms, n_atoms
+
+
+def test_backbone_continuity_hand_computed_and_skips_breaks():
+    c_atoms, n_atoms = _chain([1.33, 2.33, 1.03, 9.0])
+    bonded = torch.tensor([True, True, True, False, False])  # bond 3 is a chain break; last is the end
+    # deviations 0, 1, -0.3 -> mean square (0 + 1 + 0.09) / 3
+    got = backbone_continuity(c_atoms, n_atoms, bonded, bond_length=1.33)
+    assert got.item() == pytest.approx((0.0 + 1.0 + 0.09) / 3, rel=1e-12)
+    # batched over leading dims
+    batched = backbone_continuity(c_atoms.expand(2, 3, 5, 3), n_atoms.expand(2, 3, 5, 3), bonded)
+    assert batched.shape == (2, 3)
+    # no bonded pair at all: zero, not NaN
+    nothing = backbone_continuity(c_atoms, n_atoms, torch.zeros(5, dtype=torch.bool))
+    assert nothing.item() == 0.0
+
+
+def test_backbone_continuity_gradient_matches_finite_differences():
+    generator = torch.Generator().manual_seed(4)
+    c_atoms = (3.8 * torch.arange(6, dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0, 0.0])
+               + 0.5 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    n_atoms = (c_atoms.detach() + torch.tensor([2.5, 0.3, -0.2], dtype=torch.float64)
+               + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    bonded = torch.tensor([True, True, False, True, True, False])
+    assert torch.autograd.gradcheck(lambda c, n: backbone_continuity(c, n, bonded), (c_atoms, n_atoms))
+
+
+def test_centering_hand_computed_and_gradient():
+    coords = torch.tensor([[1.0, 2.0, 3.0], [3.0, 0.0, -1.0]], dtype=torch.float64)
+    com = center_of_mass(coords)
+    torch.testing.assert_close(com, torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64))
+    assert centering(com).item() == pytest.approx(6.0)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: centering(center_of_mass(c)), (x,))
