@@ -70,6 +70,9 @@ def test_torch_in_torch_out_batched_and_differentiable():
     np.testing.assert_allclose(R.detach().numpy(), relion_to_matrix(*angles.detach().numpy().reshape(-1, 3).T)
                                .reshape(3, 4, 3, 3), atol=1e-12)
     assert torch.autograd.gradcheck(lambda a: relion_to_matrix(a[..., 0], a[..., 1], a[..., 2]), (angles,))
+    mixed = relion_to_matrix(10.0, torch.tensor([20.0, 30.0]), np.array(40.0))
+    assert isinstance(mixed, torch.Tensor) and mixed.dtype == torch.float32 and mixed.shape == (2, 3, 3)
+    np.testing.assert_allclose(mixed.numpy(), relion_to_matrix([10.0, 10], [20.0, 30], [40.0, 40]), atol=1e-6)
     back = matrix_to_relion(R.detach().float())
     assert isinstance(back, torch.Tensor) and back.shape == (3, 4, 3) and back.dtype == torch.float32
 

@@ -32,15 +32,16 @@ def _out(x: torch.Tensor, was_torch: bool):
 def relion_to_matrix(rot, tilt, psi):
     """RELION Euler angles (...) in degrees -> R (..., 3, 3) mapping model coordinates to the image frame.
 
-    rot, tilt, psi broadcast together. Differentiable for torch input. Written out (RELION's
+    rot, tilt, psi broadcast together; if any is a torch tensor the result is torch on its device.
+    Differentiable for torch input. Written out (RELION's
     ``Euler_angles2matrix``) rather than through scipy so it stays in torch and batched.
     """
-    rot, was_torch = _as_tensor(rot)
-    tilt, _ = _as_tensor(tilt)
-    psi, _ = _as_tensor(psi)
-    if was_torch:
-        tilt = tilt.to(rot)
-        psi = psi.to(rot)
+    like = next((a for a in (rot, tilt, psi) if isinstance(a, torch.Tensor)), None)
+    was_torch = like is not None
+    rot, tilt, psi = (_as_tensor(a)[0] for a in (rot, tilt, psi))
+    if was_torch:  # mixed input: follow the tensor's device and (floating) dtype
+        dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+        rot, tilt, psi = (a.to(device=like.device, dtype=dtype) for a in (rot, tilt, psi))
     rot, tilt, psi = torch.broadcast_tensors(*(torch.deg2rad(a) for a in (rot, tilt, psi)))
     ca, sa = torch.cos(rot), torch.sin(rot)
     cb, sb = torch.cos(tilt), torch.sin(tilt)
