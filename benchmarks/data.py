@@ -14,6 +14,7 @@ Run: .venv/bin/python benchmarks/data.py [--n-sim 256] [--n-stack 16384] [--batc
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -131,7 +132,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"command: {shlex.join([sys.executable.split('/')[-1], *sys.argv])}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bench_simulate(args.n_sim, Path(tmp))
         bench_loader(args.n_stack, args.batch, Path(tmp))

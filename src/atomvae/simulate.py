@@ -6,7 +6,10 @@ SO(3), an in-plane shift from N(0, shift_spread^2) per axis (A), and a CTF (mean
 [0, 180) deg). The noise-free image is ``physics.scattering.phase_contrast_images`` (Peng 1996 form
 factors with an atomic B-factor, exact pixel integrals at ``oversample``, the CTF on the fine grid,
 then detector binning); noise is Gaussian at a set-average SNR or Poisson shot noise at a dose
-(``physics.noise``). With neither, images are noise-free.
+(``physics.noise``). With neither, images are noise-free. For --snr one noise sigma serves the whole
+set: ``sigma^2 = mean over the first min(N, 256) particles of var(noise-free image over the box) / snr``
+(these particles are rendered first and reused, so the result does not depend on ``chunk``), which
+makes the SNR measured over the whole set match the request up to the sampling of those particles.
 
 Coordinates are centred once by their mean over all frames and atoms (one translation for the whole
 ensemble, stored as ``center``), so a particle's image is exactly that of ``coords[frame] - center``
