@@ -110,4 +110,5 @@ def test_pairwise_rmsd_same_result_for_any_chunking_and_workers():
     x, y = _ensembles(13, 11, 9, 30, 1.5)
     ref = pairwise_rmsd(x, y, chunk=11, workers=1)
     for chunk, workers in ((1, 1), (2, 3), (4, 2), (None, None)):
-        np.testing.assert_array_equal(pairwise_rmsd(x, y, chunk=chunk, workers=workers), ref)
+        # Equal up to rounding: GEMM blocking and the Newton stopping step depend on the chunk's shape.
+        np.testing.assert_allclose(pairwise_rmsd(x, y, chunk=chunk, workers=workers), ref, rtol=1e-12)
