@@ -1,0 +1,290 @@
+"""AtomVAE: shapes and dtypes through the forward pass, the exact base at init, conventions, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from MDAnalysisTests.datafiles import PDB_xsmall  # adk_open_10res.pdb
+
+from atomvae.geometry.rotations import random_rotations
+from atomvae.model.config import LossWeights, ModelConfig
+from atomvae.model.losses import backbone_continuity, gaussian_log_likelihood
+from atomvae.model.pose import latent_to_pose, latent_to_pose_correction
+from atomvae.model.vae import AtomVAE
+from atomvae.physics.ctf import CTFParams
+from atomvae.physics.render import render, render_projections
+from atomvae.structure.io import read_structure
+
+BOX = 24
+PIXEL_SIZE = 2.0
+
+
+@pytest.fixture(scope="module")
+def base():
+    structure = read_structure(PDB_xsmall)
+    return structure.topology, structure.coords
+
+
+def small_config(**changes) -> ModelConfig:
+    fields = dict(image_size=BOX, encoder_widths=(64, 32), decoder_width=32, decoder_blocks=2, decoded_dim=32,
+                  pose_width=16, render_atoms="backbone")
+    fields.update(changes)
+    return ModelConfig(**fields)
+
+
+def make_model(base, seed: int = 0, **changes) -> AtomVAE:
+    torch.manual_seed(seed)
+    topology, coords = base
+    return AtomVAE(small_config(**changes), topology, coords, box=BOX, pixel_size=PIXEL_SIZE, noise_sigma=0.5)
+
+
+def batch_ctf(n: int) -> CTFParams:
+    return CTFParams(defocus_u=torch.full((n,), 9000.0), defocus_v=torch.full((n,), 9500.0),
+                     astigmatism_angle=torch.full((n,), 20.0))
+
+
+def perturb_decoder(model: AtomVAE, seed: int, scale: float = 0.3) -> None:
+    """Give the zero-initialised layers random values so the decoder moves residues."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in [model.decoder.to_frames, *(block.update for block in model.decoder.blocks)]:
+            layer.weight.copy_(scale * torch.randn(layer.weight.shape, generator=generator))
+            layer.bias.copy_(scale * torch.randn(layer.bias.shape, generator=generator))
+
+
+def test_paper_defaults():
+    config = ModelConfig()
+    assert (config.image_size, config.latent_conf, config.latent_pose) == (64, 32, 8)
+    assert config.encoder_widths == (2048, 1024, 512, 512)
+    assert (config.decoder_width, config.decoder_blocks, config.decoded_dim) == (256, 5, 512)
+    assert (config.pose_width, config.pose_layers) == (32, 3)
+    weights = LossWeights()
+    paper_weights = (1.0, 0.01, 0.01, 0.1)
+    assert (weights.beta_conf, weights.beta_pose, weights.backbone, weights.centering) == paper_weights
+    with pytest.raises(ValueError):
+        ModelConfig(render_atoms="sidechain")
+
+
+def test_paper_layer_shapes_and_initialisation(base):
+    topology, coords = base
+    torch.manual_seed(0)
+    model = AtomVAE(ModelConfig(), topology, coords, box=64, pixel_size=2.0, noise_sigma=1.0)
+    widths = [layer.out_features for layer in model.encoder.mlp.layers]
+    assert widths == [2048, 1024, 512, 512]
+    assert model.encoder.input_norm.normalized_shape == (4096,)
+    assert model.decoder.to_frames.out_features == 9 * topology.n_residues
+    assert len(model.decoder.blocks) == 5
+    # Truncated normal with std 1/sqrt(fan_in) cut at 2 std: bounded, and the std of such a
+    # truncated normal is 0.8796 of the untruncated one.
+    layer = model.encoder.mlp.layers[0]
+    std = 1.0 / math.sqrt(layer.in_features)
+    assert layer.weight.abs().max() <= 2 * std + 1e-7
+    assert layer.weight.std().item() == pytest.approx(0.8796 * std, rel=0.01)
+    assert layer.bias.abs().max() == 0
+    # residual updates and the delta output start at zero
+    for block in model.decoder.blocks:
+        assert block.update.weight.abs().max() == 0 and block.update.bias.abs().max() == 0
+        assert block.hidden.weight.abs().max() > 0
+    assert model.decoder.to_frames.weight.abs().max() == 0
+
+
+def test_decoder_returns_base_exactly_at_init(base):
+    model = make_model(base)
+    generator = torch.Generator().manual_seed(1)
+    z = 3.0 * torch.randn(5, model.config.latent_conf, generator=generator)
+    decoded = model.decode(z)
+    assert decoded.shape == (5, base[0].n_atoms, 3) and decoded.dtype == torch.float32
+    expected = torch.as_tensor(base[1], dtype=torch.float32) - torch.as_tensor(base[1]).mean(0).float()
+    torch.testing.assert_close(decoded, expected.expand_as(decoded), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.to_base_frame(decoded[0]), torch.as_tensor(base[1], dtype=torch.float32),
+                               atol=1e-4, rtol=0)
+    samples = model.sample(4, generator=generator)
+    torch.testing.assert_close(samples, expected.expand(4, -1, -1), atol=1e-5, rtol=0)
+    render_atoms = model.decode(z, atoms="render")
+    assert render_atoms.shape == (5, len(base[0].select("backbone")), 3)
+
+
+def test_delta_frames_act_in_the_residue_frame(base):
+    """A delta translation t (local) moves residue r's atoms by R_base[r] @ t; a delta rotation turns
+    the residue about its own CA (new = base o delta)."""
+    model = make_model(base)
+    n_res = model.decoder.n_residues
+    t_local = torch.tensor([0.4, -0.2, 0.7])
+    with torch.no_grad():
+        bias = torch.zeros(n_res, 9)
+        bias[:, 0:3] = t_local
+        bias[:, 3:6] = torch.tensor([math.cos(0.3), math.sin(0.3), 0.0]) - torch.tensor([1.0, 0.0, 0.0])
+        bias[:, 6:9] = torch.tensor([-math.sin(0.3), math.cos(0.3), 0.0]) - torch.tensor([0.0, 1.0, 0.0])
+        model.decoder.to_frames.bias.copy_(bias.flatten())
+    decoded = model.decode(torch.zeros(1, model.config.latent_conf))[0].double()
+    base_model_frame = model.base_coords.double()
+    rot_z = torch.tensor([[math.cos(0.3), -math.sin(0.3), 0.0], [math.sin(0.3), math.cos(0.3), 0.0],
+                          [0.0, 0.0, 1.0]], dtype=torch.float64)
+    base_rot = model.decoder.base_rot.double()
+    base_trans = model.decoder.base_trans.double()
+    residue = torch.as_tensor(base[0].residue_index)
+    local = ((base_model_frame - base_trans[residue]).unsqueeze(-2) @ base_rot[residue]).squeeze(-2)
+    expected = (base_rot[residue] @ (rot_z @ local.unsqueeze(-1))).squeeze(-1) + base_trans[residue] \
+        + (base_rot[residue] @ t_local.double()).reshape(-1, 3)
+    torch.testing.assert_close(decoded, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("pose_mode", ["inferred", "given", "refine"])
+def test_loss_shapes_dtypes_and_finite(base, stage, pose_mode):
+    model = make_model(base)
+    batch = 3
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(batch, BOX, BOX, generator=generator)
+    rotation = random_rotations(batch, generator=generator)
+    shift = torch.randn(batch, 2, generator=generator)
+    out = model.loss(images, batch_ctf(batch), stage=stage, n_conf=3, n_pose=2, weights=LossWeights(),
+                     given_rotation=rotation, given_shift=shift, pose_mode=pose_mode, generator=generator)
+    assert out.total.shape == () and out.total.dtype == torch.float32 and torch.isfinite(out.total)
+    assert out.per_image_log_likelihood.shape == (batch,) and not out.per_image_log_likelihood.requires_grad
+    assert set(out.terms) >= {"nll", "kl_conf", "kl_pose", "backbone", "centering", "total"}
+    assert all(math.isfinite(v) for v in out.terms.values())
+    out.total.backward()
+    assert model.log_amplitude.grad is not None
+    assert (model.pose_head.mu.weight.grad is not None) == (pose_mode != "given")
+    decoder_grad = model.decoder.to_frames.weight.grad
+    assert (decoder_grad is not None and decoder_grad.abs().max() > 0) == (stage == 2)
+    if stage == 1:
+        assert out.terms["kl_conf"] == 0 and out.terms["backbone"] == 0
+        assert model.conf_posterior.mu.weight.grad is None
+
+
+def test_encode_shapes(base):
+    model = make_model(base)
+    images = torch.randn(4, BOX, BOX)
+    encoded = model.encode(images)
+    assert encoded["mu_conf"].shape == (4, 32) and encoded["sigma_conf"].shape == (4, 32)
+    assert (encoded["sigma_conf"] > 0).all()
+    assert encoded["rotation"].shape == (4, 3, 3) and encoded["shift"].shape == (4, 2)
+    eye = torch.eye(3).expand(4, 3, 3)
+    torch.testing.assert_close(encoded["rotation"] @ encoded["rotation"].transpose(-1, -2), eye,
+                               atol=1e-5, rtol=0)
+
+
+def test_trainable_parameters_per_stage(base):
+    model = make_model(base)
+    stage1 = {id(p) for p in model.trainable_parameters(1)}
+    assert id(model.log_amplitude) in stage1
+    assert all(id(p) in stage1 for p in model.pose_head.parameters())
+    assert all(id(p) in stage1 for p in model.encoder.parameters())
+    assert not any(id(p) in stage1 for p in model.decoder.parameters())
+    assert not any(id(p) in stage1 for p in model.conf_posterior.parameters())
+    assert {id(p) for p in model.trainable_parameters(2)} == {id(p) for p in model.parameters()}
+    with pytest.raises(ValueError):
+        model.trainable_parameters(3)
+
+
+def test_per_image_log_likelihood_equals_direct_computation(base):
+    """Rebuild the IWAE-style term by hand from the same random draws: decode each conformation
+    sample, render it at the given pose with the CTF, and take log(mean(exp(log N))) in float64."""
+    model = make_model(base).double()
+    perturb_decoder(model, seed=3, scale=0.05)
+    batch, n_conf = 2, 4
+    generator = torch.Generator().manual_seed(4)
+    rotation = random_rotations(batch, generator=generator, dtype=torch.float64)
+    shift = torch.randn(batch, 2, generator=generator, dtype=torch.float64)
+    ctf = batch_ctf(batch).to(dtype=torch.float64)
+    with torch.no_grad():
+        images = render(model.base_render_coords, rotation, shift, ctf, BOX, PIXEL_SIZE) \
+            + 0.3 * torch.randn(batch, BOX, BOX, generator=generator, dtype=torch.float64)
+        out = model.loss(images, ctf, stage=2, n_conf=n_conf, n_pose=1, weights=LossWeights(),
+                         given_rotation=rotation, given_shift=shift, pose_mode="given",
+                         generator=torch.Generator().manual_seed(7))
+        replay = torch.Generator().manual_seed(7)
+        mu, sigma = model.conf_posterior(model.encoder(images))
+        z = mu[:, None] + sigma[:, None] * torch.randn(batch, n_conf, mu.shape[-1], generator=replay,
+                                                       dtype=torch.float64)
+        expected = []
+        for b in range(batch):
+            log_liks = []
+            for k in range(n_conf):
+                coords = model.decode(z[b, k], atoms="render")
+                predicted = model.amplitude * render(coords, rotation[b], shift[b], ctf[b], BOX, PIXEL_SIZE)
+                log_liks.append(gaussian_log_likelihood(images[b], predicted, model.noise_sigma))
+            log_liks = torch.stack(log_liks)
+            expected.append(torch.log(torch.exp(log_liks - log_liks.max()).mean()) + log_liks.max())
+        torch.testing.assert_close(out.per_image_log_likelihood, torch.stack(expected), rtol=1e-10, atol=1e-8)
+        # the structure terms of the loss are those of the decoded samples
+        c = model.decode(z.reshape(-1, z.shape[-1]), atoms="C")
+        n = model.decode(z.reshape(-1, z.shape[-1]), atoms="N")
+        bond = backbone_continuity(c, n, model.bonded_to_next).reshape(batch, n_conf).mean()
+        assert out.terms["backbone"] == pytest.approx(bond.item(), rel=1e-9)
+        all_atoms = model.decode(z, atoms="all")
+        centre = all_atoms.mean(dim=-2).square().sum(-1).mean()
+        assert out.terms["centering"] == pytest.approx(centre.item(), rel=1e-9)
+
+
+def test_structure_losses_gradcheck_through_decoder(base):
+    """Backbone continuity and centering of decoded structures vs finite differences (float64)."""
+    model = make_model(base, latent_conf=4).double()
+    perturb_decoder(model, seed=5, scale=0.1)
+    generator = torch.Generator().manual_seed(6)
+    z = torch.randn(1, model.config.latent_conf, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    def structure_loss(latent):
+        rot, trans = model.decoder.frames(model.decoder.representation(latent))
+        bond = backbone_continuity(model.decoder.atoms(rot, trans, "C"), model.decoder.atoms(rot, trans, "N"),
+                                   model.bonded_to_next)
+        return bond + model.decoder.center_of_mass(rot, trans).square().sum(-1)
+
+    assert torch.autograd.gradcheck(structure_loss, (z,))
+
+
+def test_pose_latents_to_pose():
+    z = torch.tensor([[0.5, -1.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]])
+    rotation, shift = latent_to_pose(z, shift_scale=4.0)
+    torch.testing.assert_close(shift, torch.tensor([[2.0, -4.0]]))
+    torch.testing.assert_close(rotation, torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]))
+    # refine: a zero latent is exactly the given pose; a non-zero one turns it in the image frame
+    given_rotation = random_rotations(3, generator=torch.Generator().manual_seed(8))
+    given_shift = torch.randn(3, 2)
+    same_rotation, same_shift = latent_to_pose_correction(torch.zeros(3, 8), given_rotation, given_shift,
+                                                          0.1, 1.0)
+    torch.testing.assert_close(same_rotation, given_rotation)
+    torch.testing.assert_close(same_shift, given_shift)
+    turned, _ = latent_to_pose_correction(torch.tensor([0.0, 0, 0, 1, 0, 0, 0, 0]), given_rotation[0],
+                                          given_shift[0], 0.1, 1.0)
+    angle = torch.arccos(((turned @ given_rotation[0].T).trace() - 1) / 2)
+    assert angle.item() == pytest.approx(math.atan(0.1), abs=1e-5)
+
+
+def test_stage1_renders_the_base_structure_at_the_given_pose(base):
+    """In given mode at stage 1 the likelihood is that of the base structure rendered at the given pose."""
+    model = make_model(base).double()
+    generator = torch.Generator().manual_seed(9)
+    rotation = random_rotations(2, generator=generator, dtype=torch.float64)
+    shift = torch.randn(2, 2, generator=generator, dtype=torch.float64)
+    images = render_projections(model.base_render_coords, rotation, shift, BOX, PIXEL_SIZE)
+    out = model.loss(images, None, stage=1, n_conf=1, n_pose=1, weights=LossWeights(),
+                     given_rotation=rotation, given_shift=shift, pose_mode="given")
+    perfect = -BOX * BOX * (math.log(0.5) + 0.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(out.per_image_log_likelihood, torch.full((2,), perfect, dtype=torch.float64))
+
+
+def test_initialise_amplitude(base):
+    model = make_model(base)
+    generator = torch.Generator().manual_seed(10)
+    rotation = random_rotations(64, generator=generator)
+    shift = torch.zeros(64, 2)
+    ctf = batch_ctf(64)
+    images = 2.5 * render(model.base_render_coords, rotation, shift, ctf, BOX, PIXEL_SIZE)
+    # with poses: least squares, exact for noise-free images
+    assert model.initialise_amplitude(images, ctf, rotation, shift) == pytest.approx(2.5, rel=1e-4)
+    assert model.amplitude.item() == pytest.approx(2.5, rel=1e-4)
+    # without poses: variance matching at random rotations (noise_sigma^2 = 0.25 removed first)
+    noisy = images + 0.5 * torch.randn(images.shape, generator=generator)
+    estimate = model.initialise_amplitude(noisy, ctf, generator=torch.Generator().manual_seed(11))
+    assert estimate == pytest.approx(2.5, rel=0.2)
+
+
+def test_rejects_mismatched_box(base):
+    topology, coords = base
+    with pytest.raises(ValueError):
+        AtomVAE(small_config(), topology, coords, box=BOX + 2, pixel_size=PIXEL_SIZE, noise_sigma=1.0)
