@@ -92,6 +92,10 @@ def test_evaluate_json_matches_library_and_known_proportions(ensembles, capsys):
                                                    f"d1 >= {cut:g}, d2 >= 1000": 0.0})
     assert props["prediction"][f"d1 >= {cut:g}, d2 < 1000"] == pytest.approx(0.25)
 
+    # Mode B pulls residues 8-10 6 A away from residue 7: its 7-8 peptide bond is broken.
+    assert summary["plausibility"]["ground truth"]["fraction_bonds_ok"] == pytest.approx(0.5)
+    assert summary["plausibility"]["prediction"]["fraction_bonds_ok"] == pytest.approx(0.75)
+
     # The report: self-contained HTML with every PNG embedded, and the PNGs beside it.
     html = (out / "report.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))

@@ -16,7 +16,7 @@ Writes OUT/report.html (self-contained), OUT/*.png and OUT/summary.json; prints 
 
 Examples:
   atomvae evaluate samples.pdb truth_ensemble.pdb
-  atomvae evaluate samples.dcd adk_dims.dcd --pred-topology base.pdb --gt-topology adk.psf \\
+  atomvae evaluate samples.dcd adk_dims.dcd --pred-topology samples_topology.pdb --gt-topology adk.psf \\
       --base base.pdb --n 1024 --json emd.json
   atomvae evaluate samples.pdb md.dcd --gt-topology md.psf --atoms backbone \\
       --distance A:284:CA,A:225:CA --cutoff 37 --distance A:288:CA,A:255:CZ --cutoff 6.5 -o eval/

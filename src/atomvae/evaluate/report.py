@@ -149,6 +149,9 @@ def summary_text(summary: dict) -> str:
         if d.get("cutoff") is not None:
             line += f", < {d['cutoff']:g} A: pred {d['pred_below']:.1%} / GT {d['gt_below']:.1%}"
         lines.append(line)
+    for name, check in summary.get("plausibility", {}).items():
+        lines.append(f"  plausible ({name}): {check['fraction_ok']:.1%} of {check['n_structures']} "
+                     "structures pass the peptide-bond and clash checks")
     cond = summary.get("conditional")
     if cond:
         for label, r in cond.get("pearson_r", {}).items():
