@@ -5,7 +5,11 @@ import warnings
 import numpy as np
 import pytest
 from MDAnalysisTests.datafiles import DCD as ADK_DCD
+from MDAnalysisTests.datafiles import GRO as ADK_OPLS_GRO
+from MDAnalysisTests.datafiles import PDB as ADK_OPLS_PDB
 from MDAnalysisTests.datafiles import PSF as ADK_PSF
+from MDAnalysisTests.datafiles import TPR as ADK_OPLS_TPR
+from MDAnalysisTests.datafiles import XTC as ADK_OPLS_XTC
 from MDAnalysisTests.datafiles import PDB_small as ADK_OPEN_PDB
 
 from atomvae.errors import InputError
@@ -188,6 +192,21 @@ def test_adk_pdb_and_psf_dcd_give_the_same_topology():
     d_pdb = np.linalg.norm(pdb.coords[ca[has_cb]] - pdb.coords[cb[has_cb]], axis=-1)
     d_md = np.linalg.norm(coords[-1, ca[has_cb]] - coords[-1, cb[has_cb]], axis=-1)
     np.testing.assert_allclose(d_md, d_pdb, atol=0.2)
+
+
+def test_gromacs_topologies_and_periodic_box_warning():
+    """GROMACS names (CYSH, HISB, LYSH) are protein; the TPR's molecule name "AKeco" is not a chain id.
+    This trajectory is stored wrapped into its box, which breaks the chain: the reader says so."""
+    pdb = read_structure(ADK_OPLS_PDB)
+    with pytest.warns(UserWarning, match=r"split across the periodic box .* A:ARG:124 - A:VAL:125"):
+        gro_top, gro = read_ensemble(ADK_OPLS_XTC, topology_path=ADK_OPLS_GRO)
+    with pytest.warns(UserWarning, match="split across the periodic box"):
+        tpr_top, _ = read_ensemble(ADK_OPLS_XTC, topology_path=ADK_OPLS_TPR)
+    assert gro_top.same_atoms(pdb.topology) and gro.shape == (10, 1656, 3)
+    assert set(tpr_top.chain_id) == {"A"} and tpr_top.n_atoms == 1656
+    np.testing.assert_array_equal(tpr_top.atom_name, gro_top.atom_name)
+    assert {"CYSH", "HISB"} <= set(tpr_top.res_name)
+    assert not gro_top.bonded_to_next[123]  # the wrapped bond 124-125
 
 
 def test_dcd_write_read_round_trip(tmp_path):

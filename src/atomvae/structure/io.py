@@ -5,8 +5,9 @@ PDB and mmCIF go through gemmi; topology + trajectory files (.psf + .dcd, .gro/.
 
 What is read, the same way for every source (so a trajectory and a PDB of the same protein give the
 same atoms in the same order):
-- protein residues of all chains: residue names gemmi tabulates as amino acids, plus force-field
-  variants such as HSD/HIE/CYX (``topology.MD_AMINO_ACID_NAMES``); waters and ligands are skipped;
+- protein residues of all chains: residue names gemmi tabulates as amino acids, force-field variants
+  such as HSD/HIE/CYX/CYSH (``topology.MD_AMINO_ACID_NAMES``), and any other residue that has atoms
+  named N, CA and C (an unlisted variant); waters, ions and ligands are skipped;
 - heavy atoms only; within each residue N, CA, C, O first, then the other atoms in file order, then
   the C-terminal oxygens (OXT, OT1, OT2), so files that order atoms differently (CHARMM puts C, O after
   the side chain) agree; elements come from the atom name (a PDB without an element column would
@@ -54,6 +55,11 @@ def is_amino_acid(res_name: str) -> bool:
         return True
     info = gemmi.find_tabulated_residue(res_name)
     return info is not None and info.is_amino_acid()
+
+
+def is_protein_residue(res_name: str, atom_names) -> bool:
+    """A known amino-acid name, or any residue with atoms named N, CA and C."""
+    return is_amino_acid(res_name) or {"N", "CA", "C"}.issubset(atom_names)
 
 
 @functools.lru_cache(maxsize=65536)  # called per atom and per model; names repeat
@@ -147,7 +153,7 @@ def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
         for res in chain:
             offset = len(coords)
             coords.extend((a.pos.x, a.pos.y, a.pos.z) for a in res)
-            if not is_amino_acid(res.name):
+            if not is_protein_residue(res.name, [a.name for a in res]):
                 continue
             # Point mutations: residues sharing one number; keep the one with the higher occupancy.
             if kept and kept[-1][1].seqid == res.seqid:
@@ -334,17 +340,19 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
         raise InputError(trajectory_path, f"cannot read with topology {topology_path}: {err}") from None
     atoms = universe.atoms
     names = atoms.names
-    protein = [res for res in universe.residues if is_amino_acid(str(res.resname))]
+    protein = [res for res in universe.residues if is_protein_residue(str(res.resname), res.atoms.names)]
     first_atoms = [int(res.atoms.indices[0]) for res in protein]
     if hasattr(atoms, "chainIDs") and any(str(atoms.chainIDs[i]).strip() for i in first_atoms):
         chain_keys = [str(atoms.chainIDs[i]).strip() for i in first_atoms]
     else:
-        # No chain ids: one letter per segment that holds protein, in order ("4AKE" -> "A").
         chain_keys = [f"segment {res.segindex}" for res in protein]
-        letters = dict(zip(dict.fromkeys(chain_keys), string.ascii_uppercase + string.ascii_lowercase,
-                           strict=False))
-        chain_keys = [letters[k] for k in chain_keys]
-    chain_names = _letters_for_blank_chains(chain_keys)
+    if all(len(key) <= 1 for key in chain_keys):  # PDB-style chain ids: keep them, name blank ones
+        chain_names = _letters_for_blank_chains(chain_keys)
+    else:
+        # Segments (PSF "4AKE") or molecule names (TPR "AKeco") are not chain ids: one letter
+        # per distinct one that holds protein, in order.
+        chain_names = dict(zip(dict.fromkeys(chain_keys), string.ascii_uppercase + string.ascii_lowercase,
+                               strict=False))
     residues: list[_Residue] = []
     for residue, chain_key in zip(protein, chain_keys, strict=True):
         res_name = str(residue.resname)
@@ -363,6 +371,7 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
         ))
     first = atoms.positions.astype(np.float64)
     topology, source = _build_topology(residues, first, trajectory_path, strict)
+    _warn_if_split_by_periodic_box(topology, first[source], universe.dimensions, trajectory_path)
     frames = np.empty((len(universe.trajectory), len(source), 3), dtype=np.float64)
     with warnings.catch_warnings():
         # MDAnalysis 2.x announces a future DCDReader change on every read: nothing for users to do.
@@ -370,6 +379,20 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
         for k, _ in enumerate(universe.trajectory):
             frames[k] = atoms.positions[source]
     return topology, frames
+
+
+def _warn_if_split_by_periodic_box(topology: Topology, coords: np.ndarray, box, path) -> None:
+    """MD frames often store molecules wrapped into the periodic box, so a chain jumps by a box length;
+    such a jump is a break for the backbone loss and a wrong structure for training. Say so."""
+    if box is None or not np.all(np.asarray(box[:3]) > 0):
+        return
+    c, n = coords[topology.atom_index("C")], coords[topology.atom_index("N")]
+    jump = np.linalg.norm(n[1:] - c[:-1], axis=-1) > 0.5 * float(np.min(box[:3]))
+    if np.any(jump):
+        r = int(np.nonzero(jump)[0][0])
+        warnings.warn(f"{path}: the protein is split across the periodic box in the first frame (bond "
+                      f"{topology.residue_label(r)} - {topology.residue_label(r + 1)} spans half a box); "
+                      "make molecules whole first, e.g. gmx trjconv -pbc mol", stacklevel=4)
 
 
 def _as_coords(topology: Topology, coords, path) -> np.ndarray:

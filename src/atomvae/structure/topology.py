@@ -15,8 +15,9 @@ BACKBONE_ATOMS = ("N", "CA", "C", "O")
 # Residue names that are protein amino acids besides those gemmi tabulates: force-field variants of
 # protonation states (CHARMM, AMBER, GROMACS) that MD topologies and the PDBs written from them use.
 MD_AMINO_ACID_NAMES = frozenset({
-    "HSD", "HSE", "HSP", "HID", "HIE", "HIP", "HISD", "HISE", "HISH", "HIS1", "HIS2",
-    "CYX", "CYM", "CYS2", "ASH", "ASPH", "GLH", "GLUH", "LYN", "LSN", "LYSH", "ARN", "TYM",
+    "HSD", "HSE", "HSP", "HID", "HIE", "HIP", "HISA", "HISB", "HISD", "HISE", "HISH", "HISP", "HIS1", "HIS2",
+    "CYX", "CYM", "CYS1", "CYS2", "CYSH", "ASH", "ASPH", "GLH", "GLUH", "LYN", "LSN", "LYSH", "LYSN",
+    "ARN", "ARGN", "TYM",
 })
 
 
