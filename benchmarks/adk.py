@@ -1,0 +1,193 @@
+"""End-to-end benchmark on adenylate kinase: simulate, train (poses inferred and given), sample, evaluate.
+
+Data: the DIMS open<->closed transition of E. coli adenylate kinase that MDAnalysisTests ships
+(adk.psf + adk_dims.dcd: 98 frames, 214 residues, 1,656 heavy atoms; frame 0 is closed (0.5 A C-alpha
+RMSD to adk_closed.pdb), frame 97 open (0.6 A to adk_open.pdb)).
+
+Ground truth: a deliberately multi-modal distribution over the frames (``WEIGHTS``): 55% a Gaussian
+bump of width 4 frames centred at frame 8 (closed), 30% centred at frame 88 (open), 15% uniform over
+all frames (a thin spread of intermediates). The simulator draws each particle's frame from it, and an
+independent evaluation ensemble of ``--gt-n`` frames (written as a DCD beside its topology).
+
+Base structure: adk_open.pdb as a user would have it from a consensus refinement: docked into the
+common frame of the particles (superposed on the C-alpha of the open end frame) — it is not one of the
+trajectory's frames (0.6 A from frame 97).
+
+Distances (paper figures 7-8 style): A:55:CA-A:169:CA spans the NMP-LID gap (13 A closed, 29 A open: it
+is the clearest single coordinate of the closing motion) and A:127:CA-A:194:CA the LID-CORE hinge (31 A
+closed, 39 A open). Cutoffs 21 A and 35 A split the closed and open modes.
+
+Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
+    .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
+Pieces: --skip-simulate reuses OUT/sim; --modes given to train one mode; --config YAML overrides the
+``cpu`` preset (the same file for every mode). Results: OUT/adk_results.json and OUT/adk_results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomvae.errors import atomic_write_text
+from atomvae.evaluate.stereochemistry import stereochemistry_summary
+from atomvae.geometry.superpose import kabsch
+from atomvae.structure.io import read_ensemble, read_structure, write_ensemble
+from atomvae.train.run import base_structure_path
+
+WEIGHTS = "mix:0.55@8:4,0.30@88:4,0.15@uniform"
+DISTANCES = [("A:55:CA,A:169:CA", 21.0), ("A:127:CA,A:194:CA", 35.0)]
+BOX, PIXEL_SIZE = 64, 1.5  # 96 A box: the protein's largest radius is 36 A, a 12 A margin at worst
+
+
+def machine_reference(repeats: int = 5) -> float:
+    """Batched matmul GFLOP/s of (256, 64, 1024) @ (256, 1024, 64) in float32: this machine's ceiling."""
+    a, b = torch.randn(256, 64, 1024), torch.randn(256, 1024, 64)
+    torch.bmm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.bmm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 256 * 64 * 64 * 1024 / best / 1e9
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run an atomvae command, echo it, tee its output to ``log``; return wall seconds."""
+    print("$", shlex.join(cmd), flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    print(f"  done in {seconds / 60:.1f} min", flush=True)
+    return seconds
+
+
+def atomvae_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "atomvae", *args]
+
+
+def docked_base(base_pdb: str, frames: np.ndarray, frame: int, out: Path) -> Path:
+    """adk_open.pdb superposed (C-alpha) onto ``frames[frame]``: the base in the particles' common frame."""
+    base = read_structure(base_pdb)
+    ca = base.topology.select("CA")
+    rot, trans = kabsch(torch.as_tensor(base.coords[ca]), torch.as_tensor(frames[frame][ca]))
+    coords = base.coords @ rot.numpy().T + trans.numpy()
+    write_ensemble(out, base.topology, coords[None])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/adk"))
+    parser.add_argument("--particles", type=int, default=20000)
+    parser.add_argument("--snr", type=float, default=0.1)
+    parser.add_argument("--gt-n", type=int, default=4096)
+    parser.add_argument("--modes", nargs="+", default=["inferred", "given"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--config", type=Path, help="YAML overriding the cpu preset")
+    parser.add_argument("--n", type=int, default=2048, help="structures per side of the EMD-RMSD")
+    parser.add_argument("--skip-simulate", action="store_true")
+    args = parser.parse_args(argv)
+
+    from MDAnalysisTests.datafiles import DCD, PSF, PDB_small  # the benchmark's data (PyPI package)
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    print(f"command: {command}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    gflops = machine_reference()
+    print(f"machine reference: batched matmul (256,64,1024)@(256,1024,64) float32 {gflops:.1f} GFLOP/s")
+    results: dict = {"command": command, "matmul_gflops": gflops, "weights": WEIGHTS, "snr": args.snr,
+                     "particles": args.particles, "box": BOX, "pixel_size": PIXEL_SIZE, "runs": []}
+
+    sim = out / "sim"
+    if not args.skip_simulate:
+        results["simulate_s"] = run(atomvae_cmd(
+            "simulate", DCD, "--topology", PSF, "-n", str(args.particles), "--box", str(BOX),
+            "--pixel-size", str(PIXEL_SIZE), "--snr", str(args.snr), "--weights", WEIGHTS, "--seed", "1",
+            "--defocus-min", "10000", "--defocus-max", "25000", "--astigmatism", "500",
+            "--gt-n", "16", "--overwrite", "--no-progress", "-o", str(sim)), out / "simulate.log")
+    truth = np.load(sim / "truth.npz")
+
+    # Evaluation ensemble: an independent draw of gt_n frames from the same weights, as a DCD.
+    topology, frames = read_ensemble(DCD, PSF)
+    rng = np.random.default_rng(12345)
+    gt_frames = rng.choice(len(frames), size=args.gt_n, p=truth["weights"])
+    gt_path = out / "gt_ensemble.dcd"
+    write_ensemble(gt_path, topology, frames[gt_frames])
+    gt_topology = out / "gt_topology.pdb"
+    write_ensemble(gt_topology, topology, frames[:1])
+    base = docked_base(PDB_small, frames, len(frames) - 1, out / "base_open_docked.pdb")
+    center = ",".join(f"{c:.4f}" for c in truth["center"])
+
+    for mode in args.modes:
+        for seed in args.seeds:
+            run_dir = out / f"run_{mode}_seed{seed}"
+            train_cmd = ["train", str(sim / "particles.star"), str(base), "-o", str(run_dir),
+                         "--preset", "cpu", "--poses", mode, "--seed", str(seed), "--pose-center", center,
+                         "--no-progress"]
+            if args.config:
+                train_cmd += ["--config", str(args.config)]
+            if run_dir.exists():
+                train_cmd.append("--resume")
+            train_s = run(atomvae_cmd(*train_cmd), run_dir.with_suffix(".train.log"))
+            samples = run_dir / "samples.dcd"  # coordinates only; the run's base.pdb is the topology
+            sample_topology_path = base_structure_path(run_dir)
+            run(atomvae_cmd("sample", str(run_dir), "-n", str(args.n), "-o", str(samples), "--seed", "0"),
+                run_dir.with_suffix(".sample.log"))
+            run(atomvae_cmd("encode", str(run_dir), str(sim / "particles.star"), "-o",
+                            str(run_dir / "latents.npz")), run_dir.with_suffix(".encode.log"))
+            eval_json = run_dir / "evaluation.json"
+            eval_cmd = ["evaluate", str(samples), str(gt_path), "--pred-topology", str(sample_topology_path),
+                        "--gt-topology", str(gt_topology),
+                        "--base", str(base), "--n", str(args.n), "--atoms", "CA", "--json", str(eval_json),
+                        "-o", str(run_dir / "evaluation"), "--run", str(run_dir), "--truth",
+                        str(sim / "truth.npz"), "--ensemble-source", DCD, "--ensemble-source-topology", PSF]
+            for spec, cutoff in DISTANCES:
+                eval_cmd += ["--distance", spec, "--cutoff", str(cutoff)]
+            run(atomvae_cmd(*eval_cmd), run_dir.with_suffix(".evaluate.log"))
+            evaluation = json.loads(eval_json.read_text())
+            sample_topology, sample_coords = read_ensemble(samples, sample_topology_path)
+            stereo = stereochemistry_summary(sample_coords, sample_topology).as_dict()
+            results["runs"].append({"mode": mode, "seed": seed, "train_minutes": train_s / 60,
+                                    "evaluation": evaluation, "stereochemistry_all_samples": stereo})
+            atomic_write_text(out / "adk_results.json", json.dumps(results, indent=2, default=float))
+
+    print(markdown_table(results))
+    atomic_write_text(out / "adk_results.md", markdown_table(results))
+    return 0
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| poses | seed | train min | EMD-RMSD (A) | base-only | floor | recovered | "
+             + " | ".join(f"{spec} W1 / mode% pred vs gt" for spec, _ in DISTANCES) + " | plausible |",
+             "|" + "---|" * (7 + len(DISTANCES))]
+    for r in results["runs"]:
+        e = r["evaluation"]
+        emd = e.get("emd_rmsd", float("nan"))
+        cells = [r["mode"], str(r["seed"]), f"{r['train_minutes']:.0f}", f"{emd:.2f}",
+                 f"{e.get('base_only', float('nan')):.2f}", f"{e.get('floor', float('nan')):.2f}",
+                 f"{e.get('recovered_fraction', float('nan')):.2f}"]
+        for m in e.get("distances", []):
+            cells.append(f"{m.get('wasserstein_1', float('nan')):.2f} A / "
+                         f"{100 * m.get('pred_below', float('nan')):.0f}% vs "
+                         f"{100 * m.get('gt_below', float('nan')):.0f}%")
+        cells.append(f"{100 * r['stereochemistry_all_samples']['fraction_ok']:.1f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
