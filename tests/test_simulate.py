@@ -43,6 +43,7 @@ def _config(ensemble, output, **kw):
         chunk=10,
         shift_spread=2.0,
         progress=False,
+        oversample=1,  # the physics test below covers oversampling; 1 keeps the other tests fast
     )
     base.update(kw)
     return SimulationConfig(**base)
@@ -77,7 +78,7 @@ def test_round_trip_poses_ctf_images(ensemble, tmp_path):
 def test_noise_free_images_are_the_physics(ensemble, tmp_path):
     """A noise-free particle equals phase_contrast_images of its frame, pose and CTF from truth.npz."""
     out = tmp_path / "clean"
-    simulate(_config(ensemble, out, seed=1, n_particles=6))
+    simulate(_config(ensemble, out, seed=1, n_particles=6, oversample=2))
     truth = np.load(out / "truth.npz")
     meta = read_particles(out / "particles.star")
     topology, frames = read_ensemble(ensemble)
@@ -202,6 +203,8 @@ def test_cli(ensemble, tmp_path, capsys):
         "0.1",
         "--gt-n",
         "4",
+        "--oversample",
+        "1",
         "--no-progress",
     ]
     assert main(args) == 0
