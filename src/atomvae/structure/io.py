@@ -335,6 +335,8 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="MDAnalysis")
+            # Guessed elements/masses: we take elements from atom names and use no masses.
+            warnings.filterwarnings("ignore", category=UserWarning, module="MDAnalysis.(topology|guesser)")
             universe = mda.Universe(str(topology_path), str(trajectory_path))
     except Exception as err:  # MDAnalysis raises many types (ValueError, OSError, IOError, EOFError...)
         raise InputError(trajectory_path, f"cannot read with topology {topology_path}: {err}") from None
