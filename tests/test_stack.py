@@ -118,3 +118,17 @@ def test_estimate_noise_sigma_on_pure_noise():
     images = 0.7 * torch.randn(50, 32, 32, generator=g) + torch.randn(50, 1, 1, generator=g)
     mask = ds.background_mask(32, 12.0)
     assert ds.estimate_noise_sigma(images, mask) == pytest.approx(0.7, rel=0.02)
+
+
+def test_many_stacks_keep_few_files_open(tmp_path, monkeypatch):
+    """One stack per micrograph (RELION extraction): only MAX_OPEN_MAPS memory maps stay open."""
+    from atomvae.data import stack as stack_module
+
+    monkeypatch.setattr(stack_module, "MAX_OPEN_MAPS", 3)
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(10, 2, 8, 8)).astype(np.float32)
+    paths = [write_mrcs(tmp_path / f"mic{i}.mrcs", images[i]) for i in range(10)]
+    stack = ParticleStack(paths)
+    order = rng.permutation(20)
+    np.testing.assert_array_equal(stack[order].numpy(), images.reshape(20, 8, 8)[order])
+    assert len(stack._maps) == 3

@@ -10,6 +10,7 @@ cheaply into DataLoader worker processes and reopens its maps there.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import torch
 
 from atomvae.data import validate
 from atomvae.errors import InputError
+
+MAX_OPEN_MAPS = 256
 
 
 class StackFile:
@@ -79,7 +82,7 @@ class ParticleStack:
             image_index = np.concatenate([np.arange(c) for c in counts])
         self.file_index = np.asarray(file_index, dtype=np.int64)
         self.image_index = np.asarray(image_index, dtype=np.int64)
-        self._maps: list[np.ndarray] | None = None
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
     def paths(self) -> list[Path]:
@@ -90,13 +93,19 @@ class ParticleStack:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_maps"] = None  # memory maps are reopened lazily in the receiving process
+        state["_maps"] = OrderedDict()  # memory maps are reopened lazily in the receiving process
         return state
 
-    def _memmaps(self) -> list[np.ndarray]:
-        if self._maps is None:
-            self._maps = [f.memmap() for f in self.files]
-        return self._maps
+    def _memmap(self, f: int) -> np.ndarray:
+        """File ``f``'s memory map; at most MAX_OPEN_MAPS stay open (each holds a file descriptor, and
+        RELION extraction writes one stack per micrograph: thousands of files)."""
+        if f in self._maps:
+            self._maps.move_to_end(f)
+            return self._maps[f]
+        if len(self._maps) >= MAX_OPEN_MAPS:
+            self._maps.popitem(last=False)
+        self._maps[f] = self.files[f].memmap()
+        return self._maps[f]
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Images of particles ``indices (n,)`` as float32 numpy ``(n, H, W)`` (in the given order)."""
@@ -104,12 +113,11 @@ class ParticleStack:
         out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
         files = self.file_index[indices]
         images = self.image_index[indices]
-        maps = self._memmaps()
         for f in np.unique(files):
             where = np.flatnonzero(files == f)
             # sorted reads walk the file forwards; np.unique also drops repeats
             wanted, inverse = np.unique(images[where], return_inverse=True)
-            out[where] = maps[f][wanted][inverse]
+            out[where] = self._memmap(int(f))[wanted][inverse]
         return out
 
     def __getitem__(self, idx) -> torch.Tensor:
