@@ -25,13 +25,13 @@ MODE_SHIFT = np.array([6.0, 0.0, 0.0])  # A; moves residues 8-10 in mode B
 
 def _two_mode_ensemble(n_a: int, n_b: int, seed: int) -> tuple[object, np.ndarray]:
     """(topology, coords (n_a + n_b, 71, 3)) of the 10-residue AdK fragment: mode A is the PDB, mode B has
-    residues 8-10 shifted by MODE_SHIFT; 0.05 A noise keeps every structure distinct."""
+    residues 8-10 shifted by MODE_SHIFT; 0.01 A noise keeps every structure distinct."""
     s = read_structure(BASE_PDB)
     rng = np.random.default_rng(seed)
     coords = np.repeat(s.coords[None], n_a + n_b, axis=0)
     tail = s.topology.residue_index >= 7
     coords[n_a:, tail] += MODE_SHIFT
-    return s.topology, coords + rng.normal(scale=0.05, size=coords.shape)
+    return s.topology, coords + rng.normal(scale=0.01, size=coords.shape)
 
 
 @pytest.fixture(scope="module")
