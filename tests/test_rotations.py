@@ -116,6 +116,16 @@ def test_gram_schmidt_gradcheck_float64():
     close = v1.detach() + 1e-3 * torch.randn(6, 3, generator=gen, dtype=torch.float64)
     v2_close = close.requires_grad_(True)
     assert torch.autograd.gradcheck(gram_schmidt, (v1, v2_close))
+    # The robust path (used for degenerate entries) has the same derivatives where both apply.
+    assert torch.autograd.gradcheck(_gram_schmidt_robust, (v1, v2))
+    # Tiny inputs (robust path): R is scale invariant, so the gradient at s*v is the gradient at v / s.
+    weights = torch.randn(6, 3, 3, generator=gen, dtype=torch.float64)
+    grads = []
+    for scale in (1.0, 1e-100):  # 1e-100 squared is below the fast path's floor
+        a = (scale * v1.detach()).requires_grad_(True)
+        (gram_schmidt(a, v2.detach()) * weights).sum().backward()
+        grads.append(a.grad * scale)
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_six_d_round_trip():
