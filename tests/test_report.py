@@ -231,3 +231,18 @@ def test_training_curves_plot_every_numeric_key():
     assert loss_ax.lines[0].get_xdata().tolist() == list(range(1, 300))
     assert training_curves_figure([{"step": 1, "stage": 1, "note": "x"}]) is None
     fig.savefig(io.BytesIO(), format="png")  # renders without error
+
+
+def test_run_without_latents_or_truth_says_what_is_missing(run_with_latents, capsys):
+    folder, run_dir, _ = run_with_latents
+    base = ["evaluate", str(folder / "gt.pdb"), str(folder / "gt.pdb"), "--n", "4", "--run", str(run_dir)]
+    assert main([*base, "-o", str(folder / "no_latents")]) == 0
+    summary = json.loads((folder / "no_latents" / "summary.json").read_text())
+    assert any(n.startswith("No latent space") for n in summary["run_notes"])
+    assert "latent_pca_explained_variance" not in summary
+    assert (folder / "no_latents" / "training_curves.png").is_file()
+    assert main([*base, "--latents", str(folder / "latents.npz"), "-o", str(folder / "no_truth")]) == 0
+    summary = json.loads((folder / "no_truth" / "summary.json").read_text())
+    assert summary["run_notes"][0].startswith("No conditional accuracy: it needs --truth")
+    assert "Not shown" in (folder / "no_truth" / "report.html").read_text()
+    capsys.readouterr()

@@ -30,7 +30,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from atomvae.evaluate.evaluation import EvaluateConfig, evaluate, summary_text
+from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
+from atomvae.evaluate.report import summary_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ Inputs of the optional run part (see ``conditional.py``):
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from atomvae.evaluate.marginals import (
     mode_proportions,
     parse_distance,
 )
-from atomvae.evaluate.report import ReportFigure, ReportSection, summary_text, write_json, write_report
+from atomvae.evaluate.report import ReportFigure, ReportSection, write_json, write_report
 from atomvae.evaluate.stereochemistry import stereochemistry_summary
 from atomvae.structure.io import read_ensemble, read_structure
 
@@ -71,7 +71,6 @@ class EvaluateConfig:
     posterior_samples: int = 16
     device: str = "cpu"
     write_report: bool = True
-    notes: tuple[str, ...] = field(default=())
 
 
 def _read(path: Path, topology_path: Path | None):
@@ -230,7 +229,7 @@ def _plausibility_section(ensembles: dict[str, tuple]) -> tuple[ReportSection | 
 
 def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
     """Latent space, conditional accuracy and training curves of a trained run."""
-    sections, summary = [], {}
+    sections, summary, missing = [], {}, []
     records = run_metrics_records(config.run)
     latents_path = config.latents if config.latents is not None else Path(config.run) / "latents.npz"
     latents = read_latents(latents_path) if (config.latents is not None or latents_path.is_file()) else None
@@ -249,6 +248,12 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
             ReportFigure("latent_pca", fig, caption)],
             rows=[("explained variance PC1, PC2", ", ".join(f"{e:.1%}" for e in explained))]))
         summary["latent_pca_explained_variance"] = explained.tolist()
+    if latents is None:
+        missing.append(f"No latent space or conditional accuracy: no {latents_path} (make it with "
+                       "`atomvae encode RUN particles.star -o latents.npz`, then pass --latents).")
+    elif not (frames is not None and specs and config.ensemble_source is not None):
+        missing.append("No conditional accuracy: it needs --truth (truth.npz of atomvae simulate), "
+                       "--ensemble-source (the simulated ensemble) and at least one --distance.")
     if latents is not None and frames is not None and specs and config.ensemble_source is not None:
         from atomvae.train.run import load_run
 
@@ -287,12 +292,17 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
                 ReportFigure("training_curves", fig, "Every numeric metric of the run's metrics.jsonl over "
                                                      "training steps, one colour per stage.")],
                 rows=[("records", str(len(records))), ("last step", str(records[-1].get("step")))]))
+    else:
+        missing.append(f"No training curves: no metrics.jsonl in {config.run}.")
+    if missing:
+        sections.append(ReportSection("Not shown", paragraphs=missing))
+        summary["run_notes"] = missing
     return sections, summary
 
 
 def evaluate(config: EvaluateConfig) -> dict:
     """Run the evaluation; write the report (out_dir/report.html, PNGs, summary.json) and
-    ``config.json_path``; return the summary dict (also printed by the CLI via ``summary_text``)."""
+    ``config.json_path``; return the summary dict (the CLI prints it with ``report.summary_text``)."""
     if len(config.cutoffs) > len(config.distances):
         raise InputError(None, f"{len(config.cutoffs)} --cutoff values for {len(config.distances)} "
                                "--distance; give at most one cutoff per distance, in the same order")
@@ -359,5 +369,3 @@ def evaluate(config: EvaluateConfig) -> dict:
         write_json(config.json_path, summary)
     return summary
 
-
-__all__ += ["summary_text"]
