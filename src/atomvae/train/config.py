@@ -136,9 +136,9 @@ def _cpu() -> TrainConfig:
     ~0.3-0.55 s = ~30-55 min for the 20 epochs below, plus ~1 min of validation."""
     return TrainConfig(
         # C-alpha only (214 instead of ~1,650 atoms: ~8x cheaper renders) with a wider Gaussian (2 A) that
-        # stands in for the backbone and side-chain density around each C-alpha at 64 px (3 A pixels in
-        # the benchmark). Costs side-chain detail in the likelihood; the outputs are still all-atom (each
-        # residue a rigid body carried by its frame).
+        # stands in for the backbone and side-chain density around each C-alpha (~1.5-3 A pixels at 64 px).
+        # Costs side-chain detail in the likelihood; the outputs are still all-atom (each residue a rigid
+        # body carried by its frame).
         model=ModelConfig(render_atoms="CA", render_sigma=2.0),
         # Stage 1: 8 pose samples instead of 128, 8 epochs instead of 2000 (lr halved for the last 2, as the
         # paper halves it for its second half): a much coarser search over SO(3) per image, so pose
