@@ -153,3 +153,17 @@ def test_star_tables_round_trip(tmp_path, particle_set):
     torch.testing.assert_close(again.shift, meta.shift, rtol=0, atol=1e-9)
     for field, value in meta.ctf.as_dict().items():
         torch.testing.assert_close(getattr(again.ctf, field), value, rtol=1e-10, atol=1e-9)
+
+
+def test_cryosparc_shift_uses_refinement_pixel_size(tmp_path, particle_set):
+    from numpy.lib import recfunctions
+
+    data = np.load(write_cryosparc(tmp_path, particle_set))
+    data = recfunctions.append_fields(
+        data, "alignments3D/psize_A", np.full(len(data), 3.0, dtype=np.float32), usemask=False
+    )
+    with open(tmp_path / "binned.cs", "wb") as f:
+        np.save(f, data)
+    meta = md.read_cryosparc_cs(tmp_path / "binned.cs")
+    # shifts were written in 1.5 A pixels; read as 3 A pixels they double
+    np.testing.assert_allclose(meta.shift.numpy(), 2 * particle_set.shift, atol=1e-9)

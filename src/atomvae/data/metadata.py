@@ -13,7 +13,7 @@ where the particle centre sits in the image; see geometry/euler.py):
   (it takes ``expmap(pose)`` and transposes it to get its own matrix, and copies the shift unchanged)
   together with its ``parse_pose_star.py`` (its matrix is RELION's ``R_from_relion``, which equals our
   R, and its translation is ``+rlnOrigin``). ``blob/idx`` is 0-based; defocus angle and phase shift
-  are in radians.
+  are in radians; shifts are in pixels of ``alignments3D/psize_A`` when present (else blob/psize_A).
 - cryoDRGN: ``ctf.pkl`` is an ``(N, 9)`` array ``[D, Apix, dfU, dfV, dfang (deg), kV, Cs (mm), w,
   phase shift (deg)]``; ``poses.pkl`` is ``(rot (N,3,3), trans (N,2))`` with ``rot`` = RELION's matrix
   = our R (``utils.R_from_relion`` builds ``Rz(-psi) Ry(-tilt) Rz(-rot)``, our ``(Rz Ry Rz)^T``) and
@@ -312,7 +312,9 @@ def read_cryosparc_cs(path: str | os.PathLike, datadir: str | os.PathLike | None
     if {"alignments3D/pose", "alignments3D/shift"} <= fields:
         pose = data["alignments3D/pose"].astype(np.float64).reshape(-1, 3)
         rotation = _float_tensor(Rotation.from_rotvec(-pose).as_matrix())
-        shift = _float_tensor(-data["alignments3D/shift"].astype(np.float64).reshape(-1, 2) * pixel_size)
+        # shifts are in pixels of the refinement, whose pixel size cryoSPARC records separately
+        shift_pixel = field("alignments3D/psize_A", pixel_size)[:, None]
+        shift = _float_tensor(-data["alignments3D/shift"].astype(np.float64).reshape(-1, 2) * shift_pixel)
     return ParticleMetadata(
         image_paths=tuple(paths),
         file_index=file_index,
