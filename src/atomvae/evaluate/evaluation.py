@@ -124,7 +124,7 @@ def run_metrics_records(run_dir: Path) -> list[dict]:
     return []
 
 
-def _fmt(x, unit=" A"):
+def _fmt(x, unit=" Å"):
     return "n/a" if x is None else f"{x:.3f}{unit}"
 
 
@@ -138,7 +138,7 @@ def _emd_section(cmp: EmdComparison, config: EvaluateConfig, atom_note: str) -> 
     if cmp.recovered_fraction is not None:
         rows.append(("recovered fraction", f"{cmp.recovered_fraction:.3f}"))
     rows.append(("median / max assigned RMSD", f"{np.median(cmp.model.assigned_rmsd):.3f} / "
-                                               f"{cmp.model.assigned_rmsd.max():.3f} A"))
+                                               f"{cmp.model.assigned_rmsd.max():.3f} Å"))
     paragraphs = [
         "EMD-RMSD (paper section 4): N structures drawn without replacement from each ensemble, RMSD after "
         "optimal rigid superposition for every pair, optimal one-to-one assignment, mean assigned RMSD. "
@@ -168,12 +168,12 @@ def _distance_part(specs: list[DistanceSpec], cutoffs: list[float | None], pred_
     summary = {"distances": [c.to_dict() for c in comparisons]}
     figures = [ReportFigure("distance_histograms", plots.distance_histograms(pred_d, gt_d, comparisons),
                             "Distance marginals on shared bins; W1 = 1D Wasserstein-1 distance between "
-                            "predicted and true distributions (A, lower is better).")]
-    rows = [(c.label, f"W1 {c.wasserstein_1:.3f} A; mean pred {c.pred_mean:.2f} vs GT {c.gt_mean:.2f} A; "
-                      f"sd pred {c.pred_std:.2f} vs GT {c.gt_std:.2f} A") for c in comparisons]
+                            "predicted and true distributions (Å, lower is better).")]
+    rows = [(c.label, f"W1 {c.wasserstein_1:.3f} Å; mean pred {c.pred_mean:.2f} vs GT {c.gt_mean:.2f} Å; "
+                      f"sd pred {c.pred_std:.2f} vs GT {c.gt_std:.2f} Å") for c in comparisons]
     for c in comparisons:
         if c.cutoff is not None:
-            rows.append((f"{c.label} < {c.cutoff:g} A", f"pred {c.pred_below:.1%}, GT {c.gt_below:.1%}"))
+            rows.append((f"{c.label} < {c.cutoff:g} Å", f"pred {c.pred_below:.1%}, GT {c.gt_below:.1%}"))
     with_cut = [k for k, c in enumerate(cutoffs) if c is not None]
     if with_cut:
         labels = [f"d{k + 1}" for k in with_cut]
@@ -217,11 +217,11 @@ def _plausibility_section(ensembles: dict[str, tuple]) -> tuple[ReportSection | 
         summary[name] = s.as_dict()
         rows.append((name, f"{s.fraction_ok:.1%} of {s.n_structures} structures pass (bonds ok "
                            f"{s.fraction_bonds_ok:.1%}, no clash {s.fraction_no_clash:.1%}); C-N bond "
-                           f"{s.bond_length_mean:.3f} A, rms deviation {s.bond_length_rms_deviation:.3f} A"))
+                           f"{s.bond_length_mean:.3f} Å, rms deviation {s.bond_length_rms_deviation:.3f} Å"))
     if not rows:
         return None, {}
-    text = ["A structure passes when every C(i)-N(i+1) peptide bond is within 0.2 A of 1.33 A and no two "
-            "heavy atoms of residues that are not sequence neighbours are closer than 2.0 A."]
+    text = ["A structure passes when every C(i)-N(i+1) peptide bond is within 0.2 Å of 1.33 Å and no two "
+            "heavy atoms of residues that are not sequence neighbours are closer than 2.0 Å."]
     if skipped:
         text.append(f"Not checked (no backbone N and C atoms): {', '.join(skipped)}.")
     return ReportSection("Physical plausibility", rows=rows, paragraphs=text), summary
