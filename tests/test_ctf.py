@@ -123,18 +123,20 @@ def _direct_convolution(image: np.ndarray, kernel_wrapped: np.ndarray) -> np.nda
     return full[height - 1 : 2 * height - 1, width - 1 : 2 * width - 1]
 
 
-@pytest.mark.parametrize("shape", [(12, 12), (9, 14)])
-def test_padded_fft_equals_direct_real_space_convolution(shape):
+@pytest.mark.parametrize(("shape", "pad_factor"), [((12, 12), 2), ((9, 14), 2), ((9, 14), 2.5)])
+@pytest.mark.parametrize("renders_per_ctf", [1, 2])  # rfft2/irfft2 path and paired complex path
+def test_padded_fft_equals_direct_real_space_convolution(shape, pad_factor, renders_per_ctf):
     g = torch.Generator().manual_seed(3)
-    images = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    images = torch.randn(2, renders_per_ctf, *shape, generator=g, dtype=torch.float64)
     params = _params(2, seed=4)
     pixel_size = 2.0
-    result = apply_ctf(images, params, pixel_size, pad_factor=2)
-    padded = (2 * shape[0], 2 * shape[1])
+    result = apply_ctf(images, params, pixel_size, pad_factor=pad_factor)
+    padded = (math.ceil(pad_factor * shape[0]), math.ceil(pad_factor * shape[1]))
     kernels = torch.fft.irfft2(ctf_2d(params, padded, pixel_size), s=padded)
     for n in range(2):
-        expected = _direct_convolution(images[n].numpy(), kernels[n].numpy())
-        np.testing.assert_allclose(result[n].numpy(), expected, atol=1e-12)
+        for r in range(renders_per_ctf):
+            expected = _direct_convolution(images[n, r].numpy(), kernels[n].numpy())
+            np.testing.assert_allclose(result[n, r].numpy(), expected, atol=1e-12)
 
 
 def test_padding_removes_wrap_around():
@@ -159,14 +161,28 @@ def test_one_ctf_per_particle_is_shared_by_its_renders():
         torch.testing.assert_close(together[b], alone)
 
 
-def test_apply_ctf_gradcheck_and_float32():
+@pytest.mark.parametrize("renders_per_ctf", [1, 2])
+def test_apply_ctf_gradcheck_and_float32(renders_per_ctf):
     g = torch.Generator().manual_seed(7)
-    images = torch.randn(2, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    images = torch.randn(2, renders_per_ctf, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
     params = _params(2, seed=8)
     assert torch.autograd.gradcheck(lambda x: apply_ctf(x, params, 1.5), (images,))
     out32 = apply_ctf(images.detach().float(), params, 1.5)
     assert out32.dtype == torch.float32
     torch.testing.assert_close(out32.double(), apply_ctf(images.detach(), params, 1.5), atol=1e-5, rtol=0)
+
+
+def test_gradient_in_ctf_parameters():
+    g = torch.Generator().manual_seed(9)
+    images = torch.randn(2, 2, 6, 6, generator=g, dtype=torch.float64)
+    base = _params(2, seed=10)
+    defocus = base.defocus_u.clone().requires_grad_(True)
+
+    def convolve(defocus_u):
+        params = CTFParams(**{**base.as_dict(), "defocus_u": defocus_u})
+        return apply_ctf(images, params, 1.5)
+
+    assert torch.autograd.gradcheck(convolve, (defocus,))
 
 
 def test_ctf_params_container():

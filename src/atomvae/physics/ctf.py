@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 _FIELDS = (
     "defocus_u",
@@ -187,10 +188,17 @@ def apply_ctf(
     """Convolve ``images (..., H, W)`` with each particle's CTF; returns ``(..., H, W)``.
 
     Zero-pads to ``ceil(pad_factor * H) x ceil(pad_factor * W)`` (``pad_factor >= 2``, so the linear
-    convolution does not wrap around), multiplies the rfft by the CTF of that padded grid and crops
-    the top-left ``H x W`` back. ``params.shape`` must match (or broadcast against) the leading dims
-    of ``images``; image dims beyond it share the particle's CTF, e.g. ``images (B, K, H, W)`` with
-    ``params (B,)``: each particle's CTF is computed once and applied to its K renders.
+    convolution does not wrap around), multiplies the spectrum by the CTF of that padded grid,
+    inverts and crops the top-left ``H x W``: a real-space convolution with the kernel
+    ``irfft2(ctf_2d(params, padded))``. ``params.shape`` must match (or broadcast against) the leading
+    dims of ``images``; image dims beyond it share the particle's CTF, e.g. ``images (B, K, H, W)``
+    with ``params (B,)``: each particle's CTF is computed once and applied to its K renders.
+
+    With an even number of renders per CTF (training) and no gradient wanted for the CTF parameters,
+    two renders of a particle travel as the real and imaginary parts of one complex image
+    (``_PairedCTF``: one complex FFT pair per two renders, and no slow c2r transform); otherwise
+    rfft2/irfft2. Both give the same numbers. Differentiable in ``images`` (and in the CTF
+    parameters on the second path).
     """
     if pad_factor < 2:
         raise ValueError(f"pad_factor must be >= 2 to avoid wrap-around, got {pad_factor}")
@@ -201,8 +209,67 @@ def apply_ctf(
         raise ValueError(f"CTF params of shape {tuple(params.shape)} for images of {tuple(images.shape)}")
     if params.device != images.device or params.dtype != images.dtype:
         params = params.to(device=images.device, dtype=images.dtype)
+    n_param_dims = len(params.shape)
+    particle_shape = torch.broadcast_shapes(params.shape, images.shape[:n_param_dims])
+    render_shape = images.shape[n_param_dims:batch_dims]
+    renders_per_ctf = math.prod(render_shape)
+    params_need_grad = any(t.requires_grad for t in params.as_dict().values())
     ctf = ctf_2d(params, padded, pixel_size, rfft=True)
-    ctf = ctf.reshape(*params.shape, *([1] * (batch_dims - len(params.shape))), *ctf.shape[-2:])
-    spectrum = torch.fft.rfft2(images, s=padded)
-    convolved = torch.fft.irfft2(spectrum * ctf, s=padded)
+    if renders_per_ctf % 2 == 0 and renders_per_ctf > 0 and not params_need_grad:
+        spectrum = _full_spectrum(ctf, padded).expand(*particle_shape, *padded).reshape(-1, 1, *padded)
+        stacked = images.expand(*particle_shape, *images.shape[n_param_dims:])
+        stacked = stacked.reshape(spectrum.shape[0], renders_per_ctf, height, width)
+        out = _PairedCTF.apply(stacked, spectrum)
+        return out.reshape(*particle_shape, *render_shape, height, width)
+    ctf = ctf.reshape(*params.shape, *([1] * len(render_shape)), *ctf.shape[-2:])
+    convolved = torch.fft.irfft2(torch.fft.rfft2(images, s=padded) * ctf, s=padded)
     return convolved[..., :height, :width]
+
+
+def _full_spectrum(ctf: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
+    """The full-grid (..., Hp, Wp) spectrum that irfft2 implies for a half-grid ``ctf (..., Hp, Wf)``.
+
+    Columns beyond the half grid are the Hermitian mirror ``C(-ky, -kx)``; irfft2 keeps only the real
+    part of the DC and (even length) Nyquist columns after the y transform, i.e. their part even in
+    ky. The result is real and even, so its kernel is real and even too.
+    """
+    padded_height, padded_width = padded
+    n_freq = padded_width // 2 + 1
+    negative_rows = (-torch.arange(padded_height, device=ctf.device)) % padded_height
+    mirrored = ctf[..., negative_rows, :]  # C(-ky, kx)
+    half = 0.5 * (ctf + mirrored)  # equal to ctf except in the Nyquist column
+    if padded_width % 2 == 0:
+        half = torch.cat([ctf[..., : n_freq - 1], half[..., n_freq - 1 :]], dim=-1)
+    else:
+        half = ctf
+    return torch.cat([half, mirrored[..., 1 : padded_width - n_freq + 1].flip(-1)], dim=-1)
+
+
+class _PairedCTF(torch.autograd.Function):
+    """images (P, R, H, W), R even, and full spectra (P, 1, Hp, Wp) -> (P, R, H, W).
+
+    The kernel is real, so convolving ``a + i b`` convolves ``a`` and ``b`` separately: renders 2j
+    and 2j+1 of a particle share one complex FFT and one inverse. The operator is self-adjoint (the
+    kernel is real and even), so backward applies it to the gradient; nothing but the spectra is
+    kept for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(spectrum)
+        return _PairedCTF.convolve(images, spectrum)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (spectrum,) = ctx.saved_tensors
+        return _PairedCTF.convolve(grad_out, spectrum), None
+
+    @staticmethod
+    def convolve(images: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
+        n_particles, n_renders, height, width = images.shape
+        packed = torch.complex(images[:, 0::2], images[:, 1::2])  # (P, R/2, H, W)
+        transformed = torch.fft.fft2(packed, s=spectrum.shape[-2:])
+        convolved = torch.fft.ifft2(transformed.mul_(spectrum))[..., :height, :width]
+        pairs = torch.view_as_real(convolved)  # (P, R/2, H, W, 2): (render 2j, render 2j+1)
+        return pairs.permute(0, 1, 4, 2, 3).reshape(n_particles, n_renders, height, width)
