@@ -146,6 +146,8 @@ def test_dose_gives_shot_noise_level(ensemble, tmp_path):
     residual = noisy - clean
     assert abs(float(residual.mean())) < 0.05 * noise.shot_noise_sigma(30.0, PIXEL)
     assert float(residual.std()) == pytest.approx(noise.shot_noise_sigma(30.0, PIXEL), rel=0.05)
+    truth = np.load(tmp_path / "dose" / "truth.npz")
+    assert float(truth["effective_snr"]) == pytest.approx(noise.measured_snr(clean, noisy), rel=0.1)
 
 
 def test_refuses_to_overwrite_unless_told(ensemble, tmp_path):

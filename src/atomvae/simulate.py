@@ -23,6 +23,8 @@ interrupted run leaves nothing half-written; an existing folder is replaced only
 - particles.star: RELION 3.1 (data_optics + data_particles with the true pose and CTF);
 - truth.npz: frame (N,), rotation (N,3,3), shift (N,2) A, defocus (N,2) A (U, V), defocus_angle (N,)
   deg, weights (M,), gt_frame (gt_n,), center (3,) A, noise_sigma (radians; 0 if noise-free),
+  signal_variance (mean over the first 256 noise-free images, radians^2), effective_snr
+  (signal_variance / noise_sigma^2: the set-average SNR, also for --dose; inf if noise-free),
   pixel_size, snr, dose (NaN when unused), bfactor (atomic, A^2);
 - gt_ensemble.pdb: ``gt_n`` models drawn independently from the same frame weights.
 
@@ -56,7 +58,7 @@ from atomvae.physics import noise, scattering
 from atomvae.physics.ctf import CTFParams
 from atomvae.structure.io import read_ensemble, write_ensemble
 
-SNR_PILOT = 256  # particles whose mean signal variance sets the --snr noise level
+SNR_PILOT = 256  # particles whose mean signal variance sets the --snr noise level (and effective_snr)
 RENDER_BATCH = 8  # particles per projected-potential call: bounds the (batch, atoms*5, pixels) erf tables
 
 
@@ -96,6 +98,7 @@ class SimulationResult:
     output: Path
     n_particles: int
     noise_sigma: float
+    effective_snr: float
 
 
 def frame_weights(spec: str | os.PathLike | None, n_frames: int) -> np.ndarray:
@@ -218,7 +221,7 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        noise_sigma = _write_images(
+        noise_sigma, signal_variance = _write_images(
             tmp / "particles.mrcs", config, coords, a, b, frames, rotation, shift, ctf, noise_generator
         )
         meta = ParticleMetadata(
@@ -244,6 +247,8 @@ def simulate(config: SimulationConfig) -> SimulationResult:
             gt_frame=gt_frames,
             center=center,
             noise_sigma=noise_sigma,
+            signal_variance=signal_variance,
+            effective_snr=signal_variance / noise_sigma**2 if noise_sigma > 0 else math.inf,
             pixel_size=config.pixel_size,
             snr=np.nan if config.snr is None else config.snr,
             dose=np.nan if config.dose is None else config.dose,
@@ -254,7 +259,10 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return SimulationResult(output=output, n_particles=n, noise_sigma=noise_sigma)
+    effective_snr = signal_variance / noise_sigma**2 if noise_sigma > 0 else math.inf
+    return SimulationResult(
+        output=output, n_particles=n, noise_sigma=noise_sigma, effective_snr=effective_snr
+    )
 
 
 def _move_into_place(tmp: Path, output: Path) -> None:
@@ -285,8 +293,12 @@ def _write_images(
     shift: torch.Tensor,
     ctf: CTFParams,
     generator: torch.Generator,
-) -> float:
-    """Render, add noise and stream all particles into ``path`` chunk by chunk; return the noise sigma."""
+) -> tuple[float, float]:
+    """Render, add noise and stream all particles into ``path`` chunk by chunk.
+
+    Returns the noise sigma (radians; 0 without noise) and the mean per-image signal variance of the
+    first SNR_PILOT noise-free images (radians^2).
+    """
     n, box = len(frames), config.box
     coords_t = torch.as_tensor(coords, dtype=torch.float32)
     noise_sigma = 0.0 if config.dose is None else noise.shot_noise_sigma(config.dose, config.pixel_size)
@@ -310,9 +322,11 @@ def _write_images(
         ]
         return torch.cat(batches) if batches else torch.zeros(0, box, box)
 
-    # --snr: one noise sigma for the whole set (set-average SNR) from the first SNR_PILOT particles,
-    # rendered up front and reused, so the result does not depend on the chunk size
-    pilot = render(0, min(n, SNR_PILOT)) if config.snr is not None else torch.zeros(0, box, box)
+    # The first SNR_PILOT particles are rendered up front (and reused below): their mean signal
+    # variance sets --snr's single noise sigma, independent of the chunk size, and gives the
+    # effective SNR of a --dose run.
+    pilot = render(0, min(n, SNR_PILOT))
+    signal_variance = float(noise.signal_variance(pilot).double().mean())
     if config.snr is not None:
         noise_sigma = noise.snr_noise_sigma(pilot, config.snr)
     # running header statistics, so no second pass over a large stack is needed
@@ -341,14 +355,9 @@ def _write_images(
         mean = stats["sum"] / count
         mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = stats["min"], stats["max"], mean
         mrc.header.rms = math.sqrt(max(stats["sum_sq"] / count - mean**2, 0.0))
-    return noise_sigma
+    return noise_sigma, signal_variance
 
 
 def _batches(start: int, stop: int, size: int):
     for i in range(start, stop, size):
         yield i, min(i + size, stop)
-
-
-def expected_snr_from_dose(clean: torch.Tensor, dose: float, pixel_size: float) -> float:
-    """The set-average SNR that shot noise at ``dose`` gives these noise-free images (for reports)."""
-    return float(noise.signal_variance(clean).double().mean()) / noise.shot_noise_sigma(dose, pixel_size) ** 2
