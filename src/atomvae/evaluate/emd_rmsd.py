@@ -54,13 +54,17 @@ def emd_rmsd(pred: np.ndarray, gt: np.ndarray, chunk: int | None = None) -> EmdR
     )
 
 
+def _structures(count: int) -> str:
+    return f"{count} structure" + ("" if count == 1 else "s")
+
+
 def draw_samples(count: int, n: int, rng: np.random.Generator, path, what: str) -> np.ndarray:
     """Indices of ``n`` of ``count`` structures drawn without replacement (InputError naming ``path``
     if there are fewer than ``n``)."""
     if n < 1:
         raise InputError(None, f"--n must be at least 1, got {n}")
     if count < n:
-        raise InputError(path, f"{what} holds {count} structures, fewer than the {n} requested with --n")
+        raise InputError(path, f"{what} holds {_structures(count)}, fewer than the {n} requested with --n")
     return rng.choice(count, size=n, replace=False)
 
 
@@ -132,7 +136,7 @@ def compare_ensembles(
     rng = np.random.default_rng(seed)
     pred_index = draw_samples(len(pred), n, rng, pred_path, "the predicted ensemble")
     if len(gt) < n:
-        raise InputError(gt_path, f"the ground-truth ensemble holds {len(gt)} structures, "
+        raise InputError(gt_path, f"the ground-truth ensemble holds {_structures(len(gt))}, "
                                   f"fewer than the {n} requested with --n")
     order = rng.permutation(len(gt))
     gt_index = order[:n]
