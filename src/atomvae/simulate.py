@@ -153,8 +153,6 @@ def _mixture(spec: str, n_frames: int) -> np.ndarray:
 
 
 def _draw_ctf(config: SimulationConfig, n: int, rng: np.random.Generator) -> CTFParams:
-    if not 0 < config.defocus_min <= config.defocus_max:
-        raise InputError("--defocus-min", "need 0 < defocus-min <= defocus-max (A)")
     mean = rng.uniform(config.defocus_min, config.defocus_max, n)
     half = 0.5 * rng.uniform(0.0, config.astigmatism, n)
     angle = rng.uniform(0.0, 180.0, n)
@@ -187,8 +185,18 @@ def _check_config(config: SimulationConfig) -> None:
         raise InputError("--snr", f"must be positive, got {config.snr}")
     if config.dose is not None and not config.dose > 0:
         raise InputError("--dose", f"must be positive (e/A^2), got {config.dose}")
-    if config.oversample < 1 or config.chunk < 1 or config.gt_n < 1:
-        raise InputError("--oversample", "oversample, chunk and gt-n must be positive")
+    for option, value in (
+        ("--oversample", config.oversample),
+        ("--chunk", config.chunk),
+        ("--gt-n", config.gt_n),
+    ):
+        if value < 1:
+            raise InputError(option, f"must be a positive integer, got {value}")
+    if not 0 < config.defocus_min <= config.defocus_max:
+        raise InputError("--defocus-min", "need 0 < defocus-min <= defocus-max (A)")
+    for option, value in (("--astigmatism", config.astigmatism), ("--shift-spread", config.shift_spread)):
+        if not value >= 0:
+            raise InputError(option, f"must not be negative, got {value}")
     if not 0 <= config.amplitude_contrast < 1:
         raise InputError("--amplitude-contrast", f"must be in [0, 1), got {config.amplitude_contrast}")
 
@@ -224,6 +232,7 @@ def simulate(config: SimulationConfig) -> SimulationResult:
         noise_sigma, signal_variance = _write_images(
             tmp / "particles.mrcs", config, coords, a, b, frames, rotation, shift, ctf, noise_generator
         )
+        effective_snr = signal_variance / noise_sigma**2 if noise_sigma > 0 else math.inf
         meta = ParticleMetadata(
             image_paths=(tmp / "particles.mrcs",),
             file_index=np.zeros(n, dtype=np.int64),
@@ -248,7 +257,7 @@ def simulate(config: SimulationConfig) -> SimulationResult:
             center=center,
             noise_sigma=noise_sigma,
             signal_variance=signal_variance,
-            effective_snr=signal_variance / noise_sigma**2 if noise_sigma > 0 else math.inf,
+            effective_snr=effective_snr,
             pixel_size=config.pixel_size,
             snr=np.nan if config.snr is None else config.snr,
             dose=np.nan if config.dose is None else config.dose,
@@ -259,7 +268,6 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    effective_snr = signal_variance / noise_sigma**2 if noise_sigma > 0 else math.inf
     return SimulationResult(
         output=output, n_particles=n, noise_sigma=noise_sigma, effective_snr=effective_snr
     )
