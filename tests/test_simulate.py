@@ -136,6 +136,11 @@ def test_measured_snr_matches_request(ensemble, tmp_path):
     assert noise.measured_snr(clean, noisy) == pytest.approx(0.05, rel=0.1)
     sigma = float(np.load(tmp_path / "noisy" / "truth.npz")["noise_sigma"])
     assert float((noisy - clean).std()) == pytest.approx(sigma, rel=0.05)
+    # the dataset's background estimate of sigma_noise (what the model is given) finds it too
+    from atomvae.data.dataset import ParticleDataset
+
+    meta = read_particles(tmp_path / "noisy" / "particles.star")
+    assert ParticleDataset(meta, normalize="none").noise_sigma == pytest.approx(sigma, rel=0.05)
 
 
 def test_dose_gives_shot_noise_level(ensemble, tmp_path):
