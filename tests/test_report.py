@@ -140,8 +140,10 @@ def test_write_report_and_summary_text(tmp_path):
     fig.subplots().plot([0, 1], [1, 0])
     section = ReportSection("Numbers & <things>", rows=[("a", "1 < 2")], paragraphs=["x"],
                             figures=[ReportFigure("line", fig, "a line")])
-    written = write_report(tmp_path / "r", "title", [section], {"emd_rmsd": float("nan"), "n": 3})
+    written = write_report(tmp_path / "r", "title", [section], {"emd_rmsd": float("nan"), "n": 3},
+                           inputs=[("prediction", "p.pdb")], notes=["made by <demo>"])
     html = written["html"].read_text()
+    assert "<p>made by &lt;demo&gt;</p>" in html and "p.pdb" in html
     assert "Numbers &amp; &lt;things&gt;" in html and "1 &lt; 2" in html
     assert written["line"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(written["json"].read_text()) == {"emd_rmsd": None, "n": 3}  # NaN -> null
@@ -246,3 +248,14 @@ def test_run_without_latents_or_truth_says_what_is_missing(run_with_latents, cap
     assert summary["run_notes"][0].startswith("No conditional accuracy: it needs --truth")
     assert "Not shown" in (folder / "no_truth" / "report.html").read_text()
     capsys.readouterr()
+
+
+def test_library_call_with_notes_and_without_report(ensembles, tmp_path):
+    from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
+
+    folder = ensembles
+    summary = evaluate(EvaluateConfig(pred=folder / "pred.pdb", gt=folder / "gt.pdb", n=3, seed=2,
+                                      out_dir=tmp_path / "none", write_report=False, notes=("made by a test",)))
+    assert summary["about"] == ["made by a test"] and "report" not in summary
+    assert not (tmp_path / "none").exists()
+    assert summary["emd_rmsd"] > 0 and summary["n"] == 3

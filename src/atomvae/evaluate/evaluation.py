@@ -71,6 +71,7 @@ class EvaluateConfig:
     posterior_samples: int = 16
     device: str = "cpu"
     write_report: bool = True
+    notes: tuple[str, ...] = ()  # free text for the top of the report and the JSON (e.g. how data were made)
 
 
 def _read(path: Path, topology_path: Path | None):
@@ -337,6 +338,8 @@ def evaluate(config: EvaluateConfig) -> dict:
                **cmp.to_dict(), "atoms_note": atom_note,
                "inputs": {"pred": str(config.pred), "gt": str(config.gt),
                           "base": None if config.base is None else str(config.base)}}
+    if config.notes:
+        summary["about"] = list(config.notes)
     sections = [_emd_section(cmp, config, atom_note)]
     if specs:
         section, dist_summary = _distance_part(specs, cutoffs, pred_top, pred_coords[cmp.pred_index], gt_top,
@@ -363,7 +366,8 @@ def evaluate(config: EvaluateConfig) -> dict:
             if value is not None:
                 inputs.append((name, str(value)))
         inputs.append(("settings", f"--n {config.n} --atoms {config.atoms} --seed {config.seed}"))
-        written = write_report(config.out_dir, "atomvae evaluation", sections, summary, inputs)
+        written = write_report(config.out_dir, "atomvae evaluation", sections, summary, inputs,
+                               notes=list(config.notes))
         summary["report"] = str(written["html"])
     if config.json_path is not None:
         write_json(config.json_path, summary)

@@ -86,7 +86,8 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def write_report(out_dir: str | Path, title: str, sections: list[ReportSection], summary: dict,
-                 inputs: list[tuple[str, str]] | None = None) -> dict[str, Path]:
+                 inputs: list[tuple[str, str]] | None = None, notes: list[str] | None = None
+                 ) -> dict[str, Path]:
     """Write ``out_dir/report.html`` (self-contained), one PNG per figure and ``out_dir/summary.json``.
 
     Returns {"html": ..., "json": ..., <figure name>: png path}. Figures are closed after writing.
@@ -99,6 +100,7 @@ def write_report(out_dir: str | Path, title: str, sections: list[ReportSection],
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class='meta'>atomvae {__version__}, written "
              f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>"]
+    parts.extend(f"<p>{html.escape(note)}</p>" for note in notes or [])
     if inputs:
         parts.append(_table(inputs))
     for section in sections:
