@@ -254,8 +254,9 @@ def test_library_call_with_notes_and_without_report(ensembles, tmp_path):
     from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
 
     folder = ensembles
-    summary = evaluate(EvaluateConfig(pred=folder / "pred.pdb", gt=folder / "gt.pdb", n=3, seed=2,
-                                      out_dir=tmp_path / "none", write_report=False, notes=("made by a test",)))
+    config = EvaluateConfig(pred=folder / "pred.pdb", gt=folder / "gt.pdb", n=3, seed=2,
+                            out_dir=tmp_path / "none", write_report=False, notes=("made by a test",))
+    summary = evaluate(config)
     assert summary["about"] == ["made by a test"] and "report" not in summary
     assert not (tmp_path / "none").exists()
     assert summary["emd_rmsd"] > 0 and summary["n"] == 3
