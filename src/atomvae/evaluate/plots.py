@@ -27,6 +27,11 @@ def _marker_size(n_points: int) -> float:
     return float(np.clip(3000.0 / max(n_points, 1), 3.0, 25.0))
 
 
+def _n_bins(n_samples: int) -> int:
+    """Histogram bins for n samples: ~1.5 sqrt(n), between 10 and 60 (a few samples per bin)."""
+    return int(np.clip(1.5 * np.sqrt(n_samples), 10, 60))
+
+
 def emd_figure(cmp: EmdComparison, atoms: str = "CA") -> Figure:
     """EMD-RMSD of the model beside its references (left) and the distribution of the per-pair RMSDs
     behind each number (right)."""
@@ -56,7 +61,7 @@ def emd_figure(cmp: EmdComparison, atoms: str = "CA") -> Figure:
     if cmp.floor is not None:
         series.append(("floor: assigned pairs", cmp.floor.assigned_rmsd, FLOOR_COLOUR))
     all_values = np.concatenate([s[1] for s in series])
-    bins = shared_bins(all_values, all_values, n_bins=40)
+    bins = shared_bins(all_values, all_values, n_bins=_n_bins(cmp.n))
     for label, values_i, colour in series:
         ax_hist.hist(values_i, bins=bins, histtype="step", lw=1.8, color=colour, label=label)
     ax_hist.set_xlabel("RMSD after superposition (Å)")
@@ -77,7 +82,7 @@ def distance_histograms(pred: np.ndarray, gt: np.ndarray, comparisons: list[Marg
     fig = Figure(figsize=(5.5 * cols, 3.8 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).reshape(-1)
     for k, (ax, c) in enumerate(zip(axes, comparisons, strict=False)):
-        bins = shared_bins(pred[:, k], gt[:, k], n_bins=40)
+        bins = shared_bins(pred[:, k], gt[:, k], n_bins=_n_bins(min(len(pred), len(gt))))
         ax.hist(gt[:, k], bins=bins, density=True, alpha=0.45, color=GT_COLOUR, label="ground truth")
         ax.hist(pred[:, k], bins=bins, density=True, histtype="step", lw=2, color=PRED_COLOUR,
                 label="prediction")
