@@ -133,6 +133,11 @@ def compare_ensembles(
     base: (A, 3) base structure or None. The floor is computed only when G >= 2N: the first gt draw
     (used for the model and the base) and a second, disjoint one.
     """
+    for coords, path, what in ((pred, pred_path, "predicted"), (gt, gt_path, "ground-truth")):
+        bad = ~np.isfinite(coords).reshape(len(coords), -1).all(axis=1)
+        if bad.any():  # e.g. samples of a diverged model; the assignment cannot rank NaN
+            raise InputError(path, f"{int(bad.sum())} structures of the {what} ensemble have non-finite "
+                                   f"coordinates (the first is structure {int(np.argmax(bad))})")
     rng = np.random.default_rng(seed)
     pred_index = draw_samples(len(pred), n, rng, pred_path, "the predicted ensemble")
     if len(gt) < n:
