@@ -9,6 +9,8 @@ examples:
   atomvae interpolate run/ -o path.pdb --steps 20
   atomvae interpolate run/ -o path.pdb --latents latents.npz
   atomvae interpolate run/ -o path.cif --from a.npy --to b.npy --steps 50
+  atomvae interpolate run/ -o path.pdb --from=-1,0,...,0 --to=1,0,...,0   (32 values each; '=' lets
+                                                                          a list start with '-')
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "refine: the STAR file's poses as the start of a local refinement")
     parser.add_argument("--pose-center", type=_point,
                         help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
-                             "centre of atoms); for atomvae simulate data, truth.npz's center")
+                             "centre of atoms); write --pose-center=-1,2,3 when x is negative. For atomvae "
+                             "simulate data the base must be in the frame of gt_ensemble.pdb (centre 0,0,0)")
     parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--seed", type=int, help="random seed (data split, initialisation, sampling)")
     parser.add_argument("--seeds", type=int, help="train this many seeds and keep the best (held-out LL)")
