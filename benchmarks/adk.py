@@ -37,15 +37,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atomvae.demo import (
+    ADK_BOX,
+    ADK_DISTANCES,
+    ADK_PIXEL_SIZE,
+    ADK_WEIGHTS,
+    adk_inputs,
+    docked_base,
+    write_gt_ensemble,
+)
 from atomvae.errors import atomic_write_text
 from atomvae.evaluate.stereochemistry import stereochemistry_summary
-from atomvae.geometry.superpose import kabsch
-from atomvae.structure.io import read_ensemble, read_structure, write_ensemble
+from atomvae.structure.io import read_ensemble
 from atomvae.train.run import base_structure_path
 
-WEIGHTS = "mix:0.55@8:4,0.30@88:4,0.15@uniform"
-DISTANCES = [("A:55:CA,A:169:CA", 21.0), ("A:127:CA,A:194:CA", 35.0)]
-BOX, PIXEL_SIZE = 64, 1.5  # 96 A box: the protein's largest radius is 36 A, a 12 A margin at worst
+WEIGHTS = ADK_WEIGHTS
+DISTANCES = ADK_DISTANCES
+BOX, PIXEL_SIZE = ADK_BOX, ADK_PIXEL_SIZE
 
 
 def machine_reference(repeats: int = 5) -> float:
@@ -77,16 +85,6 @@ def atomvae_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "atomvae", *args]
 
 
-def docked_base(base_pdb: str, frames: np.ndarray, frame: int, out: Path) -> Path:
-    """adk_open.pdb superposed (C-alpha) onto ``frames[frame]``: the base in the particles' common frame."""
-    base = read_structure(base_pdb)
-    ca = base.topology.select("CA")
-    rot, trans = kabsch(torch.as_tensor(base.coords[ca]), torch.as_tensor(frames[frame][ca]))
-    coords = base.coords @ rot.numpy().T + trans.numpy()
-    write_ensemble(out, base.topology, coords[None])
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/adk"))
@@ -100,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-simulate", action="store_true")
     args = parser.parse_args(argv)
 
-    from MDAnalysisTests.datafiles import DCD, PSF, PDB_small  # the benchmark's data (PyPI package)
+    inputs = adk_inputs()  # the benchmark's data: MDAnalysisTests (PyPI)
+    DCD, PSF = str(inputs.trajectory), str(inputs.topology)
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -123,13 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Evaluation ensemble: an independent draw of gt_n frames from the same weights, as a DCD.
     topology, frames = read_ensemble(DCD, PSF)
-    rng = np.random.default_rng(12345)
-    gt_frames = rng.choice(len(frames), size=args.gt_n, p=truth["weights"])
-    gt_path = out / "gt_ensemble.dcd"
-    write_ensemble(gt_path, topology, frames[gt_frames])
-    gt_topology = out / "gt_topology.pdb"
-    write_ensemble(gt_topology, topology, frames[:1])
-    base = docked_base(PDB_small, frames, len(frames) - 1, out / "base_open_docked.pdb")
+    gt_path, gt_topology = write_gt_ensemble(out / "gt_ensemble.dcd", out / "gt_topology.pdb", topology,
+                                             frames, truth["weights"], args.gt_n, seed=12345)
+    base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
     center = ",".join(f"{c:.4f}" for c in truth["center"])
 
     for mode in args.modes:
