@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Evaluation ensemble: an independent draw of gt_n frames from the same weights, as a DCD.
     topology, frames = read_ensemble(DCD, PSF)
-    gt_path, gt_topology = write_gt_ensemble(out / "gt_ensemble.dcd", out / "gt_topology.pdb", topology,
-                                             frames, truth["weights"], args.gt_n, seed=12345)
+    gt_path, gt_topology = write_gt_ensemble(out / "gt_ensemble.dcd", topology, frames, truth["weights"],
+                                             args.gt_n, seed=12345)
     base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
     center = ",".join(f"{c:.4f}" for c in truth["center"])
 

@@ -66,15 +66,14 @@ def docked_base(base_pdb: Path, frames: np.ndarray, frame: int, out: Path) -> Pa
     return out
 
 
-def write_gt_ensemble(out_dcd: Path, out_topology: Path, topology, frames: np.ndarray, weights: np.ndarray,
-                      n: int, seed: int) -> tuple[Path, Path]:
-    """An evaluation ensemble of ``n`` frames drawn from ``weights`` (independently of the particles),
-    as a DCD (compact: 12 bytes per atom) beside a one-model PDB topology."""
+def write_gt_ensemble(out_dcd: Path, topology, frames: np.ndarray, weights: np.ndarray, n: int,
+                      seed: int) -> tuple[Path, Path]:
+    """An evaluation ensemble of ``n`` frames drawn from ``weights`` (independently of the particles), as
+    a DCD (compact: 12 bytes per atom). Returns the DCD and the topology PDB written beside it."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(frames), size=n, p=np.asarray(weights, dtype=np.float64))
-    write_ensemble(out_dcd, topology, frames[chosen])
-    write_ensemble(out_topology, topology, frames[:1])
-    return out_dcd, out_topology
+    dcd, topology_pdb = write_ensemble(out_dcd, topology, frames[chosen])
+    return dcd, topology_pdb
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,8 @@ def run_demo(config: DemoConfig) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MDAnalysis chatter about DCD readers
         topology, frames = read_ensemble(inputs.trajectory, inputs.topology)
-    gt_dcd, gt_top = write_gt_ensemble(out / "gt_ensemble.dcd", out / "gt_topology.pdb", topology, frames,
-                                       truth["weights"], config.gt_n, seed=config.seed + 2)
+    gt_dcd, gt_top = write_gt_ensemble(out / "gt_ensemble.dcd", topology, frames, truth["weights"],
+                                       config.gt_n, seed=config.seed + 2)
     base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
 
     step("train")
