@@ -131,6 +131,13 @@ def test_match_atoms_intersects_on_residue_keys():
     assert heavy.n_atoms == 20
 
 
+def test_match_atoms_terminal_oxygen_names():
+    pdb_style = _topology("A", ["ALA", "GLY"], atoms_per_res=("N", "CA", "C", "O", "OXT"))
+    charmm = _topology("A", ["ALA", "GLY"], atoms_per_res=("N", "CA", "C", "OT1", "OT2"))
+    m = match_atoms({"gt": (pdb_style, "gt.pdb"), "pred": (charmm, "pred.pdb")}, atoms="heavy")
+    assert m.n_atoms == 10 and m.indices["pred"].tolist() == list(range(10))
+
+
 def test_match_atoms_single_chains_with_different_ids_and_errors():
     a = _topology("A", ["ALA", "GLY"])
     x = _topology("X", ["ALA", "GLY"])
@@ -153,3 +160,21 @@ def test_compare_ensembles_rejects_non_finite_structures():
     message = r"samples.pdb: 1 structures of the predicted ensemble have non-finite coordinates"
     with pytest.raises(InputError, match=message + r" \(the first is structure 4\)"):
         compare_ensembles(pred, gt, n=3, seed=0, pred_path="samples.pdb")
+
+
+def test_match_atoms_pdb_against_charmm_psf_topology():
+    """A PDB and a CHARMM PSF of the same protein (HSD, CHARMM atom names) match atom for atom."""
+    from MDAnalysisTests.datafiles import DCD, PSF, PDB_closed
+
+    from atomvae.structure.io import read_ensemble, read_structure
+
+    pdb = read_structure(PDB_closed)
+    psf_top, frames = read_ensemble(DCD, PSF)
+    # Both files name the C-terminal oxygens OT1/OT2, so "backbone" (N CA C O) has no O in the last residue.
+    for atoms, expected in (("CA", 214), ("backbone", 4 * 214 - 1), ("heavy", pdb.topology.n_atoms)):
+        m = match_atoms({"gt": (psf_top, "adk.psf"), "base": (pdb.topology, "adk_closed.pdb")}, atoms)
+        assert m.n_atoms == expected and not m.ignored_chain_ids
+    # Matched coordinates are the same atoms: the closed PDB is close to the trajectory's first frame.
+    m = match_atoms({"gt": (psf_top, "adk.psf"), "base": (pdb.topology, "adk_closed.pdb")}, "heavy")
+    rmsd = emd_rmsd(frames[:1, m.indices["gt"]], pdb.coords[None, m.indices["base"]]).emd_rmsd
+    assert rmsd < 2.0

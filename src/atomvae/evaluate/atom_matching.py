@@ -32,11 +32,16 @@ class AtomMatch:
         return len(self.keys)
 
 
+# C-terminal oxygens as force fields name them (CHARMM OT1/OT2, GROMACS OC1/OC2 or O1/O2) -> PDB names.
+_TERMINAL_OXYGEN = {"OT1": "O", "OC1": "O", "O1": "O", "OT2": "OXT", "OC2": "OXT", "O2": "OXT"}
+
+
 def _atom_keys(topology: Topology, atom_idx: np.ndarray, with_chain: bool) -> list[tuple]:
     res = topology.residue_index[atom_idx]
     chain = topology.chain_id[res] if with_chain else np.full(len(res), "")
-    return list(zip(chain.tolist(), topology.res_seq[res].tolist(), topology.ins_code[res].tolist(),
-                    topology.atom_name[atom_idx].tolist(), strict=True))
+    names = [_TERMINAL_OXYGEN.get(n, n) for n in topology.atom_name[atom_idx].tolist()]
+    return list(zip(chain.tolist(), topology.res_seq[res].tolist(), topology.ins_code[res].tolist(), names,
+                    strict=True))
 
 
 def _index_by_key(topology: Topology, atom_idx: np.ndarray, with_chain: bool, source) -> dict[tuple, int]:
@@ -58,8 +63,9 @@ def match_atoms(topologies: dict[str, tuple[Topology, object]], atoms: str = "CA
 
     topologies: label -> (topology, source path for error messages); the first entry fixes the order.
     Raises InputError when the intersection is empty or when a matched residue has different residue
-    names in two inputs (they are then not the same protein). Histidine/cysteine force-field variants
-    (HSD, HIE, CYX, ...) are treated as their standard names.
+    names in two inputs (they are then not the same protein). Force-field variants of residue names
+    (HSD, HIE, CYX, ...) and of C-terminal oxygens (OT1/OT2, OC1/OC2, O1/O2 for O/OXT) match their
+    standard names.
     """
     if atoms not in ("CA", "backbone", "heavy"):
         raise InputError(None, f"--atoms must be CA, backbone or heavy, got {atoms!r}")
