@@ -136,6 +136,9 @@ def test_match_atoms_terminal_oxygen_names():
     charmm = _topology("A", ["ALA", "GLY"], atoms_per_res=("N", "CA", "C", "OT1", "OT2"))
     m = match_atoms({"gt": (pdb_style, "gt.pdb"), "pred": (charmm, "pred.pdb")}, atoms="heavy")
     assert m.n_atoms == 10 and m.indices["pred"].tolist() == list(range(10))
+    ile_pdb = _topology("A", ["ILE"], atoms_per_res=("N", "CA", "C", "O", "CB", "CG1", "CG2", "CD1"))
+    ile_charmm = _topology("A", ["ILE"], atoms_per_res=("N", "CA", "C", "O", "CB", "CG1", "CG2", "CD"))
+    assert match_atoms({"gt": (ile_pdb, "a"), "pred": (ile_charmm, "b")}, atoms="heavy").n_atoms == 8
 
 
 def test_match_atoms_single_chains_with_different_ids_and_errors():

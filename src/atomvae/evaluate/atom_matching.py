@@ -40,6 +40,9 @@ def _atom_keys(topology: Topology, atom_idx: np.ndarray, with_chain: bool) -> li
     res = topology.residue_index[atom_idx]
     chain = topology.chain_id[res] if with_chain else np.full(len(res), "")
     names = [_TERMINAL_OXYGEN.get(n, n) for n in topology.atom_name[atom_idx].tolist()]
+    # CHARMM calls isoleucine's delta carbon CD; PDB calls it CD1.
+    res_names = topology.res_name[res].tolist()
+    names = ["CD1" if n == "CD" and r == "ILE" else n for n, r in zip(names, res_names, strict=True)]
     return list(zip(chain.tolist(), topology.res_seq[res].tolist(), topology.ins_code[res].tolist(), names,
                     strict=True))
 
@@ -64,8 +67,8 @@ def match_atoms(topologies: dict[str, tuple[Topology, object]], atoms: str = "CA
     topologies: label -> (topology, source path for error messages); the first entry fixes the order.
     Raises InputError when the intersection is empty or when a matched residue has different residue
     names in two inputs (they are then not the same protein). Force-field variants of residue names
-    (HSD, HIE, CYX, ...) and of C-terminal oxygens (OT1/OT2, OC1/OC2, O1/O2 for O/OXT) match their
-    standard names.
+    (HSD, HIE, CYX, ...), of C-terminal oxygens (OT1/OT2, OC1/OC2, O1/O2 for O/OXT) and CHARMM's
+    isoleucine CD (CD1) match their standard names.
     """
     if atoms not in ("CA", "backbone", "heavy"):
         raise InputError(None, f"--atoms must be CA, backbone or heavy, got {atoms!r}")
