@@ -12,9 +12,9 @@ A profile is computed only on a band of ``2 * half_width + 1`` pixels around eac
 ``CUTOFF_SIGMAS`` standard deviations, where the Gaussian is below 1e-14 of its peak) and scattered
 into zeroed rows, instead of exponentiating every pixel (``exp`` costs about as much as the matmul,
 and far-from-atom arguments underflow into its slow path). A hand-written backward recomputes the
-band profiles (memory stays O(N A)), runs the two transposed matmuls, and reduces each atom's
-gradient over its band only. Renders are processed in chunks of about ``CHUNK_ATOMS`` atoms so the
-profiles stay in cache.
+profiles (memory stays O(N A)), runs the two transposed matmuls, and reduces each atom's gradient
+with one small matmul (first and zeroth moments over pixels). Renders are processed in chunks of
+about ``CHUNK_ATOMS`` atoms so the profiles stay in cache.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from atomvae.physics.ctf import CTFParams, apply_ctf
 from atomvae.physics.grid import pixel_centers
 
 CUTOFF_SIGMAS = 8.0  # exp(-32) = 1.3e-14: beyond this the profile is exactly treated as zero
-CHUNK_ATOMS = 16384  # renders per chunk = CHUNK_ATOMS // A: profiles of a chunk fit in cache
+CHUNK_ATOMS = 4096  # renders per chunk = CHUNK_ATOMS // A: a chunk's profiles (~2 MB) stay in cache
 _MAX_BAND_SIGMAS = 12.0  # band offsets are clamped here: exp(-72) is still a normal float32
 
 
@@ -45,7 +45,12 @@ def image_plane_positions(
 
 
 class _Band:
-    """Per-atom windows of ``width`` pixels: the start pixel, and offsets (pixel - atom) / sigma."""
+    """Per-atom windows of ``width`` pixels along one image axis.
+
+    Offsets and indices are computed atoms-last, ``(..., width, A)``, where broadcasting vectorises,
+    then transposed for the scatter into pixels-last rows ``(..., A, box)``, the one layout in which
+    torch's scatter is fast.
+    """
 
     def __init__(self, box: int, pixel_size: float, sigma: float):
         self.box = box
@@ -57,34 +62,28 @@ class _Band:
         self.half_width = half_width
         self.dense = self.width == box  # the band is the whole row: no scatter needed
 
-    def offsets(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (..., A) in A -> (start (..., A) float pixel index, offsets (..., A, width))."""
-        pixel = (positions - self.first_center) / self.pixel_size  # fractional pixel index
-        steps = torch.arange(self.width, device=positions.device, dtype=positions.dtype)
+    def profiles(self, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Fill ``rows (..., A, box)`` with the unnormalised profiles of ``positions (..., A)`` in A."""
+        pixel = (positions - self.first_center) / self.pixel_size  # fractional pixel index (..., A)
+        steps = torch.arange(self.width, device=positions.device, dtype=positions.dtype)[:, None]
         if self.dense:
             start = torch.zeros_like(pixel)
         else:
             start = (torch.round(pixel) - self.half_width).clamp_(0, self.box - self.width)
             start = torch.nan_to_num_(start, nan=0.0)  # a NaN atom still gets a valid window
-        offsets = (start - pixel).unsqueeze(-1) + steps
+        offsets = (start - pixel).unsqueeze(-2) + steps  # (pixel - atom) in pixels, (..., width, A)
         offsets.mul_(self.pixel_size / self.sigma).clamp_(-_MAX_BAND_SIGMAS, _MAX_BAND_SIGMAS)
-        return start, offsets
-
-    def rows(self, start: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Dense profile rows (..., A, box) holding ``values (..., A, width)`` at their windows."""
+        values = torch.exp(offsets.square_().mul_(-0.5)).transpose(-1, -2)
         if self.dense:
-            return values, None
-        index = start.long().unsqueeze(-1) + torch.arange(self.width, device=start.device)
-        rows = values.new_zeros(*values.shape[:-1], self.box)
-        return rows.scatter_(-1, index, values), index
+            return rows.copy_(values)
+        index = start.long().unsqueeze(-2) + torch.arange(self.width, device=start.device)[:, None]
+        rows.zero_()
+        return rows.scatter_(-1, index.transpose(-1, -2).contiguous(), values.contiguous())
 
 
-def _band_profiles(band: _Band, positions: torch.Tensor):
-    """positions (n, A, 2) -> (rows (n, 2, A, box), band values, offsets, index) for x (0) and y (1)."""
-    start, offsets = band.offsets(positions.transpose(1, 2))  # (n, 2, A), (n, 2, A, width)
-    values = torch.exp(offsets.square().mul_(-0.5))
-    rows, index = band.rows(start, values)
-    return rows, values, offsets, index
+def _rows_view(buffer: torch.Tensor, size: int, n_atoms: int, box: int) -> torch.Tensor:
+    """A contiguous (2, size, A, box) view at the start of a flat reusable buffer."""
+    return buffer[: 2 * size * n_atoms * box].view(2, size, n_atoms, box)
 
 
 class _SeparableGaussianProjection(torch.autograd.Function):
@@ -93,35 +92,45 @@ class _SeparableGaussianProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, positions: torch.Tensor, box: int, pixel_size: float, sigma: float, chunk: int):
         band = _Band(box, pixel_size, sigma)
-        n_renders = positions.shape[0]
+        by_axis = positions.permute(2, 0, 1).contiguous()  # (2, N, A): x then y
+        n_renders, n_atoms = positions.shape[:2]
         images = positions.new_empty(n_renders, box, box)
+        buffer = positions.new_empty(2 * min(chunk, n_renders) * n_atoms * box)  # reused: no page faults
         for lo in range(0, n_renders, chunk):
-            rows, _, _, _ = _band_profiles(band, positions[lo : lo + chunk])
-            torch.bmm(rows[:, 1].transpose(1, 2), rows[:, 0], out=images[lo : lo + chunk])
-        ctx.save_for_backward(positions)
+            size = min(chunk, n_renders - lo)
+            rows = band.profiles(by_axis[:, lo : lo + size], _rows_view(buffer, size, n_atoms, box))
+            torch.bmm(rows[1].transpose(1, 2), rows[0], out=images[lo : lo + chunk])  # Gy^T Gx
+        ctx.save_for_backward(by_axis)
         ctx.band, ctx.chunk = band, chunk
         return images
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_images: torch.Tensor):
-        (positions,) = ctx.saved_tensors
+        (by_axis,) = ctx.saved_tensors
         band, chunk = ctx.band, ctx.chunk
         grad_images = grad_images.contiguous()
-        grad_positions = torch.empty_like(positions)
-        for lo in range(0, positions.shape[0], chunk):
-            rows, values, offsets, index = _band_profiles(band, positions[lo : lo + chunk])
-            grad = grad_images[lo : lo + chunk]
-            # image = Gy^T Gx  =>  dGx = Gy @ dI  and  dGy = Gx @ dI^T.
-            grad_rows = (torch.bmm(rows[:, 1], grad), torch.bmm(rows[:, 0], grad.transpose(1, 2)))
-            if index is None:
-                grad_values = torch.stack(grad_rows, dim=1)
-            else:
-                grad_values = torch.stack([g.gather(-1, index[:, i]) for i, g in enumerate(grad_rows)], 1)
-            # d/dx exp(-(u - x)^2 / (2 sigma^2)) = exp(...) * (u - x) / sigma^2 = value * offset / sigma
-            grad_values.mul_(values).mul_(offsets)
-            grad_positions[lo : lo + chunk] = grad_values.sum(-1).transpose(1, 2) / band.sigma
-        return grad_positions, None, None, None, None
+        grad_by_axis = torch.empty_like(by_axis)
+        n_renders, n_atoms = by_axis.shape[1:]
+        box = band.box
+        centers = pixel_centers(box, band.pixel_size, device=by_axis.device, dtype=by_axis.dtype)
+        moments = torch.stack([centers, torch.ones_like(centers)], dim=1)  # (box, 2): sum u q, sum q
+        buffer = by_axis.new_empty(2 * min(chunk, n_renders) * n_atoms * box)
+        grad_buffer = torch.empty_like(buffer)
+        for lo in range(0, n_renders, chunk):
+            size = min(chunk, n_renders - lo)
+            positions = by_axis[:, lo : lo + size]
+            rows = band.profiles(positions, _rows_view(buffer, size, n_atoms, box))
+            grad, grad_rows = grad_images[lo : lo + size], _rows_view(grad_buffer, size, n_atoms, box)
+            # image = Gy^T Gx  =>  dGx = Gy dI  and  dGy = Gx dI^T.
+            torch.bmm(rows[1], grad, out=grad_rows[0])
+            torch.bmm(rows[0], grad.transpose(1, 2), out=grad_rows[1])
+            # d/dx exp(-(u - x)^2 / (2 sigma^2)) = exp(...) (u - x) / sigma^2, summed over pixels u:
+            # (sum_u u q - x sum_u q) / sigma^2 with q = dG * G, both moments by one matmul.
+            weighted = grad_rows.mul_(rows).view(-1, box)
+            sums = torch.mm(weighted, moments).view(2, size, n_atoms, 2)
+            grad_by_axis[:, lo : lo + size] = (sums[..., 0] - positions * sums[..., 1]) / band.sigma**2
+        return grad_by_axis.permute(1, 2, 0), None, None, None, None
 
 
 def render_projections(
