@@ -13,7 +13,12 @@ import pytest
 from matplotlib.figure import Figure
 
 from atomvae.cli.main import main
-from atomvae.evaluate.conditional import conditional_distance_correlation, posterior_distances, read_latents
+from atomvae.evaluate.conditional import (
+    Latents,
+    conditional_distance_correlation,
+    posterior_distances,
+    read_latents,
+)
 from atomvae.evaluate.emd_rmsd import compare_ensembles
 from atomvae.evaluate.report import ReportFigure, ReportSection, summary_text, write_report
 from atomvae.structure.io import read_ensemble, read_structure, write_ensemble
@@ -201,6 +206,18 @@ def test_evaluate_with_run_latents_truth_and_conditional(run_with_latents, capsy
     expected = conditional_distance_correlation(samples[:, :, 0], truth)
     assert np.isfinite(expected)
     assert summary["conditional"]["pearson_r"]["A:1:CA-A:10:CA"] == pytest.approx(expected, rel=1e-9)
+    assert summary["conditional"]["n_particles"] == 16
+
+    # A subset of particles: the seeded draw of 5, sorted.
+    assert main([*argv[:-2], "-o", str(folder / "subset"), "--conditional-particles", "5"]) == 0
+    subset = json.loads((folder / "subset" / "summary.json").read_text())["conditional"]
+    keep = np.sort(np.random.default_rng(7).choice(16, size=5, replace=False))
+    part = Latents(mu=latents.mu[keep], sigma=latents.sigma[keep], index=latents.index[keep])
+    samples = posterior_distances(lambda z: run.model.decode(z, "all"), part,
+                                  np.array([[run_ca[0], run_ca[9]]]), 3, 7)
+    expected = conditional_distance_correlation(samples[:, :, 0], truth[keep])
+    assert subset["n_particles"] == 5
+    assert subset["pearson_r"]["A:1:CA-A:10:CA"] == pytest.approx(expected, rel=1e-9, nan_ok=True)
 
 
 def test_run_options_need_a_run_and_truth_must_fit(run_with_latents, capsys):

@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble-source-topology", type=Path, help="topology for a trajectory ENSEMBLE")
     parser.add_argument("--posterior-samples", type=int, default=16,
                         help="posterior samples per particle for the conditional accuracy (default 16)")
+    parser.add_argument("--conditional-particles", type=int, default=2048,
+                        help="particles (a random subset) decoded for conditional accuracy (default 2048)")
     parser.add_argument("--device", default="cpu",
                         help="device for decoding posterior samples (cpu, cuda, auto)")
 
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         latents=args.latents, particles=args.particles, truth=args.truth,
         ensemble_source=args.ensemble_source,
         ensemble_source_topology=args.ensemble_source_topology, posterior_samples=args.posterior_samples,
+        conditional_particles=args.conditional_particles,
         device=args.device,
     )
     summary = evaluate(config)
