@@ -288,7 +288,9 @@ class _SeedTrainer:
         self.model_init = {k: info[k] for k in ("box", "pixel_size", "noise_sigma")}
         self.payload = None
         if resume and self.last.is_file():
-            self.payload = load_checkpoint(self.last, map_location=device)
+            # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and Adam moments
+            # to the parameters' device.
+            self.payload = load_checkpoint(self.last, map_location="cpu")
         self.resumed_step = None if self.payload is None else self.payload["position"].global_step
         self.position = self.payload["position"] if self.payload else Position(stage=_stages(config)[0])
 

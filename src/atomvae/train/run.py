@@ -157,7 +157,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", seed: int | None = None) 
     else:
         checkpoint = checkpoint_dir(run_dir, seed) / LAST
     torch_device = resolve_device(device)
-    payload = load_checkpoint(checkpoint, map_location=torch_device)
+    payload = load_checkpoint(checkpoint, map_location="cpu")  # load_state_dict moves it to the device
     model = build_model(config, structure.topology, structure.coords, info)
     try:
         model.load_state_dict(payload["model"])
