@@ -173,10 +173,13 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
             raise InputError(run_dir, "--resume: not a run folder (config.yaml is missing)")
         _check_resume_config(config, run_dir)
         info = run_folder.read_run_info(run_dir)
-        if int(info["box"]) != source.box or not math.isclose(info["pixel_size"], source.pixel_size,
-                                                                 rel_tol=1e-4):
-            raise InputError(particles_path, f"box {source.box} px / {source.pixel_size:.4g} A differs from "
-                                             f"the run's {info['box']} px / {info['pixel_size']:.4g} A")
+        same_grid = int(info["box"]) == source.box and math.isclose(info["pixel_size"], source.pixel_size,
+                                                                    rel_tol=1e-4)
+        if not same_grid or int(info.get("n_particles", source.n_particles)) != source.n_particles:
+            raise InputError(particles_path, f"{source.n_particles} particles of {source.box} px at "
+                                             f"{source.pixel_size:.4g} A differ from the run's "
+                                             f"{info.get('n_particles')} of {info['box']} px at "
+                                             f"{info['pixel_size']:.4g} A (resume with the same particles)")
         return info
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError(run_dir, "output folder is not empty; use --resume to continue it or choose another")
@@ -184,12 +187,15 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
     train_idx, val_idx = split_indices(source.n_particles, config.data.val_fraction, config.seed)
     with atomic_path(run_dir / run_folder.SPLIT_FILE) as tmp:
         np.savez(tmp, train=train_idx, val=val_idx)
-    # The noise level is a property of the data: estimated once, from training images only.
+    # The noise level is a property of the data: the dataset's estimate from the background of a seeded
+    # subset of all particles, in the normalised units it yields; recorded here so it never changes.
     if config.data.noise_sigma is not None:
         noise_sigma, noise_source = float(config.data.noise_sigma), "given"
     else:
         noise_sigma, noise_source = source.noise_sigma, "estimated from the background outside 0.4 box"
-    with atomic_path(run_dir / f"{run_folder.BASE_STEM}{base_path.suffix.lower()}") as tmp:
+    suffixes = [x.lower() for x in base_path.suffixes]
+    suffix = "".join(suffixes[-2:]) if suffixes[-1:] == [".gz"] else "".join(suffixes[-1:])  # .cif.gz
+    with atomic_path(run_dir / f"{run_folder.BASE_STEM}{suffix}") as tmp:
         shutil.copyfile(base_path, tmp)
     info = {
         "particles": str(particles_path.resolve()),
