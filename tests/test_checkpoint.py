@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from atomvae.errors import InputError
+from atomvae.train import loop
 from atomvae.train.checkpoint import (
     Position,
     capture_rng_state,
@@ -122,17 +123,30 @@ def _train_records(run_dir):
             for r in read_metrics(run_dir / "seed_0" / "metrics.jsonl")]
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-    """24 particles, batch 8 -> 3 steps per epoch, 2 + 2 epochs = 12 steps. The interrupted run stops in
-    stage 1 mid-epoch (step 4), resumes to stage 2 mid-epoch (step 8), then runs to the end."""
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    """24 particles, batch 8 -> 3 steps per epoch, 2 + 2 epochs = 12 steps, checkpoints every 5 steps.
+    The interrupted run stops by --max-steps in stage 1 mid-epoch (step 4), then crashes in stage 2 during
+    step 11 (resuming from the periodic checkpoint of step 10, mid-epoch), then runs to the end."""
     star = write_particles(tmp_path / "data", n=24)
     config = tiny_config()
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(config, star, BASE_PDB, straight)
     first = train(config, star, BASE_PDB, interrupted, max_steps=4)
     assert not first.complete and first.seeds[0].position == Position(1, 1, 1, 4)
-    second = train(config, star, BASE_PDB, interrupted, resume=True, max_steps=8)
-    assert second.seeds[0].position == Position(2, 0, 2, 8)
+
+    real_step, calls = loop._train_step, []
+
+    def crash_on_the_seventh_step(*args, **kwargs):  # steps 5..10 run, step 11 dies
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", crash_on_the_seventh_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, star, BASE_PDB, interrupted, resume=True)
+    monkeypatch.undo()
+    assert _final_state(interrupted)[0] == Position(2, 1, 1, 10)
     third = train(config, star, BASE_PDB, interrupted, resume=True)
     assert third.complete and third.seeds[0].position == Position(3, 0, 0, 12)
 
@@ -143,7 +157,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     for key in model_a:
         assert torch.equal(model_a[key], model_b[key]), key
     assert _train_records(straight) == _train_records(interrupted)
-    # Stage-end snapshots agree too (stage 1 ended inside the second, resumed, leg).
+    # Stage-end snapshots agree too (stage 1 ended inside the crashed leg).
     stage1_a = load_checkpoint(straight / "seed_0" / "checkpoints" / "stage1.pt")["model"]
     stage1_b = load_checkpoint(interrupted / "seed_0" / "checkpoints" / "stage1.pt")["model"]
     assert all(torch.equal(stage1_a[k], stage1_b[k]) for k in stage1_a)
