@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -174,3 +176,21 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_a_used_folder(t
         train(changed, star, BASE_PDB, tmp_path / "run", resume=True)
     with pytest.raises(InputError, match="not a run folder"):
         train(config, star, BASE_PDB, tmp_path / "nothing", resume=True)
+
+
+def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, monkeypatch):
+    star = write_particles(tmp_path / "data", n=24)
+    real_step, calls = loop._train_step, []
+
+    def interrupt_during_the_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C mid-step
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", interrupt_during_the_second_step)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 2"):
+        train(tiny_config(), star, BASE_PDB, tmp_path / "run")
+    assert len(calls) == 2
+    assert _final_state(tmp_path / "run")[0] == Position(1, 0, 2, 2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from atomvae.train.config import DEVICES, POSE_MODES, PRESETS, TrainConfig, load_config
@@ -108,9 +109,15 @@ def run(args: argparse.Namespace) -> int:
         config = resolved_config_for_resume(args.output, device=args.device)
     else:
         config = build_config(args)
-    summary = train(config, args.particles, args.base, args.output, resume=args.resume,
-                    max_steps=args.max_steps, argv=command_line(args),
-                    show_progress=False if args.no_progress else None)
+    try:
+        summary = train(config, args.particles, args.base, args.output, resume=args.resume,
+                        max_steps=args.max_steps, argv=command_line(args),
+                        show_progress=False if args.no_progress else None)
+    except KeyboardInterrupt as stop:
+        if str(stop):  # a graceful stop (first Ctrl-C) wrote a checkpoint
+            print(f"{stop}; continue with: atomvae train {args.particles} {args.base} -o {args.output} "
+                  "--resume", file=sys.stderr)
+        raise
     best = next(r for r in summary.seeds if r.seed == summary.best_seed)
     state = "finished" if summary.complete else f"stopped at step {best.position.global_step}"
     print(f"{state}: best seed {summary.best_seed}, held-out log-likelihood "

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -268,8 +271,10 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
     total_images = sum(len(train_idx) * _stage_config(config, s).epochs for s in _stages(config))
     with MetricsLogger(seed_dir, resume_step=trainer.resumed_step) as metrics, \
             TrainingProgress(total_images, trainer.images_done(), enabled=show_progress,
-                             desc=f"seed {seed}") as bar:
-        trainer.run(metrics, bar, max_steps)
+                             desc=f"seed {seed}") as bar, _StopRequest() as stop:
+        trainer.run(metrics, bar, max_steps, stop)
+    if stop.requested:
+        raise KeyboardInterrupt(f"stopped at step {trainer.position.global_step}; checkpoint {trainer.last}")
     # Seeds are compared on the final stage's objective (stage 1 only if stopped before stage 2).
     final_stage = min(trainer.position.stage, 2)
     val = validation_log_likelihood(trainer.model, source, val_idx, config, final_stage, seed, device)
@@ -279,6 +284,32 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
 
 def _stage_config(config: TrainConfig, stage: int) -> StageConfig:
     return config.stage1 if stage == 1 else config.stage2
+
+
+class _StopRequest:
+    """Ctrl-C during training: the first one finishes the current step, writes a checkpoint and stops
+    (``--resume`` then continues exactly); a second one interrupts at once. Installed only in the main
+    thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\natomvae: stopping after this step with a checkpoint (Ctrl-C again to abort now)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class _SeedTrainer:
@@ -334,8 +365,10 @@ class _SeedTrainer:
         save_checkpoint(path, model=self.model, optimizer=optimizer, position=self.position,
                         model_init=self.model_init, seed=self.seed)
 
-    def run(self, metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None) -> None:
-        """Stages from the current position on; returns at the end or once ``max_steps`` is reached."""
+    def run(self, metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None,
+            stop: _StopRequest) -> None:
+        """Stages from the current position on; returns at the end, once ``max_steps`` is reached, or after
+        the step during which a stop was requested."""
         if max_steps is not None and self.position.global_step >= max_steps:
             return  # resuming a run that already stopped at this max_steps
         for stage in [s for s in _stages(self.config) if s >= self.position.stage]:
@@ -349,8 +382,8 @@ class _SeedTrainer:
                 optimizer.load_state_dict(payload["optimizer"])
             first_epoch = self.position.epoch if self.position.stage == stage else 0
             for epoch in range(first_epoch, stage_config.epochs):
-                if not self._run_epoch(stage, epoch, optimizer, metrics, bar, max_steps):
-                    self.save(self.last, optimizer)  # stopped by max_steps
+                if not self._run_epoch(stage, epoch, optimizer, metrics, bar, max_steps, stop):
+                    self.save(self.last, optimizer)  # stopped by max_steps or Ctrl-C
                     return
                 if (epoch + 1) % self.config.validate_every == 0 or epoch + 1 == stage_config.epochs:
                     val = validation_log_likelihood(self.model, self.source, self.val_idx, self.config, stage,
@@ -365,8 +398,8 @@ class _SeedTrainer:
             self.save(self.last, None)
 
     def _run_epoch(self, stage: int, epoch: int, optimizer: torch.optim.Optimizer, metrics: MetricsLogger,
-                   bar: TrainingProgress, max_steps: int | None) -> bool:
-        """The remaining steps of one epoch; False when stopped early by ``max_steps``."""
+                   bar: TrainingProgress, max_steps: int | None, stop: _StopRequest) -> bool:
+        """The remaining steps of one epoch; False when stopped early (``max_steps`` or Ctrl-C)."""
         config, seed = self.config, self.seed
         for group in optimizer.param_groups:
             group["lr"] = _stage_config(config, stage).learning_rate_at(epoch)
@@ -388,7 +421,7 @@ class _SeedTrainer:
                              "images_per_s": n_images / (time.perf_counter() - started),
                              "lr": optimizer.param_groups[0]["lr"]})
             bar.update(n_images, stage=stage, loss=float(out.total.detach()))
-            if max_steps is not None and step >= max_steps:
+            if (max_steps is not None and step >= max_steps) or stop.requested:
                 return False
             if step % config.checkpoint_every == 0:
                 self.save(self.last, optimizer)
