@@ -126,9 +126,12 @@ def test_latent_line_and_principal_axis():
     t = np.linspace(-3, 3, 101)
     mu = np.stack([t, 0.5 * t, 0.01 * rng.standard_normal(101)], axis=1) + 1.0
     low, high = principal_axis_endpoints(mu, percentile=0.0)
-    ends = sorted([low, high], key=lambda p: p[0])
-    assert np.allclose(ends[0], [-2.0, -0.5, 1.0], atol=0.02)
-    assert np.allclose(ends[1], [4.0, 2.5, 1.0], atol=0.02)
+    assert np.allclose(low, [-2.0, -0.5, 1.0], atol=0.02) and np.allclose(high, [4.0, 2.5, 1.0], atol=0.02)
+    low_flipped, _ = principal_axis_endpoints(mu[::-1], percentile=0.0)  # same axis, same orientation
+    assert np.allclose(low_flipped, low)
+    low10, high10 = principal_axis_endpoints(mu, percentile=10.0)
+    assert np.allclose(low10, [-1.4, -0.2, 1.0], atol=0.02)  # t = -2.4 and 3.4 on the line (t, t/2) + 1
+    assert np.allclose(high10, [3.4, 2.2, 1.0], atol=0.02)
 
 
 @pytest.mark.parametrize(
