@@ -130,7 +130,7 @@ def test_latent_line_and_principal_axis():
     low_flipped, _ = principal_axis_endpoints(mu[::-1], percentile=0.0)  # same axis, same orientation
     assert np.allclose(low_flipped, low)
     low10, high10 = principal_axis_endpoints(mu, percentile=10.0)
-    assert np.allclose(low10, [-1.4, -0.2, 1.0], atol=0.02)  # t = -2.4 and 3.4 on the line (t, t/2) + 1
+    assert np.allclose(low10, [-1.4, -0.2, 1.0], atol=0.02)  # t = -2.4 and +2.4 on the line (t, t/2, 0) + 1
     assert np.allclose(high10, [3.4, 2.2, 1.0], atol=0.02)
 
 
