@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 
@@ -71,6 +73,24 @@ def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(InputError, match=message) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+def test_preset_named_in_the_file_or_on_the_command_line(tmp_path):
+    from atomvae.cli.main import build_parser
+    from atomvae.cli.train import build_config
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: paper\nbatch_size: 16\n")
+    parse = build_parser().parse_args
+    from_file = build_config(parse(["train", "p.star", "b.pdb", "-o", "r", "--config", str(path)]))
+    assert from_file == replace(PRESETS["paper"], batch_size=16)
+    flag_wins = build_config(parse(["train", "p.star", "b.pdb", "-o", "r", "--config", str(path),
+                                    "--preset", "cpu"]))
+    assert flag_wins == replace(PRESETS["cpu"], batch_size=16)
+    assert build_config(parse(["train", "p.star", "b.pdb", "-o", "r"])) == PRESETS["cpu"]
+    path.write_text("preset: fast\n")
+    with pytest.raises(InputError, match="unknown preset 'fast'"):
+        load_config(path)
 
 
 def test_invalid_values_are_input_errors():

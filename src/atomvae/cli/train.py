@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("particles", type=Path, help="particle metadata (.star; RELION conventions)")
     parser.add_argument("base", type=Path, help="base structure (.pdb or .cif)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="run folder to create (or resume)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="starting configuration (default: cpu; paper = the exact paper numbers)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="starting configuration: paper (the exact paper numbers) or cpu (default, or "
+                             "the --config file's 'preset:' key)")
     parser.add_argument("--config", type=Path, help="YAML file overriding preset fields")
     parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
     parser.add_argument("--resume", action="store_true",
@@ -70,9 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """Preset -> --config file -> command-line options (each only when given)."""
-    config = PRESETS[args.preset]
     if args.config is not None:
-        config = load_config(args.config, base=config)
+        config = load_config(args.config, preset=args.preset, default_preset="cpu")
+    else:
+        config = PRESETS[args.preset or "cpu"]
     top = {"pose_mode": args.poses, "device": args.device, "seed": args.seed, "n_seeds": args.seeds,
            "batch_size": args.batch_size}
     config = dataclasses.replace(config, **{k: v for k, v in top.items() if v is not None})

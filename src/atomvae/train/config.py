@@ -250,10 +250,13 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str = "confi
         raise InputError(source, f"{prefix or 'config'}: {err}") from None
 
 
-def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
-    """Read a YAML file and apply it over ``base`` (default: the ``paper`` preset).
+def load_config(path: str | Path, base: TrainConfig | None = None, preset: str | None = None,
+                default_preset: str = "paper") -> TrainConfig:
+    """Read a YAML file and apply it field by field over a starting config.
 
-    A file written by :func:`save_config` reads back to the same config (its meta keys are skipped).
+    The start is ``base`` if given, else the preset named by ``preset``, else by the file's own
+    ``preset:`` key, else ``default_preset``. A file written by :func:`save_config` (every field) reads
+    back to the same config whatever the start (its meta keys are skipped).
     """
     path = Path(path)
     try:
@@ -267,11 +270,12 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     if not isinstance(data, dict):
         raise InputError(path, "expected a mapping of config keys at the top level")
     data = {k: v for k, v in data.items() if k not in META_KEYS}
-    preset = data.pop("preset", None)
+    file_preset = data.pop("preset", None)
     if base is None:
-        if preset is not None and preset not in PRESETS:
-            raise InputError(path, f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-        base = PRESETS[preset or "paper"]
+        name = preset or file_preset or default_preset
+        if name not in PRESETS:
+            raise InputError(path, f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        base = PRESETS[name]
     return apply_overrides(base, data, source=str(path))
 
 
