@@ -89,6 +89,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+# Options that still apply with --resume (everything else comes from the run's config.yaml).
+RESUME_OPTIONS = ("--resume", "--max-steps", "--device", "--workers", "--no-progress")
+
+
 def command_line(args: argparse.Namespace) -> list[str]:
     """The command as it was parsed (``atomvae train ...``), for config.yaml: independent of how the CLI was
     entered (console script, ``python -m``, or ``main(argv)`` from Python)."""
@@ -109,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (args.output / "config.yaml").is_file():
         # The run's own config; only where it runs may change.
         config = resolved_config_for_resume(args.output, device=args.device)
+        if args.workers is not None:
+            data = dataclasses.replace(config.data, num_workers=args.workers)
+            config = dataclasses.replace(config, data=data)
+        ignored = [option for option in command_line(args)[5:]
+                   if option.startswith("--") and option not in RESUME_OPTIONS]
+        if ignored:
+            print(f"atomvae train --resume: the run's own {args.output / 'config.yaml'} applies; ignoring "
+                  f"{' '.join(ignored)}", file=sys.stderr)
     else:
         config = build_config(args)
     try:
