@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-center", type=_point,
                         help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
                              "centre of atoms); write --pose-center=-1,2,3 when x is negative. For atomvae "
-                             "simulate data the base must be in the frame of gt_ensemble.pdb (centre 0,0,0)")
+                             "simulate data: truth.npz's center for a base in the input ensemble's frame, "
+                             "0,0,0 for a base in gt_ensemble.pdb's frame")
     parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--seed", type=int, help="random seed (data split, initialisation, sampling)")
     parser.add_argument("--seeds", type=int, help="train this many seeds and keep the best (held-out LL)")

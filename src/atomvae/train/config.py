@@ -68,12 +68,16 @@ class DataConfig:
     # Rotation centre of the particles' poses in the base structure's coordinates (A): the model rotates the
     # base about this point. None = the base's centre of atoms, right for inferred poses. With --poses
     # given/refine it must be the centre the poses refer to: for a consensus refinement the map's box
-    # centre in model coordinates; for `atomvae simulate` data, truth.npz's `center`.
+    # centre in model coordinates; for `atomvae simulate` data truth.npz's `center` when the base is in the
+    # simulated ensemble's input frame (0, 0, 0 when it is in gt_ensemble.pdb's centred frame).
     pose_center: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything a run computes with; the defaults are the paper's numbers (``PRESETS["paper"]`` adds its
+    three seeds). Invalid values raise ``InputError``."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     data: DataConfig = field(default_factory=DataConfig)
