@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from atomvae.errors import InputError
+from atomvae.train import metrics as metrics_module
 from atomvae.train.config import PRESETS, StageConfig, TrainConfig, load_config, save_config
 from atomvae.train.loop import train
 from atomvae.train.metrics import MetricsLogger, plot_training_curve, read_metrics
@@ -168,3 +169,22 @@ def test_progress_bar_shows_images_per_second_and_eta(capsys):
         bar.update(40, stage=1, loss=1.5)
     err = capsys.readouterr().err
     assert "60/100" in err and "img/s" in err and "loss=1.5" in err
+
+
+def test_metrics_are_mirrored_to_tensorboard_when_installed(tmp_path, monkeypatch):
+    written = []
+
+    class RecordingWriter:  # stands in for torch.utils.tensorboard.SummaryWriter (tensorboard is optional)
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def close(self):
+            written.append("closed")
+
+    monkeypatch.setattr(metrics_module, "_tensorboard_writer", lambda log_dir: RecordingWriter())
+    with MetricsLogger(tmp_path) as log:
+        log.log({"kind": "train", "step": 3, "stage": 1, "loss": 2.5, "finite": True, "nll": float("nan")})
+        log.log({"kind": "val", "step": 3, "stage": 1, "val_log_likelihood": -7.0})
+    assert ("train/loss", 2.5, 3) in written and ("val/val_log_likelihood", -7.0, 3) in written
+    assert not any(tag[0] == "train/nll" for tag in written if isinstance(tag, tuple))  # NaN is skipped
+    assert written[-1] == "closed"
