@@ -74,7 +74,7 @@ def split_indices(n_particles: int, val_fraction: float, seed: int) -> tuple[np.
     """(train, val) particle indices, sorted; fixed by ``seed`` and shared by all seeds of a run so their
     held-out log-likelihoods compare on the same images. At least one image on each side."""
     if n_particles < 2:
-        raise InputError(None, f"need at least 2 particles to hold out a validation set, got {n_particles}")
+        raise ValueError(f"need at least 2 particles to hold out a validation set, got {n_particles}")
     n_val = min(max(1, round(val_fraction * n_particles)), n_particles - 1)
     order = np.random.default_rng(derived_seed(seed, _SPLIT)).permutation(n_particles)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -186,6 +186,9 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
         return info
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError(run_dir, "output folder is not empty; use --resume to continue it or choose another")
+    if source.n_particles < 2:
+        raise InputError(particles_path, f"{source.n_particles} usable particle(s): at least 2 are needed "
+                                         "(one held out for validation)")
     run_dir.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(source.n_particles, config.data.val_fraction, config.seed)
     with atomic_path(run_dir / run_folder.SPLIT_FILE) as tmp:
