@@ -10,7 +10,8 @@ The ceiling is the batched matmul ``(B, 64, A) @ (B, A, 64)`` timed in the same 
 benchmark batch and B = the renderer's chunk size (the better of the two is the ceiling). A render
 is credited with its dense-equivalent work, ``2 * H * W * A`` FLOPs forward and 3x that forward +
 backward, whatever the implementation does; fraction = achieved FLOP/s / ceiling FLOP/s. Timings
-are the best of ``--repeats`` (the machine is shared; the best is the least disturbed).
+are the best of ``--repeats`` interleaved repeats (the ceiling and every case alternate, so all see
+the same background load; on a shared machine the best is the least disturbed).
 
 Run: .venv/bin/python benchmarks/render.py [--repeats 7] [--threads 2]
 """
@@ -18,6 +19,7 @@ Run: .venv/bin/python benchmarks/render.py [--repeats 7] [--threads 2]
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 import time
@@ -46,32 +48,23 @@ def adk_structures() -> dict[int, np.ndarray]:
     return {len(ca): ca, len(heavy): heavy, len(heavy) + len(extra): np.concatenate([heavy, extra])}
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def matmul_runner(n_atoms: int, batch: int):
+    """The ceiling's kernel: (B, 64, A) @ (B, A, 64), repeated to ~256 products per call."""
+    left, right = torch.rand(batch, BOX, n_atoms), torch.rand(batch, n_atoms, BOX)
+    out = torch.empty(batch, BOX, BOX)
+    reps = max(1, 256 // batch)
+
+    def run():
+        for _ in range(reps):
+            torch.bmm(left, right, out=out)
+
+    return run, 2 * BOX * BOX * n_atoms * batch * reps
 
 
-def matmul_ceiling(n_atoms: int, batches: list[int], repeats: int) -> tuple[float, dict[int, float]]:
-    """Best GFLOP/s of (B, 64, A) @ (B, A, 64) over the given batch sizes."""
-    rates = {}
-    for batch in batches:
-        left = torch.rand(batch, BOX, n_atoms)
-        right = torch.rand(batch, n_atoms, BOX)
-        out = torch.empty(batch, BOX, BOX)
-        reps = max(1, 256 // batch)
-
-        def run(left=left, right=right, out=out, reps=reps):
-            for _ in range(reps):
-                torch.bmm(left, right, out=out)
-
-        seconds = best_time(run, repeats)
-        rates[batch] = 2 * BOX * BOX * n_atoms * batch * reps / seconds / 1e9
-    return max(rates.values()), rates
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -101,7 +94,6 @@ def main() -> int:
     print(header)
     for n_atoms, coords_np in adk_structures().items():
         chunk = max(1, render_module.CHUNK_ATOMS // n_atoms)
-        ceiling, rates = matmul_ceiling(n_atoms, sorted({n_renders, chunk}), args.repeats)
         coords = torch.as_tensor(coords_np, dtype=torch.float32).expand(n_particles, per_particle, -1, -1)
         rotation = random_rotations(n_renders, generator=generator, dtype=torch.float32)
         rotation = rotation.reshape(n_particles, per_particle, 3, 3)
@@ -114,23 +106,37 @@ def main() -> int:
                 return render(coords, rotation, shift, ctf, BOX, PIXEL_SIZE)
             return render_projections(coords, rotation, shift, BOX, PIXEL_SIZE)
 
+        def forward_only(with_ctf: bool):
+            with torch.no_grad():
+                forward(with_ctf)
+
         def forward_backward(with_ctf: bool, coords=coords, rotation=rotation, shift=shift, weights=weights):
             inputs = [t.detach().clone().requires_grad_(True) for t in (coords, rotation, shift)]
             images = forward(with_ctf, *inputs)
             torch.autograd.grad((images * weights).sum(), inputs)
 
+        matmuls = {batch: matmul_runner(n_atoms, batch) for batch in sorted({n_renders, chunk})}
+        cases = {(ctf_on, backward): functools.partial(forward_backward if backward else forward_only, ctf_on)
+                 for ctf_on in (False, True) for backward in (False, True)}
+        for fn in [*(run for run, _ in matmuls.values()), *cases.values()]:
+            fn()  # warm-up: allocations, caches, lazy initialisation
+        # Interleaved repeats: the ceiling and each case see the same background load.
+        best: dict = {}
+        for _ in range(args.repeats):
+            for batch, (run, work) in matmuls.items():
+                best[batch] = max(best.get(batch, 0.0), work / timed(run) / 1e9)
+            for key, fn in cases.items():
+                best[key] = max(best.get(key, 0.0), n_renders / timed(fn))
+        ceiling = max(best[batch] for batch in matmuls)
         row = [f"{n_atoms:>5} {ceiling:>12.1f} |"]
-        for with_ctf in (False, True):
-            with torch.no_grad():
-                fwd = n_renders / best_time(lambda w=with_ctf: forward(w), args.repeats)
-            both = n_renders / best_time(lambda w=with_ctf: forward_backward(w), args.repeats)
-            fwd_frac = fwd * flops / 1e9 / ceiling
-            both_frac = both * 3 * flops / 1e9 / ceiling
-            fwd_width, both_width = (11, 15) if with_ctf else (8, 11)
+        for ctf_on in (False, True):
+            fwd, both = best[(ctf_on, False)], best[(ctf_on, True)]
+            fwd_frac, both_frac = fwd * flops / 1e9 / ceiling, both * 3 * flops / 1e9 / ceiling
+            fwd_width, both_width = (11, 15) if ctf_on else (8, 11)
             row.append(f" {fwd:>{fwd_width}.0f} {fwd_frac:>5.0%} {both:>{both_width}.0f} {both_frac:>5.0%}"
-                       + ("" if with_ctf else " |"))
+                       + ("" if ctf_on else " |"))
         print("".join(row), flush=True)
-        print("      matmul GFLOP/s by batch: " + ", ".join(f"B={b}: {r:.1f}" for b, r in rates.items()))
+        print("      matmul GFLOP/s by batch: " + ", ".join(f"B={b}: {best[b]:.1f}" for b in matmuls))
     return 0
 
 
