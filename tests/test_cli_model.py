@@ -115,6 +115,10 @@ def test_interpolate_automatic_and_between_points(trained_run):
     midpoint = folder / "mid.pdb"
     assert main(["interpolate", str(run_dir), "-o", str(midpoint), "--steps", "2",
                  "--from", ",".join(["1"] * 32), "--to", ",".join(["1"] * 32)]) == 0
+    negative = folder / "negative.pdb"
+    assert main(["interpolate", str(run_dir), "-o", str(negative), "--steps", "2",
+                 "--from", ",".join(["-1"] * 32), "--to", ",".join(["-1.5e-1"] * 32)]) == 0
+    assert read_ensemble(negative)[1].shape == (2, n_atoms, 3)
     # The middle of the line from 0 to 2 is the point 1.
     assert np.allclose(coords[1], read_ensemble(midpoint)[1][0], atol=2e-3)
 

@@ -109,6 +109,9 @@ def test_command_line_overrides_config_file_overrides_preset(tmp_path):
         ["train", "p.star", "b.pdb", "-o", "run", "--preset", "cpu", "--config", str(path),
          "--val-fraction", "0.3", "--epochs-stage1", "4", "--poses", "refine", "--pose-center", "1,2,3.5"])
     config = build_config(args)
+    negative = build_parser().parse_args(
+        ["train", "p.star", "b.pdb", "-o", "run", "--pose-center", "-1.5,-2,3e-1"])
+    assert build_config(negative).data.pose_center == (-1.5, -2.0, 0.3)
     cpu = PRESETS["cpu"]
     assert config.batch_size == 16 and config.stage2.n_conf == 5 and config.stage2.n_pose == cpu.stage2.n_pose
     assert config.data.val_fraction == 0.3 and config.stage1.epochs == 4

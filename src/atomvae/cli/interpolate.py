@@ -9,8 +9,7 @@ examples:
   atomvae interpolate run/ -o path.pdb --steps 20
   atomvae interpolate run/ -o path.pdb --latents latents.npz
   atomvae interpolate run/ -o path.cif --from a.npy --to b.npy --steps 50
-  atomvae interpolate run/ -o path.pdb --from=-1,0,...,0 --to=1,0,...,0   (32 values each; '=' lets
-                                                                          a list start with '-')
+  atomvae interpolate run/ -o path.pdb --from -1,0,...,0 --to 1,0,...,0   (32 values each)
 """
 
 from __future__ import annotations
@@ -18,8 +17,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from atomvae.cli.train import accept_negative_number_lists
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    accept_negative_number_lists(parser)
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="run folder written by atomvae train")
     parser.add_argument("-o", "--output", type=Path, required=True, help="OUT.pdb, OUT.cif or OUT.dcd")
     parser.add_argument("--steps", type=int, default=10, help="structures along the line (default 10)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +39,18 @@ def _point(text: str) -> tuple[float, float, float]:
     return values
 
 
+_UNSIGNED = r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+NUMBER_LIST = re.compile(rf"^-{_UNSIGNED}(,[-+]?{_UNSIGNED})*$")  # e.g. "-1.5,2,3e-1"
+
+
+def accept_negative_number_lists(parser: argparse.ArgumentParser) -> None:
+    """argparse takes "-1.5,2,3" for an option (only plain negative numbers count as values); let comma
+    lists of numbers count as values too, so --pose-center or --from may start with a minus sign."""
+    parser._negative_number_matcher = NUMBER_LIST
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    accept_negative_number_lists(parser)
     parser.add_argument("particles", type=Path, help="particle metadata (.star; RELION conventions)")
     parser.add_argument("base", type=Path, help="base structure (.pdb or .cif)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="run folder to create (or resume)")
@@ -54,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "refine: the STAR file's poses as the start of a local refinement")
     parser.add_argument("--pose-center", type=_point,
                         help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
-                             "centre of atoms); write --pose-center=-1,2,3 when x is negative. For atomvae "
+                             "centre of atoms); e.g. -1.5,2,3. For atomvae "
                              "simulate data: truth.npz's center for a base in the input ensemble's frame, "
                              "0,0,0 for a base in gt_ensemble.pdb's frame")
     parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
