@@ -59,51 +59,58 @@ class _Band:
 
 
 class _Workspace:
-    """Buffers for one chunk of renders, reused across chunks.
+    """Per-batch window placement, and buffers for one chunk of renders reused across chunks.
 
-    Fresh tensors of a few hundred kB come from mmap and page-fault on every use; reusing buffers
-    (and writing with ``out=``) keeps the profile code at memory speed. ``view`` returns a
-    contiguous tensor at the start of a flat buffer, so a shorter last chunk needs no new memory.
+    Everything per atom (window start, offset of the atom within it) is computed once for the whole
+    batch, so a chunk costs a handful of large operations, not a few dozen small ones. Fresh tensors
+    of a few hundred kB come from mmap and page-fault on every use; reusing buffers (and writing
+    with ``out=``) keeps the profile code at memory speed. ``view`` returns a contiguous tensor at
+    the start of a flat buffer, so a shorter last chunk needs no new memory.
     """
 
-    def __init__(self, band: _Band, chunk: int, n_atoms: int, like: torch.Tensor, backward: bool):
+    def __init__(self, band: _Band, by_axis: torch.Tensor, chunk: int, backward: bool):
         self.band = band
-        rows = 2 * chunk * n_atoms * band.box
-        window = 2 * chunk * n_atoms * band.width
-        self.buffers = {"rows": like.new_empty(rows), "offsets": like.new_empty(window),
-                        "values": like.new_empty(window),
-                        "index": torch.empty(window, dtype=torch.long, device=like.device)}
-        if backward:
-            self.buffers["grad_rows"] = like.new_empty(rows)
-        self.steps = torch.arange(band.width, device=like.device, dtype=like.dtype)
-        self.steps_long = torch.arange(band.width, device=like.device)
-
-    def view(self, name: str, *shape: int) -> torch.Tensor:
-        return self.buffers[name][: math.prod(shape)].view(shape)
-
-    def profiles(self, positions: torch.Tensor) -> torch.Tensor:
-        """Unnormalised profiles ``(2, n, A, box)`` of ``positions (2, n, A)`` in A (x then y)."""
-        band = self.band
-        n_axes, size, n_atoms = positions.shape
-        rows = self.view("rows", n_axes, size, n_atoms, band.box)
-        pixel = (positions - band.first_center) / band.pixel_size  # fractional pixel index
+        n_axes, n_renders, n_atoms = by_axis.shape
+        chunk = min(chunk, n_renders)
+        pixel = (by_axis - band.first_center) / band.pixel_size  # fractional pixel index (2, N, A)
         if band.dense:
             start = torch.zeros_like(pixel)
         else:
             start = (torch.round(pixel) - band.half_width).clamp_(0, band.box - band.width)
             start = torch.nan_to_num_(start, nan=0.0)  # a NaN atom still gets a valid window
+        step = band.pixel_size / band.sigma
+        self.first_offset = (start - pixel).mul_(step)  # (first window pixel - atom) / sigma
+        self.start = start.long()
+        self.index_steps = torch.arange(band.width, device=by_axis.device)
+        self.offset_steps = self.index_steps.to(by_axis.dtype)[:, None] * step
+        rows = n_axes * chunk * n_atoms * band.box
+        window = n_axes * chunk * n_atoms * band.width
+        self.buffers = {"rows": by_axis.new_empty(rows), "gaussian": by_axis.new_empty(window),
+                        "values": by_axis.new_empty(window),
+                        "index": torch.empty(window, dtype=torch.long, device=by_axis.device)}
+        if backward:
+            self.buffers["grad_rows"] = by_axis.new_empty(rows)
+
+    def view(self, name: str, *shape: int) -> torch.Tensor:
+        return self.buffers[name][: math.prod(shape)].view(shape)
+
+    def profiles(self, lo: int, hi: int) -> torch.Tensor:
+        """Unnormalised profiles ``(2, n, A, box)`` of renders ``lo:hi`` (x then y)."""
+        band = self.band
+        first_offset = self.first_offset[:, lo:hi]
+        n_axes, size, n_atoms = first_offset.shape
+        rows = self.view("rows", n_axes, size, n_atoms, band.box)
         # Offsets (pixel - atom) / sigma and their Gaussian, built atoms-last (..., width, A), where
         # broadcasting and exp vectorise, then copied pixels-last (..., A, width), where torch's scatter
         # is fast (exp reading a transposed view is 5x slower than exp plus the copy).
-        gaussian = self.view("offsets", n_axes, size, band.width, n_atoms)
-        torch.add((start - pixel).unsqueeze(-2), self.steps[:, None], out=gaussian)
-        gaussian.mul_(band.pixel_size / band.sigma).clamp_(-_MAX_BAND_SIGMAS, _MAX_BAND_SIGMAS)
-        gaussian.square_().mul_(-0.5).exp_()
+        gaussian = self.view("gaussian", n_axes, size, band.width, n_atoms)
+        torch.add(first_offset.unsqueeze(-2), self.offset_steps, out=gaussian)
+        gaussian.clamp_(-_MAX_BAND_SIGMAS, _MAX_BAND_SIGMAS).square_().mul_(-0.5).exp_()
         if band.dense:
             return rows.copy_(gaussian.transpose(-1, -2))
         values = self.view("values", n_axes, size, n_atoms, band.width).copy_(gaussian.transpose(-1, -2))
         index = self.view("index", n_axes, size, n_atoms, band.width)
-        torch.add(start.long().unsqueeze(-1), self.steps_long, out=index)
+        torch.add(self.start[:, lo:hi].unsqueeze(-1), self.index_steps, out=index)
         return rows.zero_().scatter_(-1, index, values)
 
 
@@ -116,9 +123,9 @@ class _SeparableGaussianProjection(torch.autograd.Function):
         by_axis = positions.permute(2, 0, 1).contiguous()  # (2, N, A): x then y
         n_renders, n_atoms = positions.shape[:2]
         images = positions.new_empty(n_renders, box, box)
-        work = _Workspace(band, min(chunk, n_renders), n_atoms, positions, backward=False)
+        work = _Workspace(band, by_axis, chunk, backward=False)
         for lo in range(0, n_renders, chunk):
-            rows = work.profiles(by_axis[:, lo : lo + chunk])
+            rows = work.profiles(lo, lo + chunk)
             torch.bmm(rows[1].transpose(1, 2), rows[0], out=images[lo : lo + chunk])  # Gy^T Gx
         ctx.save_for_backward(by_axis)
         ctx.band, ctx.chunk = band, chunk
@@ -135,11 +142,11 @@ class _SeparableGaussianProjection(torch.autograd.Function):
         box = band.box
         centers = pixel_centers(box, band.pixel_size, device=by_axis.device, dtype=by_axis.dtype)
         moments = torch.stack([centers, torch.ones_like(centers)])  # (2, box): sum u q, sum q
-        work = _Workspace(band, min(chunk, n_renders), n_atoms, by_axis, backward=True)
+        work = _Workspace(band, by_axis, chunk, backward=True)
         for lo in range(0, n_renders, chunk):
             size = min(chunk, n_renders - lo)
             positions = by_axis[:, lo : lo + size]
-            rows = work.profiles(positions)
+            rows = work.profiles(lo, lo + size)
             grad, grad_rows = grad_images[lo : lo + size], work.view("grad_rows", 2, size, n_atoms, box)
             # image = Gy^T Gx  =>  dGx = Gy dI  and  dGy = Gx dI^T.
             torch.bmm(rows[1], grad, out=grad_rows[0])
