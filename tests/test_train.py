@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -191,3 +192,19 @@ def test_metrics_are_mirrored_to_tensorboard_when_installed(tmp_path, monkeypatc
     assert ("train/loss", 2.5, 3) in written and ("val/val_log_likelihood", -7.0, 3) in written
     assert not any(tag[0] == "train/nll" for tag in written if isinstance(tag, tuple))  # NaN is skipped
     assert written[-1] == "closed"
+
+
+def test_refine_mode_trains_both_stages_and_encodes_refined_poses(tmp_path):
+    from atomvae.data.metadata import read_particles
+    from atomvae.train.inference import encode_particles
+    from atomvae.train.run import load_run
+
+    star = write_particles(tmp_path / "data", n=24)
+    train(tiny_config(pose_mode="refine"), star, BASE_PDB, tmp_path / "run", max_steps=7)
+    steps = [r for r in _records(tmp_path / "run", 0) if r["kind"] == "train"]
+    assert [r["stage"] for r in steps] == [1] * 6 + [2] and all(r["kl_pose"] > 0 for r in steps)
+    latents = encode_particles(load_run(tmp_path / "run"), star)
+    given = read_particles(star).rotation.numpy()[latents["index"]]
+    # A refinement starts at the given pose: the corrections of a barely trained head are small turns.
+    cos_angle = (np.einsum("nij,nij->n", latents["rotation"].astype(np.float64), given) - 1.0) / 2.0
+    assert np.all(np.degrees(np.arccos(np.clip(cos_angle, -1.0, 1.0))) < 30.0)
