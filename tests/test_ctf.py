@@ -10,6 +10,7 @@ import scipy.signal
 import torch
 import torch_ctf
 
+from atomvae.physics import ctf as ctf_module
 from atomvae.physics.ctf import CTFParams, apply_ctf, ctf_2d
 
 
@@ -151,7 +152,9 @@ def test_padding_removes_wrap_around():
     torch.testing.assert_close(padded[0, 8], expected_row)
 
 
-def test_one_ctf_per_particle_is_shared_by_its_renders():
+@pytest.mark.parametrize("pairs_per_block", [16, 1])  # one block; blocks across particles and renders
+def test_one_ctf_per_particle_is_shared_by_its_renders(pairs_per_block, monkeypatch):
+    monkeypatch.setattr(ctf_module, "PAIRS_PER_BLOCK", pairs_per_block)
     g = torch.Generator().manual_seed(5)
     images = torch.randn(3, 4, 10, 10, generator=g, dtype=torch.float64)
     params = _params(3, seed=6)
