@@ -68,3 +68,7 @@ class LossWeights:
     backbone: float = 0.01  # backbone continuity (peptide bond length)
     centering: float = 0.1  # squared norm of the centre of mass
     peptide_bond_length: float = 1.33  # A, C(i)-N(i+1)
+    # Not in the paper (0 there): C-alpha clash penalty between residues that are not sequence
+    # neighbours, closer than clash_distance (losses.clash_penalty).
+    clash: float = 0.0
+    clash_distance: float = 4.0  # A; non-adjacent C-alpha pairs in real proteins stay above ~3.8 A

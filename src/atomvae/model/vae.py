@@ -29,9 +29,11 @@ from atomvae.model.encoder import ConformationPosterior, ImageEncoder
 from atomvae.model.losses import (
     backbone_continuity,
     centering,
+    clash_penalty,
     gaussian_log_likelihood,
     iwae_log_mean_likelihood,
     kl_diagonal_normal,
+    non_neighbour_pairs,
 )
 from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
 from atomvae.physics.ctf import CTFParams, apply_ctf
@@ -101,12 +103,14 @@ class AtomVAE(nn.Module):
         render_idx = _indices(base_topology.select(config.render_atoms))
         self.decoder.add_atom_set("all", local.float(), residue_index)
         self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
-        # C and N of every residue feed the backbone loss even when the renderer sees only CA.
-        for name in ("N", "C"):
+        # C and N of every residue feed the backbone loss even when the renderer sees only CA; CA the
+        # clash penalty.
+        for name in ("N", "C", "CA"):
             idx = _indices(base_topology.atom_index(name))
             self.decoder.add_atom_set(name, local[idx].float(), residue_index[idx])
         self.register_buffer("bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next),
                                                                dtype=torch.bool))
+        self.register_buffer("clash_pairs", non_neighbour_pairs(self.bonded_to_next), persistent=False)
         self.register_buffer("base_center", center64.float())
         self.register_buffer("base_coords", coords64.float())  # (A, 3) model frame
         self.register_buffer("base_render_coords", coords64[render_idx].float())
@@ -163,7 +167,7 @@ class AtomVAE(nn.Module):
         batch = images.shape[0]
         h = self.encoder(images)  # networks may run under the caller's autocast (bf16 on CUDA)
         zero = _full(h).new_zeros(batch)
-        kl_conf = backbone = center_sq = zero
+        kl_conf = backbone = center_sq = clash = zero
 
         if stage == 1:
             d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
@@ -190,6 +194,9 @@ class AtomVAE(nn.Module):
                 bond = backbone_continuity(c_atoms, n_atoms, self.bonded_to_next, weights.peptide_bond_length)
                 backbone = bond.mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
+                if weights.clash > 0:
+                    ca_atoms = self.decoder.atoms(rot, trans, "CA")
+                    clash = clash_penalty(ca_atoms, self.clash_pairs, weights.clash_distance).mean(dim=1)
 
             if pose_mode == "given":
                 rotation = given_rotation.to(coords.dtype)[:, None, None]  # (B, 1, 1, 3, 3)
@@ -214,7 +221,8 @@ class AtomVAE(nn.Module):
             per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
 
             per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
-                              + weights.backbone * backbone + weights.centering * center_sq)
+                              + weights.backbone * backbone + weights.centering * center_sq
+                              + weights.clash * clash)
             total = per_image_loss.mean()
         terms = {
             "nll": float(-per_image.detach().mean()),
@@ -222,6 +230,7 @@ class AtomVAE(nn.Module):
             "kl_pose": float(kl_pose.detach().mean()),
             "backbone": float(backbone.detach().mean()),
             "centering": float(center_sq.detach().mean()),
+            "clash": float(clash.detach().mean()),
             "amplitude": float(self.amplitude.detach()),
             "total": float(total.detach()),
         }

@@ -1,0 +1,32 @@
+"""C-alpha clash penalty: hand-computed values, the neighbour mask, and gradients."""
+
+import torch
+
+from atomvae.model.losses import clash_penalty, non_neighbour_pairs
+
+
+def test_non_neighbour_mask_excludes_bonded_neighbours_only():
+    bonded = torch.tensor([True, False, True, False])  # 0-1 bonded, 1|2 a gap, 2-3 bonded, 3 chain end
+    mask = non_neighbour_pairs(bonded)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    for i, j in [(0, 2), (0, 3), (1, 2), (1, 3)]:  # 1-2 across the gap counts
+        expected[i, j] = True
+    assert torch.equal(mask, expected)
+
+
+def test_penalty_hand_computed():
+    # Residues 0 and 2 are 3 A apart (1 A inside a 4 A cutoff); 0-1 and 1-2 are bonded neighbours.
+    ca = torch.tensor([[0.0, 0.0, 0.0], [1.5, 1.0, 0.0], [3.0, 0.0, 0.0], [20.0, 0.0, 0.0]])
+    mask = non_neighbour_pairs(torch.tensor([True, True, True, False]))
+    assert torch.allclose(clash_penalty(ca, mask, 4.0), torch.tensor(1.0))
+    assert torch.allclose(clash_penalty(ca, mask, 2.5), torch.tensor(0.0))
+    batched = torch.stack([ca, ca * 10.0])  # second structure: nothing within 4 A
+    assert torch.allclose(clash_penalty(batched, mask, 4.0), torch.tensor([1.0, 0.0]))
+
+
+def test_penalty_gradient_matches_finite_differences():
+    generator = torch.Generator().manual_seed(0)
+    ca = (torch.randn(2, 6, 3, generator=generator, dtype=torch.float64) * 2.5).requires_grad_()
+    mask = non_neighbour_pairs(torch.ones(6, dtype=torch.bool))
+    assert float(clash_penalty(ca.detach(), mask, 4.0).sum()) > 0  # the random structures do clash
+    assert torch.autograd.gradcheck(lambda x: clash_penalty(x, mask, 4.0), (ca,))
