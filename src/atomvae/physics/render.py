@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from atomvae.physics.ctf import CTFParams, apply_ctf
+from atomvae.physics.ctf import CTFParams, apply_ctf, for_each_chunk
 from atomvae.physics.grid import pixel_centers
 
 CUTOFF_SIGMAS = 8.0  # exp(-32) = 1.3e-14: beyond this the profile is exactly treated as zero
@@ -123,29 +122,6 @@ class _Workspace:
         return rows.zero_().scatter_(-1, index, values)
 
 
-def _for_each_chunk(work, n_items: int, chunk: int, device: torch.device) -> None:
-    """Run ``work(lo, hi)`` over chunks; on a multi-threaded CPU, on one Python thread per torch
-    thread with torch single-threaded meanwhile.
-
-    Every chunk is a dozen operations of ~0.1 ms; with intra-op threads each ends in an OpenMP
-    barrier, and when other processes hold a core the barrier waits a whole time slice (measured:
-    5-10x slower renders on the shared 2-core machine). Independent single-threaded chunks never wait.
-    """
-    starts = range(0, n_items, chunk)
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads <= 1 or len(starts) <= 1:
-        for lo in starts:
-            work(lo, min(lo + chunk, n_items))
-        return
-    torch.set_num_threads(1)  # global: also makes MKL's matmuls sequential in the workers
-    try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in pool.map(lambda lo: work(lo, min(lo + chunk, n_items)), starts):
-                pass  # iterating re-raises a worker's exception
-    finally:
-        torch.set_num_threads(threads)
-
-
 class _SeparableGaussianProjection(torch.autograd.Function):
     """positions (N, A, 2) in A -> images (N, box, box) of unnormalised Gaussian profiles."""
 
@@ -161,7 +137,7 @@ class _SeparableGaussianProjection(torch.autograd.Function):
             rows = work.profiles(lo, hi)
             torch.bmm(rows[1].transpose(1, 2), rows[0], out=images[lo:hi])  # Gy^T Gx
 
-        _for_each_chunk(project, n_renders, chunk, positions.device)
+        for_each_chunk(project, n_renders, chunk, positions.device)
         ctx.save_for_backward(by_axis)
         ctx.band, ctx.chunk = band, chunk
         return images
@@ -193,7 +169,7 @@ class _SeparableGaussianProjection(torch.autograd.Function):
             sums = torch.mm(moments, weighted.T).view(2, 2, size, n_atoms)
             grad_by_axis[:, lo:hi] = (sums[0] - by_axis[:, lo:hi] * sums[1]) / band.sigma**2
 
-        _for_each_chunk(project_back, n_renders, chunk, by_axis.device)
+        for_each_chunk(project_back, n_renders, chunk, by_axis.device)
         return grad_by_axis.permute(1, 2, 0), None, None, None, None
 
 
