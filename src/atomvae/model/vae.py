@@ -267,8 +267,9 @@ class AtomVAE(nn.Module):
         """Set the image amplitude from data before training; returns it.
 
         With poses (rotation (B, 3, 3), shift (B, 2) A) it is the least-squares scale of base-structure
-        renders onto the images. Without, it matches variances: the images' mean per-image variance
-        minus noise_sigma^2 against that of base renders at uniformly random rotations (no shift).
+        renders onto the images (each with its mean removed). Without, it matches variances: the images'
+        mean per-image variance minus noise_sigma^2 against that of base renders at uniformly random
+        rotations (no shift).
         """
         batch = images.shape[0]
         coords = self.base_render_coords
@@ -285,7 +286,10 @@ class AtomVAE(nn.Module):
         images = images.to(renders.dtype)
         amplitude = None
         if poses_given:
-            amplitude = (images * renders).sum() / renders.square().sum().clamp_min(1e-30)
+            # per-image means removed: data normalisation may subtract the mean, renders keep theirs
+            y = images - images.mean(dim=(-2, -1), keepdim=True)
+            r = renders - renders.mean(dim=(-2, -1), keepdim=True)
+            amplitude = (y * r).sum() / r.square().sum().clamp_min(1e-30)
             if not amplitude > 0:
                 warnings.warn("images anti-correlate with base renders at the given poses (inverted "
                               "contrast?); setting the amplitude by variance matching instead", stacklevel=2)
