@@ -195,7 +195,9 @@ class AtomVAE(nn.Module):
                 backbone = bond.mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
                 if weights.clash > 0:
-                    ca_atoms = self.decoder.atoms(rot, trans, "CA")
+                    # On the first conformation sample of each image only: the samples are i.i.d., so
+                    # this is an unbiased estimate of their mean at 1/n_conf of the cost.
+                    ca_atoms = self.decoder.atoms(rot[:, :1], trans[:, :1], "CA")
                     clash = clash_penalty(ca_atoms, self.clash_pairs, weights.clash_distance).mean(dim=1)
 
             if pose_mode == "given":
