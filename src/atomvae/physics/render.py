@@ -14,7 +14,8 @@ into zeroed rows, instead of exponentiating every pixel (``exp`` costs about as 
 and far-from-atom arguments underflow into its slow path). A hand-written backward recomputes the
 profiles (memory stays O(N A)), runs the two transposed matmuls, and reduces each atom's gradient
 with one small matmul (first and zeroth moments over pixels). Renders are processed in chunks of
-about ``CHUNK_ATOMS`` atoms so the profiles stay in cache.
+about ``CHUNK_ATOMS`` atoms so the profiles stay in cache; with several torch threads the chunks run
+on that many Python threads, torch single-threaded meanwhile (``ctf.for_each_chunk``).
 """
 
 from __future__ import annotations
