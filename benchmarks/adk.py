@@ -20,7 +20,7 @@ closed, 39 A open). Cutoffs 21 A and 35 A split the closed and open modes.
 Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
     .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
 Pieces: --skip-simulate reuses OUT/sim; --modes given to train one mode; --config YAML overrides the
-``cpu`` preset (the same file for every mode). Results: OUT/adk_results.json and OUT/adk_results.md.
+``cpu`` preset (the same file for every mode). Results: OUT/adk_results_<modes>.json and .md.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"command": command, "matmul_gflops": gflops, "weights": WEIGHTS, "snr": args.snr,
                      "particles": args.particles, "box": BOX, "pixel_size": PIXEL_SIZE, "runs": []}
 
+    # One results file per set of modes, so modes can run as separate processes side by side.
+    results_path = out / f"adk_results_{'-'.join(args.modes)}"
     sim = out / "sim"
     if not args.skip_simulate:
         results["simulate_s"] = run(atomvae_cmd(
@@ -158,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             stereo = stereochemistry_summary(sample_coords, sample_topology).as_dict()
             results["runs"].append({"mode": mode, "seed": seed, "train_minutes": train_s / 60,
                                     "evaluation": evaluation, "stereochemistry_all_samples": stereo})
-            atomic_write_text(out / "adk_results.json", json.dumps(results, indent=2, default=float))
+            atomic_write_text(results_path.with_suffix(".json"), json.dumps(results, indent=2, default=float))
 
     print(markdown_table(results))
-    atomic_write_text(out / "adk_results.md", markdown_table(results))
+    atomic_write_text(results_path.with_suffix(".md"), markdown_table(results))
     return 0
 
 
