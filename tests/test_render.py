@@ -146,3 +146,13 @@ def test_far_and_nan_atoms():
     assert torch.isfinite(coords.grad).all() and coords.grad[0, 0].abs().max() < 1e-30
     nan_coords = torch.tensor([[[math.nan, 0.0, 0.0]]])
     assert torch.isnan(render_projections(nan_coords, torch.eye(3)[None], torch.zeros(1, 2), 8, 1.0)).any()
+
+
+def test_empty_and_unbatched_inputs():
+    eye = torch.eye(3)
+    no_renders = render_projections(torch.zeros(0, 5, 3), eye.expand(0, 3, 3), torch.zeros(0, 2), 8, 1.0)
+    assert no_renders.shape == (0, 8, 8)
+    no_atoms = render_projections(torch.zeros(2, 0, 3), eye.expand(2, 3, 3), torch.zeros(2, 2), 8, 1.0)
+    assert no_atoms.shape == (2, 8, 8) and no_atoms.abs().max() == 0
+    single = render_projections(torch.zeros(1, 3), eye, torch.zeros(2), 9, 1.0)
+    assert single.shape == (9, 9) and single.argmax().item() == 4 * 9 + 4

@@ -193,7 +193,7 @@ def render_projections(
         raise ValueError(f"sigma must be positive (A), got {sigma}")
     positions = image_plane_positions(coords, rotation, shift)
     batch_shape, n_atoms = positions.shape[:-2], positions.shape[-2]
-    flat = positions.reshape(-1, n_atoms, 2)
+    flat = positions.reshape(math.prod(batch_shape), n_atoms, 2)
     chunk = max(1, CHUNK_ATOMS // max(n_atoms, 1))
     images = _SeparableGaussianProjection.apply(flat, box, float(pixel_size), float(sigma), chunk)
     # Both profiles share the normalisation pixel_size / (sqrt(2 pi) sigma): apply it once per image.
