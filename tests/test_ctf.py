@@ -164,8 +164,9 @@ def test_one_ctf_per_particle_is_shared_by_its_renders(pairs_per_block, monkeypa
         torch.testing.assert_close(together[b], alone)
 
 
-@pytest.mark.parametrize("renders_per_ctf", [1, 2])
-def test_apply_ctf_gradcheck_and_float32(renders_per_ctf):
+@pytest.mark.parametrize(("renders_per_ctf", "pairs_per_block"), [(1, 16), (2, 16), (4, 1)])
+def test_apply_ctf_gradcheck_and_float32(renders_per_ctf, pairs_per_block, monkeypatch):
+    monkeypatch.setattr(ctf_module, "PAIRS_PER_BLOCK", pairs_per_block)  # (4, 1): 4 blocks, maybe threaded
     g = torch.Generator().manual_seed(7)
     images = torch.randn(2, renders_per_ctf, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
     params = _params(2, seed=8)

@@ -261,10 +261,16 @@ def for_each_chunk(work, n_items: int, chunk: int, device: torch.device) -> None
         for lo in starts:
             work(lo, min(lo + chunk, n_items))
         return
+    grad_enabled = torch.is_grad_enabled()  # thread-local: the workers must see the caller's mode
+
+    def run(lo: int) -> None:
+        with torch.set_grad_enabled(grad_enabled):
+            work(lo, min(lo + chunk, n_items))
+
     torch.set_num_threads(1)  # global: also makes MKL's matmuls sequential in the workers
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in pool.map(lambda lo: work(lo, min(lo + chunk, n_items)), starts):
+            for _ in pool.map(run, starts):
                 pass  # iterating re-raises a worker's exception
     finally:
         torch.set_num_threads(threads)
