@@ -79,9 +79,11 @@ def write_gt_ensemble(out_dcd: Path, topology, frames: np.ndarray, weights: np.n
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path = Path("atomvae-demo")
-    n_particles: int = 2000
+    n_particles: int = 4000
     snr: float = 0.1
     poses: str = "given"  # "given" | "inferred" | "refine"
+    # Given poses (a consensus refinement's) by default: the conformation path is what the demo shows,
+    # and pose inference from scratch needs far more than a demo's minutes (see BENCHMARKS.md).
     epochs_stage1: int = 2  # used only when poses are inferred or refined
     epochs_stage2: int = 12
     gt_n: int = 1024  # the floor needs 2 x n_eval ground-truth structures
