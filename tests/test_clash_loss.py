@@ -30,3 +30,44 @@ def test_penalty_gradient_matches_finite_differences():
     mask = non_neighbour_pairs(torch.ones(6, dtype=torch.bool))
     assert float(clash_penalty(ca.detach(), mask, 4.0).sum()) > 0  # the random structures do clash
     assert torch.autograd.gradcheck(lambda x: clash_penalty(x, mask, 4.0), (ca,))
+
+
+def rotation_z(angle: float) -> torch.Tensor:
+    angle = torch.tensor(angle, dtype=torch.float64)
+    c, s = torch.cos(angle), torch.sin(angle)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def test_neighbour_orientation_hand_computed():
+    from atomvae.geometry.rotations import random_rotations
+    from atomvae.model.losses import neighbour_orientation, relative_orientations
+
+    base = random_rotations(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    bonded = torch.tensor([True, True, False, False])  # pairs 0-1 and 1-2 bonded; 2|3 a break
+    reference = relative_orientations(base)
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    assert torch.allclose(neighbour_orientation(base, reference, bonded), zero)
+    # A global rotation of the whole structure changes no relative orientation.
+    turned = rotation_z(0.7) @ base
+    assert torch.allclose(neighbour_orientation(turned, reference, bonded), zero, atol=1e-12)
+    # Turning residue 2 alone by theta (in its own frame) changes pair 1-2 by theta:
+    # |dR|_F^2 = 4 (1 - cos theta); the 2|3 pair is a break and is not counted; the mean runs over
+    # the two bonded pairs.
+    theta = 0.3
+    moved = base.clone()
+    moved[2] = base[2] @ rotation_z(theta)
+    expected = 4 * (1 - torch.cos(torch.tensor(theta, dtype=torch.float64))) / 2
+    assert torch.allclose(neighbour_orientation(moved, reference, bonded), expected)
+
+
+def test_neighbour_orientation_gradient():
+    from atomvae.geometry.rotations import six_d_to_rotation
+    from atomvae.model.losses import neighbour_orientation, relative_orientations
+
+    generator = torch.Generator().manual_seed(2)
+    base_six_d = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    reference = relative_orientations(six_d_to_rotation(base_six_d))
+    six_d = torch.randn(2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    bonded = torch.tensor([True, True, False, True, False])
+    assert torch.autograd.gradcheck(
+        lambda x: neighbour_orientation(six_d_to_rotation(x), reference, bonded), (six_d,))

@@ -71,4 +71,7 @@ class LossWeights:
     # Not in the paper (0 there): C-alpha clash penalty between residues that are not sequence
     # neighbours, closer than clash_distance (losses.clash_penalty).
     clash: float = 0.0
+    # Not in the paper (0 there): keeps bonded neighbours' relative orientation near the base's
+    # (losses.neighbour_orientation).
+    orientation: float = 0.0
     clash_distance: float = 4.0  # A; non-adjacent C-alpha pairs in real proteins stay above ~3.8 A

@@ -7,6 +7,8 @@
 - ``backbone_continuity``: mean squared deviation of C(i)-N(i+1) from the peptide bond length, over
   bonded pairs only (never across chain breaks or gaps of the base structure).
 - ``centering``: squared norm of the centre of mass (unit masses).
+- ``neighbour_orientation``: an extension beyond the paper (weight 0 in the ``paper`` preset): squared
+  Frobenius change of each bonded residue pair's relative orientation from the base structure's.
 - ``clash_penalty``: an extension beyond the paper (its weight is 0 in the ``paper`` preset): squared
   overlap of C-alpha atoms of residues that are not sequence neighbours, closer than a minimum distance.
 """
@@ -108,3 +110,27 @@ def clash_penalty(ca_atoms: torch.Tensor, pair_mask: torch.Tensor, min_distance:
     overlap = (min_distance - distance).clamp_min(0.0).square()
     total = flat.new_zeros(flat.shape[0]).index_add(0, structure, overlap)
     return total.reshape(lead)
+
+
+def relative_orientations(rot: torch.Tensor) -> torch.Tensor:
+    """R_i^T R_{i+1} for consecutive residues: rot (..., R, 3, 3) -> (..., R-1, 3, 3)."""
+    return rot[..., :-1, :, :].transpose(-1, -2) @ rot[..., 1:, :, :]
+
+
+def neighbour_orientation(rot: torch.Tensor, base_relative: torch.Tensor,
+                          bonded_to_next: torch.Tensor) -> torch.Tensor:
+    """Mean over bonded pairs of |R_i^T R_{i+1} - (R_i^T R_{i+1})_base|_F^2 (dimensionless; 2 theta^2 for a
+    small change theta in radians of the pair's relative orientation).
+
+    rot: (..., R, 3, 3) residue frames; base_relative: (R-1, 3, 3) ``relative_orientations`` of the base;
+    bonded_to_next: (R,) bool. Returns (...).
+    Why: when only C-alpha atoms are rendered, nothing in the likelihood sees how a residue turns
+    about its C-alpha, and the peptide bonds leave one such turn per residue free, so side chains
+    drift into their neighbours. Consecutive residues keeping their relative orientation unless the
+    data say otherwise (a hinge) moves side chains with their domain.
+    """
+    mask = torch.as_tensor(bonded_to_next[:-1], dtype=torch.bool, device=rot.device)
+    if not bool(mask.any()):
+        return rot.new_zeros(rot.shape[:-3])
+    change = (relative_orientations(rot) - base_relative.to(rot.dtype)).square().sum(dim=(-2, -1))
+    return change[..., mask].mean(dim=-1)

@@ -33,7 +33,9 @@ from atomvae.model.losses import (
     gaussian_log_likelihood,
     iwae_log_mean_likelihood,
     kl_diagonal_normal,
+    neighbour_orientation,
     non_neighbour_pairs,
+    relative_orientations,
 )
 from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
 from atomvae.physics.ctf import CTFParams, apply_ctf
@@ -111,6 +113,8 @@ class AtomVAE(nn.Module):
         self.register_buffer("bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next),
                                                                dtype=torch.bool))
         self.register_buffer("clash_pairs", non_neighbour_pairs(self.bonded_to_next), persistent=False)
+        self.register_buffer("base_relative_orientations", relative_orientations(base_rot.float()),
+                             persistent=False)
         self.register_buffer("base_center", center64.float())
         self.register_buffer("base_coords", coords64.float())  # (A, 3) model frame
         self.register_buffer("base_render_coords", coords64[render_idx].float())
@@ -167,7 +171,7 @@ class AtomVAE(nn.Module):
         batch = images.shape[0]
         h = self.encoder(images)  # networks may run under the caller's autocast (bf16 on CUDA)
         zero = _full(h).new_zeros(batch)
-        kl_conf = backbone = center_sq = clash = zero
+        kl_conf = backbone = center_sq = clash = orientation = zero
 
         if stage == 1:
             d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
@@ -194,6 +198,9 @@ class AtomVAE(nn.Module):
                 bond = backbone_continuity(c_atoms, n_atoms, self.bonded_to_next, weights.peptide_bond_length)
                 backbone = bond.mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
+                if weights.orientation > 0:
+                    orientation = neighbour_orientation(rot, self.base_relative_orientations,
+                                                        self.bonded_to_next).mean(dim=1)
                 if weights.clash > 0:
                     # On the first conformation sample of each image only: the samples are i.i.d., so
                     # this is an unbiased estimate of their mean at 1/n_conf of the cost.
@@ -224,7 +231,7 @@ class AtomVAE(nn.Module):
 
             per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
                               + weights.backbone * backbone + weights.centering * center_sq
-                              + weights.clash * clash)
+                              + weights.clash * clash + weights.orientation * orientation)
             total = per_image_loss.mean()
         terms = {
             "nll": float(-per_image.detach().mean()),
@@ -233,6 +240,7 @@ class AtomVAE(nn.Module):
             "backbone": float(backbone.detach().mean()),
             "centering": float(center_sq.detach().mean()),
             "clash": float(clash.detach().mean()),
+            "orientation": float(orientation.detach().mean()),
             "amplitude": float(self.amplitude.detach()),
             "total": float(total.detach()),
         }
