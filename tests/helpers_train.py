@@ -43,10 +43,12 @@ def tiny_config(**changes) -> TrainConfig:
 
 
 def write_particles(folder: Path, n: int = 48, seed: int = 0, noise: float = 0.05,
-                    box: int = BOX, with_poses: bool = True) -> Path:
-    """Write ``folder/particles.star`` + ``folder/particles.mrcs``; returns the .star path."""
+                    box: int = BOX, with_poses: bool = True, base: Path = BASE_PDB,
+                    pixel_size: float = PIXEL_SIZE) -> Path:
+    """Write ``folder/particles.star`` + ``folder/particles.mrcs`` rendered from ``base``; returns the .star
+    path. noise: standard deviation relative to the clean images'."""
     folder.mkdir(parents=True, exist_ok=True)
-    structure = read_structure(BASE_PDB)
+    structure = read_structure(base)
     coords = torch.as_tensor(structure.coords, dtype=torch.float64)
     coords = coords - coords.mean(dim=0)
     generator = torch.Generator().manual_seed(seed)
@@ -56,16 +58,16 @@ def write_particles(folder: Path, n: int = 48, seed: int = 0, noise: float = 0.0
     ctf = CTFParams(defocus_u=defocus, defocus_v=defocus + 200.0, astigmatism_angle=torch.full((n,), 30.0),
                     voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1, phase_shift=0.0,
                     bfactor=0.0)
-    images = render(coords, rotation, shift, ctf.to(dtype=torch.float64), box, PIXEL_SIZE, sigma=1.5)
+    images = render(coords, rotation, shift, ctf.to(dtype=torch.float64), box, pixel_size, sigma=1.5)
     noise_pixels = torch.randn(images.shape, generator=generator, dtype=torch.float64)
     images = images + noise * images.std() * noise_pixels
     stack_path = folder / "particles.mrcs"
     with mrcfile.new(stack_path, overwrite=True) as mrc:
         mrc.set_data(images.float().numpy())
-        mrc.voxel_size = PIXEL_SIZE
+        mrc.voxel_size = pixel_size
     meta = ParticleMetadata(
         image_paths=(stack_path,), file_index=np.zeros(n, dtype=np.int64), image_index=np.arange(n),
-        ctf=ctf, pixel_size=PIXEL_SIZE, box=box,
+        ctf=ctf, pixel_size=pixel_size, box=box,
         rotation=rotation if with_poses else None, shift=shift if with_poses else None,
     )
     names = [f"{i + 1:06d}@{stack_path.name}" for i in range(n)]

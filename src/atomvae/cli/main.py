@@ -15,6 +15,7 @@ from atomvae.errors import InputError
 # subcommand -> module under atomvae.cli (one thin module per subcommand)
 SUBCOMMANDS = {
     "simulate": "simulate",
+    "search-poses": "search_poses",
     "train": "train",
     "sample": "sample",
     "interpolate": "interpolate",
