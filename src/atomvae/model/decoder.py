@@ -64,11 +64,15 @@ class ConformationDecoder(nn.Module):
         self.register_buffer("base_trans", base_trans.detach().clone())
         self._atom_sets: list[str] = []
 
-    def add_atom_set(self, name: str, local: torch.Tensor, residue_index: np.ndarray | torch.Tensor) -> None:
-        """Register atoms (A', 3) in their residue frames with residue_index (A',) as set ``name``."""
-        self.register_buffer(f"local_{name}", local.detach().clone())
+    def add_atom_set(self, name: str, local: torch.Tensor, residue_index: np.ndarray | torch.Tensor,
+                     persistent: bool = True) -> None:
+        """Register atoms (A', 3) in their residue frames with residue_index (A',) as set ``name``.
+
+        persistent=False keeps the set out of the state dict (a set derived from others, added after
+        checkpoints were written, must not make those checkpoints fail to load)."""
+        self.register_buffer(f"local_{name}", local.detach().clone(), persistent=persistent)
         index = torch.as_tensor(np.array(residue_index, dtype=np.int64), device=local.device)
-        self.register_buffer(f"residue_index_{name}", index)
+        self.register_buffer(f"residue_index_{name}", index, persistent=persistent)
         self._atom_sets.append(name)
 
     @property

@@ -11,12 +11,16 @@
   Frobenius change of each bonded residue pair's relative orientation from the base structure's.
 - ``clash_penalty``: an extension beyond the paper (its weight is 0 in the ``paper`` preset): squared
   overlap of C-alpha atoms of residues that are not sequence neighbours, closer than a minimum distance.
+- ``heavy_atom_clash_penalty``: an extension beyond the paper (weight 0 in the ``paper`` preset): the same
+  squared overlap over every heavy-atom pair of such residues, on a residue-padded atom layout
+  (``residue_padded_layout``).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -109,6 +113,89 @@ def clash_penalty(ca_atoms: torch.Tensor, pair_mask: torch.Tensor, min_distance:
     distance = (flat[structure, i] - flat[structure, j]).square().sum(dim=-1).clamp_min(1e-12).sqrt()
     overlap = (min_distance - distance).clamp_min(0.0).square()
     total = flat.new_zeros(flat.shape[0]).index_add(0, structure, overlap)
+    return total.reshape(lead)
+
+
+def residue_padded_layout(residue_index) -> tuple[np.ndarray, np.ndarray]:
+    """Slots of a residue-padded atom layout: atom k (in input order) of residue r goes to r * K + k.
+
+    residue_index: (A,) ints in 0..R-1 (R = max + 1). Returns ``slot`` (A,) int64, the padded position
+    of each atom, and ``atom_mask`` (R, K) bool, True where a slot holds an atom (K = the largest
+    residue's atom count).
+    """
+    residue_index = np.asarray(residue_index, dtype=np.int64)
+    n_residues = int(residue_index.max()) + 1 if residue_index.size else 0
+    counts = np.bincount(residue_index, minlength=n_residues)
+    width = int(counts.max()) if counts.size else 0
+    order = np.argsort(residue_index, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty_like(residue_index)
+    rank[order] = np.arange(residue_index.size) - starts[residue_index[order]]
+    slot = residue_index * width + rank
+    atom_mask = np.zeros(n_residues * width, dtype=bool)
+    atom_mask[slot] = True
+    return slot, atom_mask.reshape(n_residues, width)
+
+
+def heavy_atom_clash_penalty(coords: torch.Tensor, atom_mask: torch.Tensor, pair_mask: torch.Tensor,
+                             min_distance: float, reference: torch.Tensor | None = None,
+                             chunk: int = 4096) -> torch.Tensor:
+    """Sum over atom pairs a, b of masked residue pairs of relu(d0_ab - |x_a - x_b|)^2, in A^2.
+
+    coords: (..., R*K, 3) A in the residue-padded layout (``residue_padded_layout``: atom k of
+    residue r at r*K + k); atom_mask: (R, K) bool, the slots holding atoms (padding is ignored);
+    pair_mask: (R, R) bool, True for i < j pairs to check (``non_neighbour_pairs``: not the same residue
+    nor bonded sequence neighbours, as ``evaluate.stereochemistry.clash_counts`` counts them).
+    d0_ab = min_distance, or with ``reference`` (R*K, 3) A (the base structure, same layout)
+    min(min_distance, |ref_a - ref_b|): a contact the reference already has (a salt bridge at 2.4 A
+    under d0 = 2.5 A) is not pushed apart, it only may not get closer. Returns (...).
+
+    Why: rendering only C-alpha atoms (the CPU preset) leaves side chains invisible to the likelihood,
+    and sampled structures packed atoms of neighbouring domains into one another.
+    Cost: nothing here is differentiated but the few overlapping atom pairs. Without autograd, each
+    residue's centre (mean of its atoms) and radius (largest atom distance from it) bound which residue
+    pairs can hold an atom pair within min_distance (|c_i - c_j| < r_i + r_j + min_distance, exact for
+    any structure, no distance cutoff to tune); only those residue pairs' K x K atom distances are
+    computed (``chunk`` residue pairs at a time, bounding memory), and the overlapping atom pairs are then
+    recomputed with autograd.
+    """
+    n_residues, width = atom_mask.shape
+    lead = coords.shape[:-2]
+    flat = coords.reshape(-1, n_residues * width, 3)  # (S, R*K, 3)
+    atom_mask = atom_mask.to(device=coords.device, dtype=torch.bool)
+    pair_mask = pair_mask.to(coords.device)
+    with torch.no_grad():
+        per_residue = flat.reshape(-1, n_residues, width, 3)
+        weight = atom_mask.to(flat.dtype)
+        centre = (per_residue * weight[..., None]).sum(dim=-2) / weight.sum(dim=-1).clamp_min(1.0)[:, None]
+        radius = ((per_residue - centre[..., None, :]).norm(dim=-1) * weight).amax(dim=-1)  # (S, R)
+        # 1e-3 A of slack in both tests: the exact test is the final relu; these only must not drop a pair.
+        reach = radius[:, :, None] + radius[:, None, :] + (min_distance + 1e-3)
+        gap = torch.cdist(centre, centre, compute_mode="donot_use_mm_for_euclid_dist")
+        structure, i, j = torch.nonzero(pair_mask & (gap < reach), as_tuple=True)
+        # Empty slots moved 1e4 A away (+ on one side, - on the other) never come close: cheaper than
+        # masking every K x K block.
+        far = torch.where(atom_mask, 0.0, 1e4).to(flat.dtype)[..., None]  # (R, K, 1)
+        found = []
+        for start in range(0, structure.shape[0], chunk):
+            s, ri, rj = structure[start:start + chunk], i[start:start + chunk], j[start:start + chunk]
+            a = per_residue[s, ri] + far[ri]  # (P, K, 3)
+            b = per_residue[s, rj] - far[rj]
+            close = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist") < min_distance + 1e-3
+            hit = close.flatten(start_dim=1).any(dim=1)  # most candidate pairs have no close atoms
+            p, ka, kb = torch.nonzero(close[hit], as_tuple=True)
+            found.append((s[hit][p], ri[hit][p] * width + ka, rj[hit][p] * width + kb))
+        if found:
+            s, atom_a, atom_b = (torch.cat(parts) for parts in zip(*found, strict=True))
+        else:
+            s = atom_a = atom_b = torch.zeros(0, dtype=torch.long, device=coords.device)
+    distance = (flat[s, atom_a] - flat[s, atom_b]).square().sum(dim=-1).clamp_min(1e-12).sqrt()
+    threshold = distance.new_full(distance.shape, min_distance)
+    if reference is not None:
+        ref = reference.to(device=flat.device, dtype=flat.dtype)
+        threshold = torch.minimum(threshold, (ref[atom_a] - ref[atom_b]).square().sum(dim=-1).sqrt())
+    overlap = (threshold - distance).clamp_min(0.0).square()
+    total = flat.new_zeros(flat.shape[0]).index_add(0, s, overlap)
     return total.reshape(lead)
 
 

@@ -31,11 +31,13 @@ from atomvae.model.losses import (
     centering,
     clash_penalty,
     gaussian_log_likelihood,
+    heavy_atom_clash_penalty,
     iwae_log_mean_likelihood,
     kl_diagonal_normal,
     neighbour_orientation,
     non_neighbour_pairs,
     relative_orientations,
+    residue_padded_layout,
 )
 from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
 from atomvae.physics.ctf import CTFParams, apply_ctf
@@ -47,7 +49,8 @@ from atomvae.structure.frames import backbone_frames, local_coordinates
 class LossOutput:
     """total: scalar to backprop (mean over the batch of eq. 4); per_image_log_likelihood (B,) detached:
     log mean_n N(y; render_n, sigma_noise) in nats (held-out model selection); terms: batch means
-    for logging (nll, kl_conf, kl_pose, backbone, centering, amplitude, total)."""
+    for logging (nll, kl_conf, kl_pose, backbone, centering, clash, heavy_clash, orientation, amplitude,
+    total)."""
 
     total: torch.Tensor
     per_image_log_likelihood: torch.Tensor
@@ -110,6 +113,18 @@ class AtomVAE(nn.Module):
         for name in ("N", "C", "CA"):
             idx = _indices(base_topology.atom_index(name))
             self.decoder.add_atom_set(name, local[idx].float(), residue_index[idx])
+        # Every heavy atom again, padded to K slots per residue (atom k of residue r at r*K + k; empty
+        # slots sit on the C-alpha and are masked) for the heavy-atom clash penalty. Derived from the base,
+        # so kept out of the state dict (checkpoints written before it existed still load).
+        slot, padded_mask = residue_padded_layout(residue_index)
+        padded_residue = np.repeat(np.arange(padded_mask.shape[0]), padded_mask.shape[1])
+        padded_local = torch.zeros(padded_mask.size, 3, dtype=torch.float64)
+        padded_local[slot] = local
+        padded_base = base_trans[padded_residue].clone()  # frame origins: the C-alpha atoms
+        padded_base[slot] = coords64
+        self.decoder.add_atom_set("padded", padded_local.float(), padded_residue, persistent=False)
+        self.register_buffer("padded_atom_mask", torch.as_tensor(padded_mask), persistent=False)
+        self.register_buffer("padded_base_coords", padded_base.float(), persistent=False)
         self.register_buffer("bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next),
                                                                dtype=torch.bool))
         self.register_buffer("clash_pairs", non_neighbour_pairs(self.bonded_to_next), persistent=False)
@@ -171,7 +186,7 @@ class AtomVAE(nn.Module):
         batch = images.shape[0]
         h = self.encoder(images)  # networks may run under the caller's autocast (bf16 on CUDA)
         zero = _full(h).new_zeros(batch)
-        kl_conf = backbone = center_sq = clash = orientation = zero
+        kl_conf = backbone = center_sq = clash = heavy_clash = orientation = zero
 
         if stage == 1:
             d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
@@ -206,6 +221,17 @@ class AtomVAE(nn.Module):
                     # this is an unbiased estimate of their mean at 1/n_conf of the cost.
                     ca_atoms = self.decoder.atoms(rot[:, :1], trans[:, :1], "CA")
                     clash = clash_penalty(ca_atoms, self.clash_pairs, weights.clash_distance).mean(dim=1)
+                if weights.heavy_clash > 0:
+                    # The costliest structure term (~8 residue pairs per residue x K^2 atom distances per
+                    # structure, without autograd; ~1 ms per structure on one CPU core for adk), so on the
+                    # first conformation sample of the first heavy_clash_images images only: the images of
+                    # a batch are in random order and the samples i.i.d., so its mean there is an unbiased
+                    # estimate of the batch mean.
+                    n = min(batch, weights.heavy_clash_images or batch)
+                    padded = self.decoder.atoms(rot[:n, :1], trans[:n, :1], "padded")  # (n, 1, R*K, 3)
+                    heavy_clash = heavy_atom_clash_penalty(
+                        padded, self.padded_atom_mask, self.clash_pairs, weights.heavy_clash_distance,
+                        reference=self.padded_base_coords).mean(dim=1)  # (n,)
 
             if pose_mode == "given":
                 rotation = given_rotation.to(coords.dtype)[:, None, None]  # (B, 1, 1, 3, 3)
@@ -232,7 +258,7 @@ class AtomVAE(nn.Module):
             per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
                               + weights.backbone * backbone + weights.centering * center_sq
                               + weights.clash * clash + weights.orientation * orientation)
-            total = per_image_loss.mean()
+            total = per_image_loss.mean() + weights.heavy_clash * heavy_clash.mean()
         terms = {
             "nll": float(-per_image.detach().mean()),
             "kl_conf": float(kl_conf.detach().mean()),
@@ -240,6 +266,7 @@ class AtomVAE(nn.Module):
             "backbone": float(backbone.detach().mean()),
             "centering": float(center_sq.detach().mean()),
             "clash": float(clash.detach().mean()),
+            "heavy_clash": float(heavy_clash.detach().mean()),
             "orientation": float(orientation.detach().mean()),
             "amplitude": float(self.amplitude.detach()),
             "total": float(total.detach()),
