@@ -303,27 +303,39 @@ def base_references(structure, config: PoseSearchConfig, n_modes: int = 0,
 
 
 def run_references(run_dir: Path, particles_path: Path, n_references: int, config: PoseSearchConfig,
-                   seed: int = 0) -> torch.Tensor:
-    """References learnt by a trained run: the base and the structures decoded at ``n_references``
-    k-means centres of the particles' posterior means (the run's distinct states), in the frame of
-    ``base_references`` (centred on the base's centre of atoms): (1 + n_references, A_sel, 3) A.
+                   max_particles: int = 4000) -> torch.Tensor:
+    """References learnt by a trained run: the base and ``n_references`` of the structures the run decodes
+    at its particles' posterior means, chosen by farthest-point sampling from the base (C-alpha RMSD), in
+    the frame of ``base_references`` (centred on the base's centre of atoms): (1 + n_references, A_sel, 3) A.
 
-    This is the refinement loop of heterogeneous cryo-EM refinement: search poses against the base,
-    learn structures, search again against what was learnt.
+    Farthest points, not cluster centres: the states far from the base are the ones whose particles the
+    base cannot pose (a cluster centre averages them back towards the base). This is the refinement loop
+    of heterogeneous cryo-EM refinement: search poses against the base, learn structures from them, search
+    again against what was learnt.
     """
-    from scipy.cluster.vq import kmeans2
-
     from atomvae.train.inference import encode_particles
     from atomvae.train.run import load_run
 
     run = load_run(run_dir)
-    mu = encode_particles(run, particles_path)["mu"].astype(np.float64)
-    centres, _ = kmeans2(mu, n_references, minit="++", seed=seed)
-    with torch.no_grad():
-        decoded = run.model.to_base_frame(run.model.decode(torch.as_tensor(centres, dtype=torch.float32)))
+    mu = encode_particles(run, particles_path)["mu"]
+    if len(mu) > max_particles:  # an evenly spread subset keeps the decoding cheap
+        mu = mu[np.linspace(0, len(mu) - 1, max_particles).round().astype(np.int64)]
+    ca = run.topology.select("CA")
     base = np.asarray(run.base_coords, dtype=np.float64)
+    with torch.no_grad():
+        chunks = torch.as_tensor(mu, dtype=torch.float32).split(512)
+        decoded = torch.cat([run.model.to_base_frame(run.model.decode(c))[:, ca] for c in chunks])
+    decoded = decoded.double().numpy()
+    chosen: list[int] = []
+    nearest = np.sqrt(((decoded - base[ca]) ** 2).sum(-1).mean(-1))  # RMSD to the closest chosen structure
+    for _ in range(min(n_references, len(decoded))):
+        chosen.append(int(nearest.argmax()))
+        rmsd = np.sqrt(((decoded - decoded[chosen[-1]]) ** 2).sum(-1).mean(-1))
+        nearest = np.minimum(nearest, rmsd)
+    with torch.no_grad():
+        picked = run.model.to_base_frame(run.model.decode(torch.as_tensor(mu[chosen], dtype=torch.float32)))
     selected = run.topology.select(config.atoms)
-    structures = np.concatenate([base[None], decoded.double().numpy()])[:, selected]
+    structures = np.concatenate([base[None], picked.double().numpy()])[:, selected]
     return torch.as_tensor(structures - base.mean(axis=0), dtype=torch.float32)
 
 
