@@ -167,3 +167,37 @@ def test_corrupt_checkpoint_is_reported(trained_run, capsys, tmp_path):
     (broken / "seed_3" / "checkpoints" / "last.pt").write_bytes(b"garbage")
     assert main(["sample", str(broken), "-n", "1", "-o", str(tmp_path / "x.pdb")]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_search_poses_against_a_runs_learnt_states(trained_run, tmp_path):
+    """search-poses --references-from: the base plus the run's decoded states farthest from it (and from
+    each other), in the base's centred frame; the STAR file it writes trains like any posed file."""
+    from atomvae.train.inference import encode_particles
+    from atomvae.train.pose_search import PoseSearchConfig, run_references
+    from atomvae.train.run import load_run
+
+    _, star, run_dir = trained_run
+    config = PoseSearchConfig(atoms="CA")
+    references = run_references(run_dir, star, 2, config).double().numpy()
+    base = read_structure(BASE_PDB)
+    ca = base.topology.select("CA")
+    assert references.shape == (3, len(ca), 3)
+    assert np.allclose(references[0], base.coords[ca] - base.coords.mean(axis=0), atol=1e-4)
+    # the first learnt reference is the decoded posterior mean farthest from the base
+    run = load_run(run_dir)
+    mu = torch.as_tensor(encode_particles(run, star)["mu"])
+    with torch.no_grad():
+        decoded = run.model.to_base_frame(run.model.decode(mu))[:, ca].double().numpy()
+    decoded -= base.coords.mean(axis=0)
+    rmsd_to_base = np.sqrt(((decoded - references[0]) ** 2).sum(-1).mean(-1))
+    first = np.sqrt(((references[1] - references[0]) ** 2).sum(-1).mean())
+    assert first == pytest.approx(rmsd_to_base.max(), abs=1e-4)
+
+    out = tmp_path / "searched.star"
+    argv = ["search-poses", str(star), str(BASE_PDB), "-o", str(out), "--references-from", str(run_dir),
+            "--n-references", "2", "--rotations", "500", "--image-size", "32", "--no-progress"]
+    assert main(argv) == 0
+    found = np.load(out.with_suffix(".npz"))
+    assert set(found["reference"].tolist()) <= {0, 1, 2} and len(found["score"]) == 24
+    assert main(argv) == 2  # never overwrites without --overwrite
+    assert main(argv + ["--overwrite"]) == 0

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from MDAnalysisTests.datafiles import PDB_small
-from tests.helpers_train import BASE_PDB, write_particles
 
 from atomvae.data.metadata import read_particles
 from atomvae.errors import InputError
@@ -27,6 +26,7 @@ from atomvae.train.pose_search import (
     small_rotations,
     super_fibonacci_rotations,
 )
+from helpers_train import BASE_PDB, write_particles
 
 ADK_OPEN = Path(PDB_small)  # adk_open.pdb, 214 residues
 

@@ -218,3 +218,28 @@ def test_cli(ensemble, tmp_path, capsys):
     assert "wrote 5 particles" in capsys.readouterr().out
     assert main(args) == 2
     assert "output folder already exists" in capsys.readouterr().err
+
+
+def test_sigterm_mid_run_leaves_no_temporary_folder(ensemble, tmp_path):
+    """A scheduler's SIGTERM unwinds the simulator like an error: its temporary folder is removed, no output
+    folder appears, and the exit status says it was terminated (128 + 15)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "atomvae", "simulate", str(ensemble), "-n", "200000", "--box", "32",
+           "--pixel-size", "3", "-o", str(out), "--snr", "0.1", "--gt-n", "4", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".killed.*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".killed.*")), "the simulator never started writing"
+    time.sleep(0.5)  # well inside the image loop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    assert list(tmp_path.iterdir()) == []

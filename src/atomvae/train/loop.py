@@ -290,17 +290,20 @@ def _stage_config(config: TrainConfig, stage: int) -> StageConfig:
 
 
 class _StopRequest:
-    """Ctrl-C during training: the first one finishes the current step, writes a checkpoint and stops
-    (``--resume`` then continues exactly); a second one interrupts at once. Installed only in the main
+    """Ctrl-C (or SIGTERM) during training: the first one finishes the current step, writes a checkpoint and
+    stops (``--resume`` then continues exactly); a second one interrupts at once. Installed only in the main
     thread (signal handlers cannot be set elsewhere)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _StopRequest:
+        # SIGTERM (a scheduler ending the job) is treated as the first Ctrl-C: a step ends in well under
+        # the usual grace period before SIGKILL.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -311,8 +314,8 @@ class _StopRequest:
               file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 class _SeedTrainer:
