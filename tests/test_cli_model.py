@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,36 @@ def test_search_poses_against_a_runs_learnt_states(trained_run, tmp_path):
     assert set(found["reference"].tolist()) <= {0, 1, 2} and len(found["score"]) == 24
     assert main(argv) == 2  # never overwrites without --overwrite
     assert main(argv + ["--overwrite"]) == 0
+
+
+def test_init_starts_from_another_runs_weights(trained_run, tmp_path, capsys):
+    from atomvae.train.checkpoint import load_checkpoint
+    from atomvae.train.run import best_checkpoint_path
+
+    folder, star, run_dir = trained_run
+    config_path = tmp_path / "tiny.yaml"
+    save_config(tiny_config(), config_path)
+    out = tmp_path / "warm"
+    argv = ["train", str(star), str(BASE_PDB), "-o", str(out), "--config", str(config_path), "--init",
+            str(run_dir), "--max-steps", "1", "--seed", "5", "--no-progress"]
+    assert main(argv) == 0
+    source = load_checkpoint(best_checkpoint_path(run_dir)[1], map_location="cpu")["model"]
+    warm = load_checkpoint(out / "seed_5" / "checkpoints" / "last.pt", map_location="cpu")["model"]
+    # one Adam step (lr 3e-4) away from the source's weights, where the same run without --init is not
+    cold_out = tmp_path / "cold"
+    cold_argv = [a if a != str(out) else str(cold_out) for a in argv]
+    cold_argv = cold_argv[:cold_argv.index("--init")] + cold_argv[cold_argv.index("--init") + 2:]
+    assert main(cold_argv) == 0
+    cold = load_checkpoint(cold_out / "seed_5" / "checkpoints" / "last.pt", map_location="cpu")["model"]
+    for key in source:
+        if key.startswith("encoder") and source[key].dim() == 2:  # linear layers (random at init)
+            assert (warm[key] - source[key]).abs().max() < 2e-3
+            assert (cold[key] - source[key]).abs().max() > 1e-2
+    assert yaml.safe_load((out / "config.yaml").read_text())["init_from"] == str(run_dir.resolve())
+    # a model of another shape is refused with one line
+    other = tmp_path / "other.yaml"
+    save_config(tiny_config(model=replace(tiny_config().model, decoder_width=16)), other)
+    argv = ["train", str(star), str(BASE_PDB), "-o", str(tmp_path / "bad"), "--config", str(other), "--init",
+            str(run_dir), "--max-steps", "1", "--no-progress"]
+    assert main(argv) == 2
+    assert "--init: its model does not fit" in capsys.readouterr().err

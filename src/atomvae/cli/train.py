@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "simulate data: truth.npz's center for a base in the input ensemble's frame, "
                              "0,0,0 for a base in gt_ensemble.pdb's frame")
     parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
+    parser.add_argument("--init", type=Path, metavar="RUN",
+                        help="start from RUN's best weights (same base structure and model)")
     parser.add_argument("--seed", type=int, help="random seed (data split, initialisation, sampling)")
     parser.add_argument("--seeds", type=int, help="train this many seeds and keep the best (held-out LL)")
     parser.add_argument("--val-fraction", type=float, help="fraction of particles held out")
@@ -89,7 +91,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     else:
         config = PRESETS[args.preset or "cpu"]
     top = {"pose_mode": args.poses, "device": args.device, "seed": args.seed, "n_seeds": args.seeds,
-           "batch_size": args.batch_size}
+           "batch_size": args.batch_size,
+           "init_from": None if args.init is None else str(args.init.resolve())}
     config = dataclasses.replace(config, **{k: v for k, v in top.items() if v is not None})
     data = {"val_fraction": args.val_fraction, "noise_sigma": args.noise_sigma, "num_workers": args.workers,
             "pose_center": args.pose_center}

@@ -90,6 +90,9 @@ class TrainConfig:
     # skipped: nothing of the pose path is trained); "refine": STAR poses as the start of a local refinement.
     pose_mode: str = "inferred"
     seed: int = 0
+    # A run folder whose best checkpoint starts the weights (same base structure and model config) instead
+    # of the paper's initialisation: fine-tuning, or continuing between rounds of pose search.
+    init_from: str | None = None
     # Independent runs with seeds seed, seed+1, ...; the best by held-out log-likelihood is kept (paper).
     n_seeds: int = 1
     device: str = "auto"

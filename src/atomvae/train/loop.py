@@ -342,9 +342,25 @@ class _SeedTrainer:
         if self.payload is not None:
             self.model.load_state_dict(self.payload["model"])
             restore_rng_state(self.payload["rng"])
+        elif config.init_from is not None:
+            self._load_initial_weights(Path(config.init_from))
         else:
             self._initialise_amplitude()
         self.model.train()
+
+    def _load_initial_weights(self, run_dir: Path) -> None:
+        """Weights (amplitude included) from another run's best checkpoint; this run's noise level is kept.
+        InputError when that run's model does not fit this one (other base structure or architecture)."""
+        _, checkpoint = run_folder.best_checkpoint_path(run_dir)
+        state = load_checkpoint(checkpoint, map_location="cpu")["model"]
+        state = {k: v for k, v in state.items() if k != "noise_sigma"}
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as err:
+            raise InputError(run_dir, f"--init: its model does not fit this run's: {err}") from None
+        if [k for k in missing if k != "noise_sigma"] or unexpected:
+            raise InputError(run_dir, f"--init: its model does not fit this run's (missing {missing}, "
+                                      f"unexpected {unexpected})")
 
     def _initialise_amplitude(self) -> None:
         config = self.config
