@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-simulate", action="store_true")
     parser.add_argument("--em-epochs", type=int, default=6,
                         help="inferred mode: stage-2 epochs of the run learning states between searches")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="inferred mode: rounds of pose search (after the first, against learnt states)")
     parser.add_argument("--n-references", type=int, default=4,
-                        help="inferred mode: learnt states searched against in round 2")
+                        help="inferred mode: learnt states searched against in rounds 2, 3, ...")
     args = parser.parse_args(argv)
 
     inputs = adk_inputs()  # the benchmark's data: MDAnalysisTests (PyPI)
@@ -176,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(particles: Path, base: Path, run_dir: Path, poses: str, seed: int, args, center: str | None,
-          epochs_stage2: int | None = None) -> float:
-    """``atomvae train`` with the cpu preset (resumed if run_dir exists); returns wall seconds."""
+          epochs_stage2: int | None = None, init: Path | None = None) -> float:
+    """``atomvae train`` with the cpu preset (resumed if run_dir exists; weights started from ``init``'s
+    best checkpoint when given); returns wall seconds."""
     cmd = ["train", str(particles), str(base), "-o", str(run_dir), "--preset", "cpu", "--poses", poses,
            "--seed", str(seed), "--no-progress"]
     if center is not None:
@@ -186,6 +189,8 @@ def train(particles: Path, base: Path, run_dir: Path, poses: str, seed: int, arg
         cmd += ["--epochs-stage2", str(epochs_stage2)]
     if args.config:
         cmd += ["--config", str(args.config)]
+    if init is not None:
+        cmd += ["--init", str(init)]
     if run_dir.exists():
         cmd.append("--resume")
     return run(atomvae_cmd(*cmd), run_dir.with_suffix(".train.log"))
@@ -209,26 +214,33 @@ def pose_accuracy(search_npz: Path, truth: dict) -> dict:
 
 
 def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: dict) -> tuple[float, Path]:
-    """Round 1: search against the base; a short run learns states from those poses; round 2: search
-    against the base and ``--n-references`` learnt states. Returns (wall seconds, round-2 STAR)."""
+    """Round 1: search against the base. Then, ``--rounds`` - 1 times: a short run (``--em-epochs``) learns
+    states from the latest poses (started from the previous round's run), and the particles are searched
+    again against the base and ``--n-references`` learnt states. Returns (wall seconds, last round's STAR)."""
     truth = dict(np.load(sim / "truth.npz"))
     folder = out / f"poses_inferred_seed{seed}"
     folder.mkdir(exist_ok=True)
-    round1, round2 = folder / "round1.star", folder / "round2.star"
-    learn_run = folder / "run_round1"
     seconds = 0.0
-    if not round1.exists():
-        seconds += run(atomvae_cmd("search-poses", str(sim / "particles.star"), str(base), "-o", str(round1),
+    poses = folder / "round1.star"
+    if not poses.exists():
+        seconds += run(atomvae_cmd("search-poses", str(sim / "particles.star"), str(base), "-o", str(poses),
                                    "--no-progress"), folder / "round1.log")
-    report["round1"] = pose_accuracy(round1.with_suffix(".npz"), truth)
-    seconds += train(round1, base, learn_run, "given", seed, args, center=None, epochs_stage2=args.em_epochs)
-    if not round2.exists():
-        seconds += run(atomvae_cmd("search-poses", str(sim / "particles.star"), str(base), "-o", str(round2),
-                                   "--references-from", str(learn_run), "--n-references",
-                                   str(args.n_references), "--no-progress"), folder / "round2.log")
-    report["round2"] = pose_accuracy(round2.with_suffix(".npz"), truth)
-    print(f"  pose search: {json.dumps(report)}", flush=True)
-    return seconds, round2
+    report["round1"] = pose_accuracy(poses.with_suffix(".npz"), truth)
+    previous_run: Path | None = None
+    for round_index in range(1, args.rounds):
+        learn_run = folder / f"run_round{round_index}"
+        seconds += train(poses, base, learn_run, "given", seed, args, center=None,
+                         epochs_stage2=args.em_epochs, init=previous_run)
+        poses = folder / f"round{round_index + 1}.star"
+        if not poses.exists():
+            seconds += run(atomvae_cmd("search-poses", str(sim / "particles.star"), str(base),
+                                       "-o", str(poses), "--references-from", str(learn_run),
+                                       "--n-references", str(args.n_references), "--no-progress"),
+                           folder / f"round{round_index + 1}.log")
+        report[f"round{round_index + 1}"] = pose_accuracy(poses.with_suffix(".npz"), truth)
+        previous_run = learn_run
+        print(f"  pose search: {json.dumps(report)}", flush=True)
+    return seconds, poses
 
 
 def markdown_table(results: dict) -> str:
