@@ -17,6 +17,10 @@ Distances (paper figures 7-8 style): A:55:CA-A:169:CA spans the NMP-LID gap (13 
 is the clearest single coordinate of the closing motion) and A:127:CA-A:194:CA the LID-CORE hinge (31 A
 closed, 39 A open). Cutoffs 21 A and 35 A split the closed and open modes.
 
+Poses: "given" = the simulator's, fixed; "inferred" = from the images alone: search-poses against the base,
+then (--rounds - 1) times a short run learns states and the particles are searched again against them;
+"amortised" = the paper's pose encoder from scratch.
+
 Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
     .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
 Pieces: --skip-simulate reuses OUT/sim; --modes given to train one mode; --config YAML overrides the
