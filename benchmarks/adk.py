@@ -200,20 +200,30 @@ def train(particles: Path, base: Path, run_dir: Path, poses: str, seed: int, arg
     return run(atomvae_cmd(*cmd), run_dir.with_suffix(".train.log"))
 
 
-def pose_accuracy(search_npz: Path, truth: dict) -> dict:
-    """Angles between searched and true rotations (a diagnostic only: nothing is tuned on it), overall and
-    for the closed (frames < 30), intermediate and open (frames >= 70) particles."""
+# Particles grouped by their true trajectory frame for pose diagnostics: [lo, hi).
+FRAME_GROUPS = {"closed": (0, 30), "intermediate": (30, 70), "open": (70, 10**6)}
+
+
+def pose_errors_by_group(rotation: torch.Tensor, rows: np.ndarray, truth: dict) -> dict[str, np.ndarray]:
+    """Angles (deg) between found rotations (N, 3, 3) of particles ``rows`` and the true ones, per
+    ``FRAME_GROUPS`` group and "all" (a diagnostic on simulated data only: nothing is tuned on it)."""
     from atomvae.train.pose_search import pose_errors_deg
 
+    errors = pose_errors_deg(rotation, torch.as_tensor(truth["rotation"][rows]))
+    frames = truth["frame"][rows]
+    groups = {name: errors[(frames >= lo) & (frames < hi)] for name, (lo, hi) in FRAME_GROUPS.items()}
+    return {"all": errors, **groups}
+
+
+def pose_accuracy(search_npz: Path, truth: dict) -> dict:
+    """Median error and fraction within 10 degrees of a search's poses, overall and per frame group."""
     found = np.load(search_npz)
-    true_rotation = torch.as_tensor(truth["rotation"][found["index"]])
-    errors = pose_errors_deg(torch.as_tensor(found["rotation"]), true_rotation)
-    frames = truth["frame"][found["index"]]
-    report = {"median_error_deg": float(np.median(errors)), "within_10_deg": float((errors < 10).mean()),
+    errors = pose_errors_by_group(torch.as_tensor(found["rotation"]), found["index"], truth)
+    report = {"median_error_deg": float(np.median(errors["all"])),
+              "within_10_deg": float((errors["all"] < 10).mean()),
               "particles_per_reference": np.bincount(found["reference"]).tolist()}
-    for name, (lo, hi) in {"closed": (0, 30), "intermediate": (30, 70), "open": (70, 10**6)}.items():
-        chosen = (frames >= lo) & (frames < hi)
-        report[f"within_10_deg_{name}"] = float((errors[chosen] < 10).mean())
+    for name in FRAME_GROUPS:
+        report[f"within_10_deg_{name}"] = float((errors[name] < 10).mean())
     return report
 
 

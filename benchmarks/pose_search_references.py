@@ -24,25 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adk import machine_reference  # benchmarks/ is the script's folder, first on sys.path
+from adk import FRAME_GROUPS, machine_reference, pose_errors_by_group  # benchmarks/ is first on sys.path
 from atomvae.data.dataset import ParticleDataset
 from atomvae.data.metadata import read_particles
 from atomvae.demo import adk_inputs
 from atomvae.structure.io import read_ensemble, read_structure
 from atomvae.structure.normal_modes import anm_modes
-from atomvae.train.pose_search import PoseSearchConfig, base_references, pose_errors_deg, search_poses
-
-GROUPS = {"closed": (0, 30), "intermediate": (30, 70), "open": (70, 10**6)}
+from atomvae.train.pose_search import PoseSearchConfig, base_references, search_poses
 
 
 def report(name: str, result, truth: dict, rows: np.ndarray, seconds: float) -> None:
-    errors = pose_errors_deg(result.rotation, torch.as_tensor(truth["rotation"][rows]))
-    frames = truth["frame"][rows]
-    cells = []
-    for group, (lo, hi) in GROUPS.items():
-        chosen = (frames >= lo) & (frames < hi)
-        within, median = 100 * (errors[chosen] < 10).mean(), np.median(errors[chosen])
-        cells.append(f"{group} {within:.0f}% (median {median:.1f})")
+    errors = pose_errors_by_group(result.rotation, rows, truth)
+    cells = [f"{group} {100 * (errors[group] < 10).mean():.0f}% (median {np.median(errors[group]):.1f})"
+             for group in FRAME_GROUPS]
     print(f"{name:<34} {seconds:5.0f} s  within 10 deg: " + ", ".join(cells), flush=True)
 
 
@@ -104,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.runs:
         describe_learnt_states(run_dir, args.out, frames_ca, config)
 
-    run("base", base_references(base, config))
+    base_only = base_references(base, config)  # (1, A_CA, 3), centred on the base's centre of atoms
+    run("base", base_only)
     for spec in args.mode_sets:
         n_modes, amplitudes = spec.split(":")
         amps = tuple(float(a) for a in amplitudes.split(","))
@@ -112,10 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         run(f"base + {n_modes} ANM modes at {amplitudes} A", references)
     # the oracle: the true closed end state, in the base's centred frame (rotation centre of the search)
     closed = frames_ca[8] - base.coords.mean(axis=0)
-    base_ca = base_references(base, config)[0].numpy()
-    run("true closed frame only (oracle)", torch.as_tensor(closed[None], dtype=torch.float32))
-    both = torch.as_tensor(np.stack([base_ca, closed]), dtype=torch.float32)
-    run("base + true closed frame (oracle)", both)
+    closed = torch.as_tensor(closed[None], dtype=torch.float32)
+    run("true closed frame only (oracle)", closed)
+    run("base + true closed frame (oracle)", torch.cat([base_only, closed]))
     return 0
 
 

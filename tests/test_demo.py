@@ -63,7 +63,7 @@ def test_gt_ensemble_draws_frames_in_proportion_to_the_weights(adk_frames, tmp_p
     assert abs(closed - expected_closed) < 0.045 and abs(opened - expected_open) < 0.045
 
 
-def test_tiny_demo_writes_its_outputs_and_consistent_numbers(tmp_path, capsys):
+def test_tiny_demo_writes_its_outputs_and_consistent_numbers(tmp_path):
     config = DemoConfig(out=tmp_path / "demo", n_particles=96, epochs_stage2=1, gt_n=64, n_eval=32,
                         progress=False)
     summary = run_demo(config)
