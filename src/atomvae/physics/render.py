@@ -70,8 +70,10 @@ class _Workspace:
     the start of a flat buffer, so a shorter last chunk needs no new memory.
     """
 
-    def __init__(self, band: _Band, by_axis: torch.Tensor, chunk: int, backward: bool):
+    def __init__(self, band: _Band, by_axis: torch.Tensor, chunk: int, backward: bool,
+                 weights: torch.Tensor | None = None):
         self.band = band
+        self.weights = weights  # (A,) per-atom mass folded into the x profiles, or None (unit mass)
         n_axes, n_renders, n_atoms = by_axis.shape
         chunk = min(chunk, n_renders)
         pixel = (by_axis - band.first_center) / band.pixel_size  # fractional pixel index (2, N, A)
@@ -115,6 +117,10 @@ class _Workspace:
         gaussian = self.view("gaussian", n_axes, size, band.width, n_atoms)
         torch.add(first_offset.unsqueeze(-2), self.offset_steps, out=gaussian)
         gaussian.clamp_(-_MAX_BAND_SIGMAS, _MAX_BAND_SIGMAS).square_().mul_(-0.5).exp_()
+        if self.weights is not None:
+            # Mass in the x profile only: image = Gy^T diag(w) Gx. The backward below then needs no
+            # change: both of its matmuls and the x moments see the weighted rows.
+            gaussian[0].mul_(self.weights)
         if band.dense:
             return rows.copy_(gaussian.transpose(-1, -2))
         values = self.view("values", n_axes, size, n_atoms, band.width).copy_(gaussian.transpose(-1, -2))
@@ -124,37 +130,45 @@ class _Workspace:
 
 
 class _SeparableGaussianProjection(torch.autograd.Function):
-    """positions (N, A, 2) in A -> images (N, box, box) of unnormalised Gaussian profiles."""
+    """positions (N, A, 2) in A, sigma (0-dim tensor, A), weights (A,) or None -> images (N, box, box) of
+    unnormalised Gaussian profiles ``sum_a w_a exp(-|u - x_a|^2 / (2 sigma^2))``. Differentiable in the
+    positions and in sigma (a learnt global blur); the weights are constants."""
 
     @staticmethod
-    def forward(ctx, positions: torch.Tensor, box: int, pixel_size: float, sigma: float, chunk: int):
-        band = _Band(box, pixel_size, sigma)
+    def forward(ctx, positions: torch.Tensor, box: int, pixel_size: float, sigma: torch.Tensor, chunk: int,
+                weights: torch.Tensor | None):
+        band = _Band(box, pixel_size, float(sigma.detach()))
         by_axis = positions.permute(2, 0, 1).contiguous()  # (2, N, A): x then y
         n_renders, n_atoms = positions.shape[:2]
         images = positions.new_empty(n_renders, box, box)
-        work = _Workspace(band, by_axis, chunk, backward=False)
+        weights = None if weights is None else weights.to(positions.dtype).contiguous()
+        work = _Workspace(band, by_axis, chunk, backward=False, weights=weights)
 
         def project(lo: int, hi: int) -> None:
             rows = work.profiles(lo, hi)
             torch.bmm(rows[1].transpose(1, 2), rows[0], out=images[lo:hi])  # Gy^T Gx
 
         for_each_chunk(project, n_renders, chunk, positions.device)
-        ctx.save_for_backward(by_axis)
+        ctx.save_for_backward(by_axis, weights)
         ctx.band, ctx.chunk = band, chunk
+        ctx.sigma_needs_grad = sigma.requires_grad
         return images
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_images: torch.Tensor):
-        (by_axis,) = ctx.saved_tensors
+        by_axis, weights = ctx.saved_tensors
         band, chunk = ctx.band, ctx.chunk
         grad_images = grad_images.contiguous()
         grad_by_axis = torch.empty_like(by_axis)
         n_renders, n_atoms = by_axis.shape[1:]
         box = band.box
         centers = pixel_centers(box, band.pixel_size, device=by_axis.device, dtype=by_axis.dtype)
-        moments = torch.stack([centers, torch.ones_like(centers)])  # (2, box): sum u q, sum q
-        work = _Workspace(band, by_axis, chunk, backward=True)
+        # (M, box): sum u q, sum q and, for the width's gradient, sum u^2 q.
+        moments = torch.stack([centers, torch.ones_like(centers)] + [centers.square()] * ctx.sigma_needs_grad)
+        n_moments = moments.shape[0]
+        grad_sigma_parts = by_axis.new_zeros(n_renders) if ctx.sigma_needs_grad else None
+        work = _Workspace(band, by_axis, chunk, backward=True, weights=weights)
 
         def project_back(lo: int, hi: int) -> None:
             size = hi - lo
@@ -167,11 +181,18 @@ class _SeparableGaussianProjection(torch.autograd.Function):
             # (sum_u u q - x sum_u q) / sigma^2 with q = dG * G, both moments by one matmul.
             # (2, box) @ (box, rows): this orientation is ~5x faster in MKL than (rows, box) @ (box, 2).
             weighted = grad_rows.mul_(rows).view(-1, box)
-            sums = torch.mm(moments, weighted.T).view(2, 2, size, n_atoms)
-            grad_by_axis[:, lo:hi] = (sums[0] - by_axis[:, lo:hi] * sums[1]) / band.sigma**2
+            sums = torch.mm(moments, weighted.T).view(n_moments, 2, size, n_atoms)
+            position = by_axis[:, lo:hi]
+            grad_by_axis[:, lo:hi] = (sums[0] - position * sums[1]) / band.sigma**2
+            if grad_sigma_parts is not None:
+                # d/dsigma exp(-(u - x)^2 / (2 sigma^2)) = exp(...) (u - x)^2 / sigma^3, summed over pixels:
+                # (sum u^2 q - 2 x sum u q + x^2 sum q) / sigma^3, over both axes and all atoms.
+                second = sums[2] - 2 * position * sums[0] + position.square() * sums[1]
+                grad_sigma_parts[lo:hi] = second.sum(dim=(0, 2)) / band.sigma**3
 
         for_each_chunk(project_back, n_renders, chunk, by_axis.device)
-        return grad_by_axis.permute(1, 2, 0), None, None, None, None
+        grad_sigma = None if grad_sigma_parts is None else grad_sigma_parts.sum()
+        return grad_by_axis.permute(1, 2, 0), None, None, grad_sigma, None, None
 
 
 def render_projections(
@@ -180,24 +201,30 @@ def render_projections(
     shift: torch.Tensor,
     box: int,
     pixel_size: float,
-    sigma: float = 1.0,
+    sigma: float | torch.Tensor = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Project unit-mass Gaussian atoms onto a ``box x box`` grid: ``(..., box, box)``, no CTF.
+    """Project Gaussian atoms (mass ``weights (A,)``, default 1) onto a ``box x box`` grid: ``(..., box, box)``,
+    no CTF.
 
     coords: (..., A, 3) in A; rotation: (..., 3, 3); shift: (..., 2) in A; leading dims broadcast
     (e.g. coords (B, K, A, 3) with rotation (B, K, 3, 3)). Pixel centres are
     ``grid.pixel_centers(box, pixel_size)``; image axis 0 is y, axis 1 is x; pixel value = density at
-    the pixel centre times the pixel area. Differentiable in coords, rotation and shift.
+    the pixel centre times the pixel area. ``sigma`` (A) is a number or a 0-dim tensor. Differentiable
+    in coords, rotation, shift and a tensor sigma (a learnt blur).
     """
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive (A), got {sigma}")
+    sigma_t = torch.as_tensor(sigma, dtype=coords.dtype, device=coords.device)
+    if sigma_t.dim() != 0 or not float(sigma_t.detach()) > 0:
+        raise ValueError(f"sigma must be one positive number (A), got {sigma}")
+    if weights is not None and weights.shape != coords.shape[-2:-1]:
+        raise ValueError(f"weights {tuple(weights.shape)} must be one per atom of coords {tuple(coords.shape)}")
     positions = image_plane_positions(coords, rotation, shift)
     batch_shape, n_atoms = positions.shape[:-2], positions.shape[-2]
     flat = positions.reshape(math.prod(batch_shape), n_atoms, 2)
     chunk = max(1, CHUNK_ATOMS // max(n_atoms, 1))
-    images = _SeparableGaussianProjection.apply(flat, box, float(pixel_size), float(sigma), chunk)
+    images = _SeparableGaussianProjection.apply(flat, box, float(pixel_size), sigma_t, chunk, weights)
     # Both profiles share the normalisation pixel_size / (sqrt(2 pi) sigma): apply it once per image.
-    norm = (pixel_size / (math.sqrt(2 * math.pi) * sigma)) ** 2
+    norm = (pixel_size / (math.sqrt(2 * math.pi) * sigma_t)) ** 2
     return (images * norm).reshape(*batch_shape, box, box)
 
 
@@ -208,13 +235,14 @@ def render(
     ctf_params: CTFParams,
     box: int,
     pixel_size: float,
-    sigma: float = 1.0,
+    sigma: float | torch.Tensor = 1.0,
     pad_factor: float = 2,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Predicted images ``(..., box, box)``: ``render_projections`` then ``apply_ctf``.
 
     ``ctf_params.shape`` must match the leading dims of the images or a prefix of them: with coords
     (B, K, A, 3) and ctf_params (B,), each particle's CTF is computed once and shared by its K renders.
     """
-    images = render_projections(coords, rotation, shift, box, pixel_size, sigma)
+    images = render_projections(coords, rotation, shift, box, pixel_size, sigma, weights)
     return apply_ctf(images, ctf_params, pixel_size, pad_factor)
