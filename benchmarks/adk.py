@@ -25,6 +25,12 @@ Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
     .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
 Pieces: --skip-simulate reuses OUT/sim; --modes given to train one mode; --config YAML overrides the
 ``cpu`` preset (the same file for every mode). Results: OUT/adk_results_<modes>.json and .md.
+
+Not tuned to one data set (issue 10): --base closed starts from adk_closed.pdb (docked onto the closed end
+frame) instead of the open structure; --bfactor adds to the simulator's atomic B-factor (20 A^2) without
+the STAR file saying so; --snr; --pixel-size with --oversample changes the detector sampling (the box
+keeps its 96 A). Samples are drawn from the particles' aggregate posterior (`atomvae sample --latents`);
+the prior's samples (the paper's) are scored beside them.
 """
 
 from __future__ import annotations
@@ -103,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-simulate", action="store_true")
     parser.add_argument("--em-epochs", type=int, default=6,
                         help="inferred mode: stage-2 epochs of the run learning states between searches")
+    parser.add_argument("--base", choices=("open", "closed"), default="open",
+                        help="base structure: adk_open.pdb (default) or adk_closed.pdb, docked")
+    parser.add_argument("--bfactor", type=float, default=20.0,
+                        help="simulator's atomic B-factor, A^2 (default 20; not written to the STAR file)")
+    parser.add_argument("--pixel-size", type=float, default=PIXEL_SIZE, help="A (the box keeps 96 A)")
+    parser.add_argument("--oversample", type=int, default=2, help="simulator's sub-pixel oversampling")
     parser.add_argument("--rounds", type=int, default=3,
                         help="inferred mode: rounds of pose search (after the first, against learnt states)")
     parser.add_argument("--n-references", type=int, default=4,
@@ -119,16 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     gflops = machine_reference()
     print(f"machine reference: batched matmul (256,64,1024)@(256,1024,64) float32 {gflops:.1f} GFLOP/s")
+    box = round(BOX * PIXEL_SIZE / args.pixel_size)
     results: dict = {"command": command, "matmul_gflops": gflops, "weights": WEIGHTS, "snr": args.snr,
-                     "particles": args.particles, "box": BOX, "pixel_size": PIXEL_SIZE, "runs": []}
+                     "particles": args.particles, "box": box, "pixel_size": args.pixel_size,
+                     "base": args.base, "bfactor": args.bfactor, "oversample": args.oversample, "runs": []}
 
     # One results file per set of modes, so modes can run as separate processes side by side.
     results_path = out / f"adk_results_{'-'.join(args.modes)}"
     sim = out / "sim"
     if not args.skip_simulate:
         results["simulate_s"] = run(atomvae_cmd(
-            "simulate", DCD, "--topology", PSF, "-n", str(args.particles), "--box", str(BOX),
-            "--pixel-size", str(PIXEL_SIZE), "--snr", str(args.snr), "--weights", WEIGHTS, "--seed", "1",
+            "simulate", DCD, "--topology", PSF, "-n", str(args.particles), "--box", str(box),
+            "--pixel-size", str(args.pixel_size), "--snr", str(args.snr), "--weights", WEIGHTS, "--seed", "1",
+            "--bfactor", str(args.bfactor), "--oversample", str(args.oversample),
             "--defocus-min", "10000", "--defocus-max", "25000", "--astigmatism", "500",
             "--gt-n", "16", "--overwrite", "--no-progress", "-o", str(sim)), out / "simulate.log")
     truth = np.load(sim / "truth.npz")
@@ -137,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     topology, frames = read_ensemble(DCD, PSF)
     gt_path, gt_topology = write_gt_ensemble(out / "gt_ensemble.dcd", topology, frames, truth["weights"],
                                              args.gt_n, seed=12345)
-    base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
+    if args.base == "open":
+        base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
+    else:
+        from MDAnalysisTests.datafiles import PDB_closed  # adk_closed.pdb
+
+        base = docked_base(Path(PDB_closed), frames, 0, out / "base_closed_docked.pdb")
     center = ",".join(f"{c:.4f}" for c in truth["center"])
 
     for mode in args.modes:
@@ -155,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                 train_s = train(sim / "particles.star", base, run_dir, poses, seed, args, center=center)
             samples = run_dir / "samples.dcd"  # coordinates only; the run's base.pdb is the topology
             sample_topology_path = base_structure_path(run_dir)
-            run(atomvae_cmd("sample", str(run_dir), "-n", str(args.n), "-o", str(samples), "--seed", "0"),
-                run_dir.with_suffix(".sample.log"))
-            run(atomvae_cmd("encode", str(run_dir), str(sim / "particles.star"), "-o",
-                            str(run_dir / "latents.npz")), run_dir.with_suffix(".encode.log"))
+            latents = run_dir / "latents.npz"
+            if not latents.exists():
+                run(atomvae_cmd("encode", str(run_dir), str(sim / "particles.star"), "-o", str(latents)),
+                    run_dir.with_suffix(".encode.log"))
+            for path, extra in ((samples, ["--latents", str(latents)]), (run_dir / "samples_prior.dcd", [])):
+                if not path.exists():
+                    run(atomvae_cmd("sample", str(run_dir), "-n", str(args.n), "-o", str(path), "--seed", "0",
+                                    *extra), run_dir.with_suffix(".sample.log"))
             eval_json = run_dir / "evaluation.json"
             eval_cmd = ["evaluate", str(samples), str(gt_path), "--pred-topology", str(sample_topology_path),
                         "--gt-topology", str(gt_topology),
@@ -169,16 +193,34 @@ def main(argv: list[str] | None = None) -> int:
                 eval_cmd += ["--distance", spec, "--cutoff", str(cutoff)]
             run(atomvae_cmd(*eval_cmd), run_dir.with_suffix(".evaluate.log"))
             evaluation = json.loads(eval_json.read_text())
+            prior = score_prior_samples(run_dir / "samples_prior.dcd", sample_topology_path, gt_path,
+                                        gt_topology, base, args.n)
             sample_topology, sample_coords = read_ensemble(samples, sample_topology_path)
             stereo = stereochemistry_summary(sample_coords, sample_topology).as_dict()
             results["runs"].append({"mode": mode, "seed": seed, "train_minutes": train_s / 60,
-                                    "evaluation": evaluation, "stereochemistry_all_samples": stereo,
+                                    "evaluation": evaluation, "prior_samples": prior,
+                                    "stereochemistry_all_samples": stereo,
                                     "pose_search": pose_report})
             atomic_write_text(results_path.with_suffix(".json"), json.dumps(results, indent=2, default=float))
 
     print(markdown_table(results))
     atomic_write_text(results_path.with_suffix(".md"), markdown_table(results))
     return 0
+
+
+def score_prior_samples(samples: Path, topology_path: Path, gt_path: Path, gt_topology: Path, base: Path,
+                        n: int) -> dict:
+    """EMD-RMSD (C-alpha) and recovered fraction of the prior's samples, against the same draw of the ground
+    truth as ``evaluate`` (same n, seed 0)."""
+    from atomvae.evaluate.emd_rmsd import compare_ensembles
+    from atomvae.structure.io import read_structure
+
+    topology, coords = read_ensemble(samples, topology_path)
+    gt_top, gt = read_ensemble(gt_path, gt_topology)
+    ca = topology.select("CA")
+    result = compare_ensembles(coords[:, ca], gt[:, gt_top.select("CA")], n, 0,
+                               base=read_structure(base).coords[ca])
+    return {"emd_rmsd": result.model.emd_rmsd, "recovered_fraction": result.recovered_fraction}
 
 
 def train(particles: Path, base: Path, run_dir: Path, poses: str, seed: int, args, center: str | None,
@@ -258,15 +300,17 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| poses | seed | train min | EMD-RMSD (A) | base-only | floor | recovered | "
+    lines = ["| poses | seed | train min | EMD-RMSD (A) | base-only | floor | recovered "
+             "| recovered (prior) | "
              + " | ".join(f"{spec} W1 / mode% pred vs gt" for spec, _ in DISTANCES) + " | plausible |",
-             "|" + "---|" * (7 + len(DISTANCES))]
+             "|" + "---|" * (9 + len(DISTANCES))]
     for r in results["runs"]:
         e = r["evaluation"]
         emd = e.get("emd_rmsd", float("nan"))
         cells = [r["mode"], str(r["seed"]), f"{r['train_minutes']:.0f}", f"{emd:.2f}",
                  f"{e.get('base_only', float('nan')):.2f}", f"{e.get('floor', float('nan')):.2f}",
-                 f"{e.get('recovered_fraction', float('nan')):.2f}"]
+                 f"{e.get('recovered_fraction', float('nan')):.2f}",
+                 f"{(r.get('prior_samples') or {}).get('recovered_fraction', float('nan')):.2f}"]
         for m in e.get("distances", []):
             cells.append(f"{m.get('wasserstein_1', float('nan')):.2f} A / "
                          f"{100 * m.get('pred_below', float('nan')):.0f}% vs "

@@ -236,3 +236,29 @@ def test_init_starts_from_another_runs_weights(trained_run, tmp_path, capsys):
             str(run_dir), "--max-steps", "1", "--no-progress"]
     assert main(argv) == 2
     assert "--init: its model does not fit" in capsys.readouterr().err
+
+
+def test_sample_from_the_aggregate_posterior(trained_run):
+    folder, star, run_dir = trained_run
+    from atomvae.train.inference import sample_structures
+    from atomvae.train.run import load_run
+
+    run = load_run(run_dir)
+    generator = torch.Generator().manual_seed(3)
+    mu = torch.randn(4, 32, generator=generator).numpy() * 3.0
+    # sigma 0: every structure is the decoding of one of the particles' means, drawn uniformly.
+    samples = sample_structures(run, 40, seed=2, posterior=(mu, np.zeros_like(mu)))
+    with torch.no_grad():
+        decoded = run.model.decode(torch.as_tensor(mu), "all")
+    distance = (samples[:, None] - decoded[None]).abs().amax(dim=(-2, -1))  # (40, 4)
+    assert float(distance.min(dim=1).values.max()) < 1e-5
+    assert len(set(distance.argmin(dim=1).tolist())) == 4  # all four particles drawn
+    # From the CLI, with an encode output.
+    latents = folder / "latents_for_sampling.npz"
+    assert main(["encode", str(run_dir), str(star), "-o", str(latents)]) == 0
+    out = folder / "posterior.pdb"
+    assert main(["sample", str(run_dir), "-n", "3", "-o", str(out), "--latents", str(latents)]) == 0
+    assert read_ensemble(out)[1].shape[0] == 3
+    bad = folder / "not_latents.npz"
+    np.savez(bad, mu=np.zeros((3, 32)))
+    assert main(["sample", str(run_dir), "-n", "3", "-o", str(folder / "x.pdb"), "--latents", str(bad)]) == 2

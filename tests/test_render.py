@@ -106,9 +106,11 @@ def test_gradcheck_of_the_autograd_function_with_chunks():
     # chunk of 2 renders: the last chunk is partial; one atom sits outside the box.
     with torch.no_grad():
         positions[0, 0] = torch.tensor([30.0, -2.0])
-    assert torch.autograd.gradcheck(lambda p: function(p, 14, 1.5, torch.tensor(1.0, dtype=torch.float64), 2, None), (positions,), atol=1e-7,
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: function(p, 14, 1.5, one, 2, None), (positions,), atol=1e-7,
                                     fast_mode=True)
-    assert torch.autograd.gradcheck(lambda p: function(p, 5, 3.0, torch.tensor(1.0, dtype=torch.float64), 2, None), (positions[:3, :3],), atol=1e-7)
+    assert torch.autograd.gradcheck(lambda p: function(p, 5, 3.0, one, 2, None), (positions[:3, :3],),
+                                    atol=1e-7)
 
 
 def test_weights_are_masses():
@@ -116,7 +118,8 @@ def test_weights_are_masses():
     coords, rotation, shift = _random_case(3, 5, seed=21)
     weights = torch.tensor([2.0, 0.0, 1.0, 0.5, 3.0], dtype=torch.float64)
     got = render_projections(coords, rotation, shift, 20, 1.3, 1.2, weights=weights)
-    each = render_projections(coords[:, :, None], rotation[:, None], shift[:, None], 20, 1.3, 1.2)  # (3, 5, H, W)
+    # (3, 5, H, W): each atom alone
+    each = render_projections(coords[:, :, None], rotation[:, None], shift[:, None], 20, 1.3, 1.2)
     expected = (each * weights[:, None, None]).sum(dim=1)
     assert torch.allclose(got, expected, atol=1e-12)
 
@@ -132,7 +135,8 @@ def test_gradcheck_weighted_positions_and_width(pixel_size):
         atol=1e-7, rtol=1e-5, fast_mode=True)
     small = (coords[:1, :3].clone().requires_grad_(True), shift[:1].clone().requires_grad_(True), sigma)
     assert torch.autograd.gradcheck(
-        lambda c, s, w: render_projections(c, rotation[:1], s, 7, pixel_size * 2, w, weights=weights[:3]), small)
+        lambda c, s, w: render_projections(c, rotation[:1], s, 7, pixel_size * 2, w, weights=weights[:3]),
+        small)
 
 
 def test_broadcasts_leading_dims_and_chunking_does_not_matter(monkeypatch):

@@ -92,12 +92,26 @@ class DemoConfig:
     progress: bool = True
 
 
+def _score_prior_samples(out: Path, topology, gt_dcd: Path, gt_top: Path, base: Path,
+                         config: DemoConfig) -> dict:
+    """EMD-RMSD (C-alpha) and recovered fraction of the prior's samples (``samples_prior.dcd``), drawn against
+    the same ground-truth structures as the main evaluation."""
+    from atomvae.evaluate.emd_rmsd import compare_ensembles
+
+    _top, prior = read_ensemble(out / "samples_prior.dcd", out / "samples_prior_topology.pdb")
+    gt_topology, gt = read_ensemble(gt_dcd, gt_top)
+    ca, gt_ca = topology.select("CA"), gt_topology.select("CA")
+    result = compare_ensembles(prior[:, ca], gt[:, gt_ca], config.n_eval, config.seed,
+                               base=read_structure(base).coords[ca])
+    return {"emd_rmsd": result.model.emd_rmsd, "recovered_fraction": result.recovered_fraction}
+
+
 def run_demo(config: DemoConfig) -> dict:
     """simulate -> train -> sample -> encode -> evaluate in ``config.out``; returns the evaluation summary."""
     from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
     from atomvae.simulate import SimulationConfig, simulate
     from atomvae.train.config import PRESETS
-    from atomvae.train.inference import encode_to_file, sample_structures
+    from atomvae.train.inference import encode_to_file, read_posteriors, sample_structures
     from atomvae.train.loop import train
     from atomvae.train.run import base_structure_path, load_run
 
@@ -138,15 +152,21 @@ def run_demo(config: DemoConfig) -> dict:
     train(train_config, sim / "particles.star", base, run_dir, resume=resume, show_progress=config.progress,
           argv=["atomvae", "demo"])
 
+    step("encode")
+    encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz")
+
     step("sample")
+    # From the particles' aggregate posterior (what `atomvae sample --latents` does); the prior's samples
+    # (the paper's) are scored beside them below.
     run = load_run(run_dir)
-    samples = run.model.to_base_frame(sample_structures(run, config.n_eval, seed=config.seed))
+    posterior = read_posteriors(run_dir / "latents.npz", run.model.config.latent_conf)
+    samples = run.model.to_base_frame(sample_structures(run, config.n_eval, seed=config.seed,
+                                                        posterior=posterior))
     samples = samples.detach().double().numpy()
     write_ensemble(out / "samples.dcd", run.topology, samples)  # all samples, compact, for evaluation
     write_ensemble(out / "samples.pdb", run.topology, samples[:64])  # a viewable subset
-
-    step("encode")
-    encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz")
+    prior_samples = run.model.to_base_frame(sample_structures(run, config.n_eval, seed=config.seed))
+    write_ensemble(out / "samples_prior.dcd", run.topology, prior_samples.detach().double().numpy())
 
     step("evaluate")
     distances = tuple(spec for spec, _ in ADK_DISTANCES)
@@ -159,6 +179,7 @@ def run_demo(config: DemoConfig) -> dict:
         ensemble_source_topology=inputs.topology,
         notes=(f"atomvae demo: {config.n_particles} simulated particles (SNR {config.snr}), poses "
                f"{config.poses}, cpu preset with {config.epochs_stage2} stage-2 epochs.",)))
+    summary["prior_samples"] = _score_prior_samples(out, run.topology, gt_dcd, gt_top, base, config)
     timings["end"] = time.perf_counter()
     names = list(timings)
     minutes = {a: (timings[b] - timings[a]) / 60 for a, b in zip(names, names[1:], strict=False)}

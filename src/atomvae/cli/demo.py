@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"EMD-RMSD (C-alpha, N = {summary['n']}): model {summary['emd_rmsd']:.2f} A; base structure only "
           f"{summary.get('base_only', float('nan')):.2f} A; finite-sample floor "
           f"{summary.get('floor', float('nan')):.2f} A; recovered fraction "
-          f"{summary.get('recovered_fraction', float('nan')):.2f}")
+          f"{summary.get('recovered_fraction', float('nan')):.2f} "
+          "(samples of the particles' aggregate posterior; "
+          f"the prior's: {summary['prior_samples']['recovered_fraction']:.2f})")
     print(f"report:   {out / 'evaluation' / 'report.html'}")
     print(f"samples:  {out / 'samples.pdb'} (64 structures), {out / 'samples.dcd'} (all)")
     print(f"run:      {out / 'run'}")

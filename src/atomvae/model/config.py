@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RENDER_ATOM_KINDS = ("heavy", "backbone", "CA")
+RENDER_ATOM_KINDS = ("heavy", "backbone", "CA", "residue")
+AMPLITUDE_MODES = ("learnt", "per_image")
 POSE_MODES = ("inferred", "given", "refine")
 
 
@@ -29,8 +30,18 @@ class ModelConfig:
     decoded_dim: int = 512  # width of the decoded representation d
     pose_width: int = 32
     pose_layers: int = 3
-    render_atoms: str = "heavy"  # "heavy" | "backbone" | "CA": atoms the renderer sees (output is all-atom)
-    render_sigma: float = 1.0  # A, Gaussian width of each rendered atom
+    # What the renderer sees (the output is all-atom either way): "heavy" | "backbone" | "CA" atoms of unit
+    # mass, or "residue": a few pseudo-atoms per residue at the centroids of its backbone and side-chain
+    # lobes, each weighing its atoms' summed forward scattering (physics.coarse_grain).
+    render_atoms: str = "heavy"
+    render_sigma: float = 1.0  # A, Gaussian width of each rendered atom (the start value when learnt)
+    # Learn one global Gaussian width: the data's blur (atomic B-factors, motion, detector MTF, pixel
+    # averaging) is never stated in a STAR file, and a fixed width that is wrong biases the structure.
+    learn_render_sigma: bool = False
+    # Image intensity scale: "learnt" (one global amplitude, a parameter) or "per_image" (the least-squares
+    # scale of each render onto its image, in closed form: contrast varies between micrographs with ice
+    # thickness, and a profiled scale never lags behind the structure the way a learnt one does).
+    amplitude: str = "learnt"
     # A of in-plane shift per unit of the pose latent: the N(0, I) prior then says "particles are
     # centred to within a few A", which is what particle picking/extraction gives.
     shift_scale: float = 5.0
@@ -55,6 +66,8 @@ class ModelConfig:
             raise ValueError("latent_pose must be 8 (2D shift + 6D rotation)")
         if not self.encoder_widths:
             raise ValueError("encoder_widths must name at least one layer")
+        if self.amplitude not in AMPLITUDE_MODES:
+            raise ValueError(f"amplitude must be one of {AMPLITUDE_MODES}, got {self.amplitude!r}")
         if self.render_sigma <= 0:
             raise ValueError(f"render_sigma must be > 0 A, got {self.render_sigma}")
 

@@ -14,6 +14,7 @@ a jump from zeros to decoded values.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,9 +41,10 @@ from atomvae.model.losses import (
     residue_padded_layout,
 )
 from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
+from atomvae.physics.coarse_grain import coarse_grained_density
 from atomvae.physics.ctf import CTFParams, apply_ctf
 from atomvae.physics.render import render, render_projections
-from atomvae.structure.frames import backbone_frames, local_coordinates
+from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
 
 
 @dataclass
@@ -55,6 +57,9 @@ class LossOutput:
     total: torch.Tensor
     per_image_log_likelihood: torch.Tensor
     terms: dict[str, float] = field(default_factory=dict)
+
+
+SIGMA_RATE = 30.0  # see AtomVAE.log_render_sigma
 
 
 def _indices(selection) -> np.ndarray:
@@ -105,9 +110,26 @@ class AtomVAE(nn.Module):
         # amplitude (log-parameterised: positive), set from data by initialise_amplitude().
         self.log_amplitude = nn.Parameter(torch.zeros(()))
 
-        render_idx = _indices(base_topology.select(config.render_atoms))
         self.decoder.add_atom_set("all", local.float(), residue_index)
-        self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
+        if config.render_atoms == "residue":
+            pseudo_local, pseudo_residue, mass = coarse_grained_density(local.numpy(), base_topology)
+            render_local = torch.as_tensor(pseudo_local, dtype=torch.float64)
+            self.decoder.add_atom_set("render", render_local.float(), pseudo_residue)
+            base_render = frames_to_coordinates(base_rot, base_trans, render_local, pseudo_residue)
+            # Masses in units of their mean, so the amplitude keeps the scale of unit-mass atoms.
+            render_mass = torch.as_tensor(mass / mass.mean(), dtype=torch.float32)
+        else:
+            render_idx = _indices(base_topology.select(config.render_atoms))
+            self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
+            base_render = coords64[render_idx]
+            render_mass = None
+        # Derived from the base and the config: kept out of the state dict.
+        self.register_buffer("render_mass", render_mass, persistent=False)
+        # Learnt blur: sigma = exp(SIGMA_RATE * parameter), positive, and moved by Adam SIGMA_RATE times
+        # faster than a plain log-parameter (one width shared by every image would otherwise creep at the
+        # learning rate per step and still be moving when training ends). A fixed width stays the config's.
+        self.log_render_sigma = (nn.Parameter(torch.tensor(math.log(config.render_sigma) / SIGMA_RATE))
+                                 if config.learn_render_sigma else None)
         # C and N of every residue feed the backbone loss even when the renderer sees only CA; CA the
         # clash penalty.
         for name in ("N", "C", "CA"):
@@ -132,7 +154,7 @@ class AtomVAE(nn.Module):
                              persistent=False)
         self.register_buffer("base_center", center64.float())
         self.register_buffer("base_coords", coords64.float())  # (A, 3) model frame
-        self.register_buffer("base_render_coords", coords64[render_idx].float())
+        self.register_buffer("base_render_coords", base_render.float())
         self.register_buffer("noise_sigma", torch.tensor(float(noise_sigma)))
 
     # ------------------------------------------------------------------ helpers
@@ -144,22 +166,43 @@ class AtomVAE(nn.Module):
         """Model-frame coordinates (..., A, 3) -> the base structure's input frame."""
         return coords + self.base_center.to(coords.dtype)
 
+    @property
+    def render_sigma(self) -> torch.Tensor | float:
+        """Gaussian width of the rendered atoms, A (a 0-dim tensor when learnt)."""
+        if self.log_render_sigma is None:
+            return self.config.render_sigma
+        return (SIGMA_RATE * self.log_render_sigma).exp()
+
     def render_images(self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor,
-                      ctf: CTFParams | None) -> torch.Tensor:
-        """amplitude * render: coords (..., A, 3), rotation (..., 3, 3), shift (..., 2) A, ctf (B,) or None
-        (B the first of the leading dims; each particle's CTF is computed once for all its renders)."""
-        sigma = self.config.render_sigma
+                      ctf: CTFParams | None, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted images (..., H, W): coords (..., A, 3), rotation (..., 3, 3), shift (..., 2) A, ctf (B,)
+        or None (B the first of the leading dims; each particle's CTF is computed once for all its renders).
+
+        Scaled by the learnt amplitude, or with ``config.amplitude == "per_image"`` by each render's
+        least-squares scale onto ``images`` (broadcasting against the renders; clamped at 0, so an
+        anti-correlated render predicts a blank image rather than a negative one).
+        """
+        sigma = self.render_sigma
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(coords.dtype)
+        mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
         if ctf is None:
-            images = render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma)
+            renders = render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
         else:
-            images = render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma)
-        return self.amplitude.to(images.dtype) * images
+            renders = render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma, weights=mass)
+        if self.config.amplitude == "per_image" and images is not None:
+            scale = ((renders * images).sum(dim=(-2, -1), keepdim=True)
+                     / renders.square().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-20))
+            return scale.clamp_min(0.0) * renders
+        return self.amplitude.to(renders.dtype) * renders
 
     def trainable_parameters(self, stage: int) -> Iterable[nn.Parameter]:
-        """Stage 1: encoder trunk, pose head and amplitude (structure fixed). Stage 2: everything."""
+        """Stage 1: encoder trunk, pose head and the image model's amplitude and (learnt) width (structure
+        fixed). Stage 2: everything."""
         if stage == 1:
             modules = (self.encoder, self.pose_head)
-            return [p for m in modules for p in m.parameters()] + [self.log_amplitude]
+            image_model = [self.log_amplitude] + [p for p in (self.log_render_sigma,) if p is not None]
+            return [p for m in modules for p in m.parameters()] + image_model
         if stage == 2:
             return list(self.parameters())
         raise ValueError(f"stage must be 1 or 2, got {stage}")
@@ -250,9 +293,10 @@ class AtomVAE(nn.Module):
                         self.config.refine_rotation_scale, self.config.refine_shift_scale)
                 kl_pose = kl_diagonal_normal(mu_p, sigma_p).mean(dim=1)
 
-            predicted = self.render_images(coords.unsqueeze(2), rotation, shift, ctf)  # (B, Kc, Kp, H, W)
-            log_lik = gaussian_log_likelihood(images.to(predicted.dtype)[:, None, None], predicted,
-                                              self.noise_sigma)
+            target = images.to(coords.dtype)[:, None, None]
+            # (B, Kc, Kp, H, W)
+            predicted = self.render_images(coords.unsqueeze(2), rotation, shift, ctf, target)
+            log_lik = gaussian_log_likelihood(target, predicted, self.noise_sigma)
             per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
 
             per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
@@ -269,6 +313,7 @@ class AtomVAE(nn.Module):
             "heavy_clash": float(heavy_clash.detach().mean()),
             "orientation": float(orientation.detach().mean()),
             "amplitude": float(self.amplitude.detach()),
+            "render_sigma": float(torch.as_tensor(self.render_sigma).detach()),
             "total": float(total.detach()),
         }
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
@@ -316,8 +361,10 @@ class AtomVAE(nn.Module):
             shift = coords.new_zeros(batch, 2)
         elif shift is None:
             shift = coords.new_zeros(batch, 2)
+        sigma = self.render_sigma
+        sigma = float(sigma) if isinstance(sigma, torch.Tensor) else sigma
         renders = render_projections(coords, rotation.to(coords.dtype), shift.to(coords.dtype),
-                                     self.box, self.pixel_size, self.config.render_sigma)
+                                     self.box, self.pixel_size, sigma, self.render_mass)
         if ctf is not None:
             renders = apply_ctf(renders, ctf, self.pixel_size)
         images = images.to(renders.dtype)

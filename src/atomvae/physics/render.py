@@ -204,8 +204,8 @@ def render_projections(
     sigma: float | torch.Tensor = 1.0,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Project Gaussian atoms (mass ``weights (A,)``, default 1) onto a ``box x box`` grid: ``(..., box, box)``,
-    no CTF.
+    """Project Gaussian atoms (mass ``weights (A,)``, default 1) onto a ``box x box`` grid:
+    ``(..., box, box)``, no CTF.
 
     coords: (..., A, 3) in A; rotation: (..., 3, 3); shift: (..., 2) in A; leading dims broadcast
     (e.g. coords (B, K, A, 3) with rotation (B, K, 3, 3)). Pixel centres are
@@ -217,7 +217,7 @@ def render_projections(
     if sigma_t.dim() != 0 or not float(sigma_t.detach()) > 0:
         raise ValueError(f"sigma must be one positive number (A), got {sigma}")
     if weights is not None and weights.shape != coords.shape[-2:-1]:
-        raise ValueError(f"weights {tuple(weights.shape)} must be one per atom of coords {tuple(coords.shape)}")
+        raise ValueError(f"weights {tuple(weights.shape)}: need one per atom of coords {tuple(coords.shape)}")
     positions = image_plane_positions(coords, rotation, shift)
     batch_shape, n_atoms = positions.shape[:-2], positions.shape[-2]
     flat = positions.reshape(math.prod(batch_shape), n_atoms, 2)

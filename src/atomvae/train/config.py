@@ -146,7 +146,8 @@ def _cpu() -> TrainConfig:
         # stands in for the backbone and side-chain density around each C-alpha (~1.5-3 A pixels at 64 px).
         # Costs side-chain detail in the likelihood; the outputs are still all-atom (each residue a rigid
         # body carried by its frame).
-        model=ModelConfig(render_atoms="CA", render_sigma=2.0),
+        model=ModelConfig(render_atoms="residue", render_sigma=1.5, learn_render_sigma=True,
+                          amplitude="per_image"),
         # Stage 1: 8 pose samples instead of 128, 8 epochs instead of 2000 (lr halved for the last 2, as the
         # paper halves it for its second half): a much coarser search over SO(3) per image, so pose
         # errors (e.g. near-symmetric views) survive more often; the learnt amortised encoder shares what

@@ -32,22 +32,51 @@ def _write_structures(run: LoadedRun, coords: torch.Tensor, out_path: Path) -> N
 
 
 @torch.no_grad()
-def sample_structures(run: LoadedRun, n: int, seed: int = 0, chunk: int = 256) -> torch.Tensor:
-    """n all-atom structures (n, A, 3) A (model frame) from z_conf ~ N(0, I), in chunks of ``chunk``."""
+def sample_structures(run: LoadedRun, n: int, seed: int = 0, chunk: int = 256,
+                      posterior: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+    """n all-atom structures (n, A, 3) A (model frame), decoded in chunks of ``chunk``.
+
+    Latents come from the prior z ~ N(0, I) (the paper), or with ``posterior = (mu (N, D), sigma (N, D))``
+    (``encode``'s per-particle posteriors) from the particles' aggregate posterior: each structure decodes
+    z ~ q(z | y_i) of a particle i drawn uniformly. The aggregate posterior is the ensemble of the
+    particles themselves, where the prior is only what the KL pulled it towards (BENCHMARKS.md: it is
+    the closer of the two to the true ensemble).
+    """
     if n < 1:
         raise InputError("-n", f"need at least one structure, got {n}")
     generator = torch.Generator(device=run.device).manual_seed(seed)
-    parts = [run.model.sample(min(chunk, n - start), generator=generator) for start in range(0, n, chunk)]
-    return torch.cat(parts)
+    if posterior is None:
+        parts = [run.model.sample(min(chunk, n - start), generator=generator) for start in range(0, n, chunk)]
+        return torch.cat(parts)
+    mu, sigma = (torch.as_tensor(np.asarray(t), dtype=torch.float32, device=run.device) for t in posterior)
+    particle = torch.randint(len(mu), (n,), generator=generator, device=run.device)
+    z = mu[particle] + sigma[particle] * torch.randn(n, mu.shape[1], generator=generator, device=run.device)
+    return torch.cat([run.model.decode(z[start:start + chunk], "all") for start in range(0, n, chunk)])
+
+
+def read_posteriors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``mu``, ``sigma`` (N, dim) of an ``atomvae encode`` file (InputError naming it otherwise)."""
+    mu = _read_latent_means(path, dim)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            sigma = data["sigma"]
+    except KeyError:
+        raise InputError(path, "no 'sigma' array (expected the output of atomvae encode)") from None
+    finite = np.isfinite(sigma).all() and np.isfinite(mu).all()
+    if sigma.shape != mu.shape or not finite or (sigma < 0).any():
+        raise InputError(path, f"'sigma' must be finite, >= 0 and shaped like 'mu' {mu.shape}")
+    return mu, sigma
 
 
 def sample_to_file(run_dir: str | Path, n: int, out_path: str | Path, seed: int = 0,
-                   device: str = "cpu") -> Path:
-    """``atomvae sample``: n structures from the prior written to .pdb / .cif / .dcd (by suffix)."""
+                   device: str = "cpu", latents: str | Path | None = None) -> Path:
+    """``atomvae sample``: n structures from the prior, or from the particles' aggregate posterior when
+    ``latents`` (an ``encode`` output) is given, written to .pdb / .cif / .dcd (by suffix)."""
     out_path = Path(out_path)
     _check_structure_output(out_path)
     run = load_run(run_dir, device=device)
-    _write_structures(run, sample_structures(run, n, seed), out_path)
+    posterior = None if latents is None else read_posteriors(Path(latents), run.model.config.latent_conf)
+    _write_structures(run, sample_structures(run, n, seed, posterior=posterior), out_path)
     return out_path
 
 
