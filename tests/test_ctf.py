@@ -200,3 +200,21 @@ def test_ctf_params_container():
     assert params.to(dtype=torch.float64).voltage.dtype == torch.float64
     with pytest.raises(ValueError, match="pad_factor"):
         apply_ctf(torch.zeros(4, 4), params.index(0), 1.0, pad_factor=1.5)
+
+
+def test_phase_flip_undoes_contrast_reversals_and_is_an_involution():
+    from atomvae.physics.ctf import phase_flip
+
+    generator = torch.Generator().manual_seed(8)
+    images = torch.randn(3, 32, 32, generator=generator, dtype=torch.float64)
+    params = CTFParams(defocus_u=torch.tensor([8000.0, 15000.0, 25000.0], dtype=torch.float64),
+                       defocus_v=torch.tensor([8200.0, 15000.0, 24000.0], dtype=torch.float64),
+                       astigmatism_angle=torch.tensor([10.0, 0.0, 70.0], dtype=torch.float64))
+    torch.testing.assert_close(phase_flip(phase_flip(images, params, 1.5), params, 1.5), images)
+    # A phase-flipped CTF-modulated image has a non-negative transfer: |CTF| (periodic convolution; the
+    # Nyquist column, where the astigmatic CTF is not Hermitian, is left out).
+    spectrum = torch.fft.rfft2(images)
+    ctf = ctf_2d(params, 32, 1.5)
+    modulated = torch.fft.irfft2(spectrum * ctf, s=(32, 32))
+    flipped = torch.fft.rfft2(phase_flip(modulated, params, 1.5))
+    torch.testing.assert_close(flipped[..., :-1], (spectrum * ctf.abs())[..., :-1])

@@ -11,6 +11,7 @@ from scipy import stats
 
 from atomvae.model.losses import (
     backbone_continuity,
+    bond_outliers,
     center_of_mass,
     centering,
     gaussian_log_likelihood,
@@ -123,6 +124,21 @@ def test_backbone_continuity_gradient_matches_finite_differences():
                + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
     bonded = torch.tensor([True, True, False, True, True, False])
     assert torch.autograd.gradcheck(lambda c, n: backbone_continuity(c, n, bonded), (c_atoms, n_atoms))
+
+
+def test_bond_outliers_hand_computed_and_gradient():
+    c_atoms, n_atoms = _chain([1.33, 1.48, 1.03, 9.0])
+    bonded = torch.tensor([True, True, True, False, False])
+    # deviations 0, 0.15, -0.3 beyond a 0.1 A tolerance: 0, 0.05, 0.2 -> summed squares
+    got = bond_outliers(c_atoms, n_atoms, bonded, bond_length=1.33, tolerance=0.1)
+    assert got.item() == pytest.approx(0.05**2 + 0.2**2, rel=1e-9)
+    assert bond_outliers(c_atoms, n_atoms, torch.zeros(5, dtype=torch.bool)).item() == 0.0
+    generator = torch.Generator().manual_seed(6)
+    c = (3.8 * torch.arange(6, dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0, 0.0])
+         + 0.5 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    n = (c.detach() + torch.tensor([1.2, 0.3, -0.2], dtype=torch.float64)
+         + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda c, n: bond_outliers(c, n, torch.ones(6, dtype=torch.bool)), (c, n))
 
 
 def test_centering_hand_computed_and_gradient():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 RENDER_ATOM_KINDS = ("heavy", "backbone", "CA", "residue")
 AMPLITUDE_MODES = ("learnt", "per_image")
+ENCODER_INPUTS = ("raw", "phase_flipped")
 POSE_MODES = ("inferred", "given", "refine")
 
 
@@ -42,6 +43,9 @@ class ModelConfig:
     # scale of each render onto its image, in closed form: contrast varies between micrographs with ice
     # thickness, and a profiled scale never lags behind the structure the way a learnt one does).
     amplitude: str = "learnt"
+    # What the encoder sees: the images as they are (the paper) or "phase_flipped" (each Fourier component
+    # times the sign of the particle's CTF, physics.ctf.phase_flip), so the encoder need not learn the CTF.
+    encoder_input: str = "raw"
     # A of in-plane shift per unit of the pose latent: the N(0, I) prior then says "particles are
     # centred to within a few A", which is what particle picking/extraction gives.
     shift_scale: float = 5.0
@@ -66,6 +70,8 @@ class ModelConfig:
             raise ValueError("latent_pose must be 8 (2D shift + 6D rotation)")
         if not self.encoder_widths:
             raise ValueError("encoder_widths must name at least one layer")
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.amplitude not in AMPLITUDE_MODES:
             raise ValueError(f"amplitude must be one of {AMPLITUDE_MODES}, got {self.amplitude!r}")
         if self.render_sigma <= 0:
@@ -81,6 +87,10 @@ class LossWeights:
     backbone: float = 0.01  # backbone continuity (peptide bond length)
     centering: float = 0.1  # squared norm of the centre of mass
     peptide_bond_length: float = 1.33  # A, C(i)-N(i+1)
+    # Not in the paper (0 there): single strained peptide bonds, summed over bonds, beyond a tolerance
+    # (losses.bond_outliers).
+    bond_outliers: float = 0.0
+    bond_tolerance: float = 0.1  # A
     # Not in the paper (0 there): C-alpha clash penalty between residues that are not sequence
     # neighbours, closer than clash_distance (losses.clash_penalty).
     clash: float = 0.0

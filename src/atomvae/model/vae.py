@@ -29,6 +29,7 @@ from atomvae.model.decoder import ConformationDecoder
 from atomvae.model.encoder import ConformationPosterior, ImageEncoder
 from atomvae.model.losses import (
     backbone_continuity,
+    bond_outliers,
     centering,
     clash_penalty,
     gaussian_log_likelihood,
@@ -42,7 +43,7 @@ from atomvae.model.losses import (
 )
 from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
 from atomvae.physics.coarse_grain import coarse_grained_density
-from atomvae.physics.ctf import CTFParams, apply_ctf
+from atomvae.physics.ctf import CTFParams, apply_ctf, phase_flip
 from atomvae.physics.render import render, render_projections
 from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
 
@@ -227,9 +228,10 @@ class AtomVAE(nn.Module):
         if pose_mode != "inferred" and (given_rotation is None or given_shift is None):
             raise ValueError(f"pose_mode {pose_mode!r} needs given_rotation and given_shift")
         batch = images.shape[0]
-        h = self.encoder(images)  # networks may run under the caller's autocast (bf16 on CUDA)
+        # The networks may run under the caller's autocast (bf16 on CUDA).
+        h = self.encoder(self.encoder_input(images, ctf))
         zero = _full(h).new_zeros(batch)
-        kl_conf = backbone = center_sq = clash = heavy_clash = orientation = zero
+        kl_conf = backbone = outliers = center_sq = clash = heavy_clash = orientation = zero
 
         if stage == 1:
             d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
@@ -255,6 +257,9 @@ class AtomVAE(nn.Module):
                 c_atoms, n_atoms = self.decoder.atoms(rot, trans, "C"), self.decoder.atoms(rot, trans, "N")
                 bond = backbone_continuity(c_atoms, n_atoms, self.bonded_to_next, weights.peptide_bond_length)
                 backbone = bond.mean(dim=1)
+                if weights.bond_outliers > 0:
+                    outliers = bond_outliers(c_atoms, n_atoms, self.bonded_to_next,
+                                             weights.peptide_bond_length, weights.bond_tolerance).mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
                 if weights.orientation > 0:
                     orientation = neighbour_orientation(rot, self.base_relative_orientations,
@@ -300,7 +305,8 @@ class AtomVAE(nn.Module):
             per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
 
             per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
-                              + weights.backbone * backbone + weights.centering * center_sq
+                              + weights.backbone * backbone + weights.bond_outliers * outliers
+                              + weights.centering * center_sq
                               + weights.clash * clash + weights.orientation * orientation)
             total = per_image_loss.mean() + weights.heavy_clash * heavy_clash.mean()
         terms = {
@@ -308,6 +314,7 @@ class AtomVAE(nn.Module):
             "kl_conf": float(kl_conf.detach().mean()),
             "kl_pose": float(kl_pose.detach().mean()),
             "backbone": float(backbone.detach().mean()),
+            "bond_outliers": float(outliers.detach().mean()),
             "centering": float(center_sq.detach().mean()),
             "clash": float(clash.detach().mean()),
             "heavy_clash": float(heavy_clash.detach().mean()),
@@ -319,11 +326,19 @@ class AtomVAE(nn.Module):
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
 
     # ------------------------------------------------------------------ using a trained model
+    def encoder_input(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
+        """What the encoder sees of images (B, H, W): as they are, or phase-flipped (config.encoder_input)."""
+        if self.config.encoder_input == "phase_flipped" and ctf is not None:
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                return phase_flip(images.float(), ctf, self.pixel_size).to(images.dtype)
+        return images
+
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, H, W) -> mu_conf, sigma_conf (B, latent_conf); the pose posterior at z_conf = mu_conf:
+    def encode(self, images: torch.Tensor, ctf: CTFParams | None = None) -> dict[str, torch.Tensor]:
+        """images (B, H, W) and their CTFs (B,) (used when the encoder sees phase-flipped images) ->
+        mu_conf, sigma_conf (B, latent_conf); the pose posterior at z_conf = mu_conf:
         pose_mu, pose_sigma (B, 8), and its mean as rotation (B, 3, 3) and shift (B, 2) A."""
-        h = self.encoder(images)
+        h = self.encoder(self.encoder_input(images, ctf))
         mu_c, sigma_c = self.conf_posterior(h)
         mu_p, sigma_p = self.pose_head(h, self.decoder.representation(mu_c))
         rotation, shift = latent_to_pose(_full(mu_p), self.config.shift_scale)

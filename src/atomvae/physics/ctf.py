@@ -227,6 +227,27 @@ def apply_ctf(
     return convolved[..., :height, :width]
 
 
+def phase_flip(images: torch.Tensor, params: CTFParams, pixel_size: float) -> torch.Tensor:
+    """``images (B, H, W)`` with each Fourier component multiplied by the sign of its particle's CTF.
+
+    Undoes the CTF's contrast reversals without amplifying noise (the noise stays white): what the
+    encoder sees then looks alike across defoci, so it need not learn the CTF (RELION and cryoSPARC
+    phase-flip for the same reason). Periodic (no padding): the encoder only needs a consistent view.
+    Applied twice it is the identity wherever the CTF is not exactly zero.
+    """
+    height, width = images.shape[-2:]
+    if params.device != images.device or params.dtype != images.dtype:
+        params = params.to(device=images.device, dtype=images.dtype)
+    ctf = ctf_2d(params, (height, width), pixel_size, rfft=True)
+    if width % 2 == 0:
+        # The Nyquist column stands for both +x and -x Nyquist frequencies; under astigmatism the CTF there
+        # is not even in y, so use its even part (as _full_spectrum does) to keep the spectrum Hermitian.
+        mirrored_rows = (-torch.arange(height, device=ctf.device)) % height
+        nyquist = 0.5 * (ctf[..., -1] + ctf[..., mirrored_rows, -1])
+        ctf = torch.cat([ctf[..., :-1], nyquist[..., None]], dim=-1)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * torch.sign(ctf), s=(height, width))
+
+
 def _full_spectrum(ctf: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
     """The full-grid (..., Hp, Wp) spectrum that irfft2 implies for a half-grid ``ctf (..., Hp, Wf)``.
 

@@ -221,7 +221,7 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
                                                             "pose_sigma", "index")}
     batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     for batch in source.batches(batches, run.device):
-        encoded = run.model.encode(batch["image"])
+        encoded = run.model.encode(batch["image"], batch["ctf"])
         rotation, shift = encoded["rotation"], encoded["shift"]
         if pose_mode == "given":
             rotation, shift = batch["rotation"], batch["shift"]
