@@ -197,7 +197,7 @@ def test_analyze_maps_overlay_their_states(trained_run, analysis):
 def test_analyze_movie_and_page(analysis):
     movie = (analysis / "movie.cxc").read_text()
     assert "open traversal_pc1.pdb coordsets true" in movie and "color bfactor" in movie
-    assert "coordset #1 1,5" in movie
+    assert "coordset #1 1,5 pauseFrames" in movie
     for line in movie.splitlines():
         if line.startswith("open "):
             assert (analysis / line.split()[1]).is_file()

@@ -47,6 +47,7 @@ __all__ = ["AnalyzeConfig", "analyze", "ExportConfig", "select_particles", "expo
            "per_residue_rmsf", "decode_to_base_frame", "STATES_NPZ"]
 
 STATES_NPZ = "states.npz"
+PAUSE_FRAMES = 6  # graphics frames per structure of a traversal in movie.cxc (about 5 structures/s)
 STATE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
 
@@ -213,15 +214,15 @@ def movie_script(traversals: list[str], maps: list[str], steps: int, rmsf_max: f
         lines.append(f"volume #{j} style surface transparency 0.6")
         lines.append(f"hide #{j} models")
     lines += ["hide atoms", "show cartoons",
-              f"color bfactor #1-{n_structures} palette bluered range 0,{top:.2f}"]
+              f"color bfactor #1-{n_structures} palette blue:white:red range 0,{top:.2f}"]
     for i in range(2, n_structures + 1):
         lines.append(f"hide #{i} models")
     lines += ["view", "",
               f"# play PC1 back and forth; for PC2: `hide #1 models; show #2 models; coordset #2 1,{steps}`",
-              f"coordset #1 1,{steps} loop 3 bounce true", "",
+              f"coordset #1 1,{steps} pauseFrames {PAUSE_FRAMES} loop 3 bounce true", "",
               "# to record a video instead, run:",
-              f"# movie record; coordset #1 1,{steps} bounce true; wait {2 * steps}; "
-              "movie encode traversal_pc1.mp4", ""]
+              f"# movie record; coordset #1 1,{steps} pauseFrames {PAUSE_FRAMES} bounce true; "
+              f"wait {2 * steps * PAUSE_FRAMES}; movie encode traversal_pc1.mp4", ""]
     return "\n".join(lines)
 
 
