@@ -20,7 +20,7 @@
     index.html          one self-contained page with all of it
 
 The sampled structures behind the RMSF are one posterior draw ``z = mu + sigma * eps`` of each of up to
-``n_rmsf_samples`` particles, decoded and superposed on the base by their C-alpha atoms.
+``n_rmsf_samples`` particles, decoded and superposed on their mean by their C-alpha atoms.
 
 ``select_particles`` / ``export_particles`` (behind ``atomvae export``) pick particles by state, by a
 distance in their posterior-mean structure, or by an index list, and write them with
@@ -82,18 +82,12 @@ def decode_to_base_frame(run, z: np.ndarray, chunk: int = 256) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, run.topology.n_atoms, 3))
 
 
-def per_residue_rmsf(coords: np.ndarray, topology, reference: np.ndarray) -> np.ndarray:
-    """C-alpha RMSF per residue (R,) A of structures ``coords (M, A, 3)`` after superposing each on
-    ``reference (A, 3)`` by C-alpha atoms: the RMS deviation of each C-alpha from its mean position."""
-    from atomvae.geometry.superpose import kabsch
+def per_residue_rmsf(coords: np.ndarray, topology) -> np.ndarray:
+    """C-alpha RMSF per residue (R,) A of structures ``coords (M, A, 3)``, each superposed on the ensemble's
+    mean by its C-alpha atoms (``ensemble_metrics.ensemble_rmsf``)."""
+    from atomvae.evaluate.ensemble_metrics import ensemble_rmsf
 
-    ca = topology.atom_index("CA")
-    mobile = torch.as_tensor(np.asarray(coords)[:, ca], dtype=torch.float64)
-    target = torch.as_tensor(np.asarray(reference)[ca], dtype=torch.float64).expand_as(mobile)
-    rotation, translation = kabsch(mobile, target)
-    aligned = (mobile @ rotation.transpose(-1, -2) + translation[:, None, :]).numpy()
-    deviation = aligned - aligned.mean(axis=0)
-    return np.sqrt((deviation ** 2).sum(-1).mean(0))
+    return ensemble_rmsf(np.asarray(coords)[:, topology.atom_index("CA")])
 
 
 def _ca_rmsd(a: np.ndarray, b: np.ndarray, topology) -> float:
@@ -254,7 +248,7 @@ def analyze(config: AnalyzeConfig) -> dict:
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(mu), size=min(config.n_rmsf_samples, len(mu)), replace=False))
     draws = mu[chosen] + sigma[chosen] * rng.standard_normal(mu[chosen].shape).astype(mu.dtype)
-    rmsf = per_residue_rmsf(decode_to_base_frame(run, draws, config.batch_size), topology, base)
+    rmsf = per_residue_rmsf(decode_to_base_frame(run, draws, config.batch_size), topology)
     b_factors = rmsf[topology.residue_index]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -344,7 +338,7 @@ def _write_index_html(out: Path, summary: dict, projection: np.ndarray, explaine
         ReportSection(
             "Flexibility (RMSF)",
             paragraphs=[f"C-alpha RMSF of {summary['rmsf']['n_structures']} sampled structures (one "
-                        "posterior draw per particle, superposed on the base), also in the B-factor column "
+                        "posterior draw per particle, superposed on their mean), also in the B-factor column "
                         "of states.pdb and the traversals (in Å, not converted to B-factors).",
                         "Most flexible: " + ", ".join(f"{residues[i]} {rmsf[i]:.2f} Å" for i in top)],
             figures=[ReportFigure("rmsf", _rmsf_figure(rmsf, topology), "Per-residue C-alpha RMSF.")],

@@ -156,6 +156,15 @@ def summary_text(summary: dict) -> str:
         lines.append("  " + ", ".join(refs))
     for note in summary.get("notes", []):
         lines.append(f"  note: {note}")
+    cov = summary.get("coverage")
+    if cov:
+        lines.append(f"  COV-R {cov['cov_recall']:.1%} / MAT-R {_fmt(cov['mat_recall'])} A, COV-P "
+                     f"{cov['cov_precision']:.1%} / MAT-P {_fmt(cov['mat_precision'])} A "
+                     f"(threshold {cov['threshold']:g} A)")
+    rmsf = summary.get("rmsf")
+    if rmsf:
+        lines.append(f"  RMSF vs truth: Pearson r {_fmt(rmsf['pearson_r'])}, mean |difference| "
+                     f"{_fmt(rmsf['mean_abs_difference'])} A over {len(rmsf['residues'])} residues")
     for d in summary.get("distances", []):
         line = f"  {d['label']}: W1 {_fmt(d['wasserstein_1'])} A, mean pred {_fmt(d['pred_mean'])} / GT " \
                f"{_fmt(d['gt_mean'])} A"
