@@ -210,6 +210,34 @@ def test_analyze_movie_and_page(analysis):
     assert (analysis / "rmsf.png").stat().st_size > 1000
 
 
+def test_analyze_clusters_the_latents_of_encode_or_of_the_runs_own_particles(trained_run, tmp_path):
+    """With --latents the states are K-means of exactly those posterior means; without any latents
+    option the run's own particle file is encoded."""
+    _, star, run_dir = trained_run
+    latents = tmp_path / "latents.npz"
+    assert main(["encode", str(run_dir), str(star), "-o", str(latents)]) == 0
+    out = tmp_path / "from_latents"
+    assert main(["analyze", str(run_dir), "-o", str(out), "--states", "2", "--latents", str(latents),
+                 "--seed", "7", "--traversal-steps", "2", "--rmsf-samples", "4"]) == 0
+    with np.load(latents) as data:
+        mu, index = data["mu"], data["index"]
+    expected = kmeans(mu, 2, seed=7)
+    summary = json.loads((out / "states.json").read_text())
+    assert np.allclose([s["centre"] for s in summary["states"]], expected.centres, atol=1e-6)
+    assert [s["count"] for s in summary["states"]] == expected.counts.tolist()
+    with np.load(out / "states.npz") as states:
+        assert np.array_equal(states["index"], index)
+        assert np.array_equal(states["state"], expected.labels + 1)
+    assert summary["rmsf"]["n_structures"] == 4
+    own = tmp_path / "own"
+    assert main(["analyze", str(run_dir), "-o", str(own), "--states", "2", "--seed", "7",
+                 "--traversal-steps", "2", "--rmsf-samples", "4"]) == 0
+    own_summary = json.loads((own / "states.json").read_text())
+    assert own_summary["latents"] == "encoded" and own_summary["n_particles"] == N_PARTICLES
+    assert own_summary["particles"] == str(star.resolve())
+    assert np.allclose([s["centre"] for s in own_summary["states"]], expected.centres, atol=1e-5)
+
+
 def test_analyze_refuses_a_non_empty_folder_and_bad_options(trained_run, analysis, capsys):
     _, star, run_dir = trained_run
     assert main(["analyze", str(run_dir), "-o", str(analysis)]) == 2
