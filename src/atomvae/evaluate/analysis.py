@@ -416,13 +416,13 @@ def _rows_of_state(config: ExportConfig) -> tuple[np.ndarray, str]:
 def _rows_by_distance(config: ExportConfig) -> tuple[np.ndarray, str]:
     from atomvae.evaluate.marginals import atom_distances, parse_distance
     from atomvae.train.inference import encode_particles
-    from atomvae.train.run import load_run
+    from atomvae.train.run import base_structure_path, load_run
 
     if config.below is None and config.above is None:
         raise InputError("--distance", "give --below and/or --above (A)")
     spec = parse_distance(config.distance)
     run = load_run(config.run, device=config.device)
-    pair = np.array([spec.atom_indices(run.topology, "the run's base structure")])
+    pair = np.array([spec.atom_indices(run.topology, base_structure_path(run.run_dir))])
     if config.latents is not None:
         latents = read_latents(config.latents)
         mu, index = latents.mu, latents.index
