@@ -162,7 +162,7 @@ def _latent_states_figure(projection: np.ndarray, explained: np.ndarray, labels:
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "")
     ax.set_title(f"posterior means of {len(projection)} particles and the {len(centre_projection)} states")
-    ax.legend(fontsize="small", markerscale=3.0 / max(size, 0.5) ** 0.5 * 2)
+    ax.legend(fontsize="small", markerscale=max(1.0, (30.0 / size) ** 0.5))  # legible legend dots
     return fig
 
 
