@@ -104,7 +104,7 @@ def test_evaluate_json_matches_library_and_known_proportions(ensembles, capsys):
     # The report: self-contained HTML with every PNG embedded, and the PNGs beside it.
     html = (out / "report.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["distance_histograms.png", "distance_scatter.png", "emd_rmsd.png"]
+    assert pngs == ["distance_histograms.png", "distance_scatter.png", "emd_rmsd.png", "rmsf.png"]
     assert html.count("src='data:image/png;base64,") == len(pngs)
     assert not re.search(r"(src|href)=['\"](?!data:)", html)
     assert not list(out.glob(".*"))  # no temporary files left behind

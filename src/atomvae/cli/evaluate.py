@@ -5,6 +5,10 @@ optimal rigid superposition for all pairs, optimal one-to-one assignment, mean R
 pairs (A). Atoms (--atoms CA|backbone|heavy) are matched between the inputs by chain, residue number,
 insertion code and atom name; only atoms present in all inputs are compared.
 
+On the same draws: CryoSTAR-style coverage and matching (COV-R / MAT-R, COV-P / MAT-P at
+--cov-threshold A), per-residue C-alpha RMSF of both ensembles, and the physical plausibility of the
+structures (peptide bonds, clashes, backbone angles, Ramachandran outliers).
+
 With --base, also the base-structure-only reference; when GT holds at least 2N structures, the
 finite-sample floor (two disjoint GT draws) and the recovered fraction (base - model) / (base - floor).
 --distance CHAIN:RES:ATOM,CHAIN:RES:ATOM (repeatable) compares distance marginals (W1, histograms, a
@@ -44,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atoms", choices=("CA", "backbone", "heavy"), default="CA",
                         help="atoms compared by EMD-RMSD (default CA)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    parser.add_argument("--cov-threshold", type=float, default=2.0, metavar="ANGSTROM",
+                        help="RMSD threshold of the coverage metrics COV-R / COV-P (default 2)")
     parser.add_argument("--base", type=Path, help="base structure (PDB/mmCIF) for the base-only reference")
     parser.add_argument("--distance", action="append", default=[], metavar="A:284:CA,A:225:CA",
                         help="a distance between two atoms (repeatable)")
@@ -72,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = EvaluateConfig(
         pred=args.pred, gt=args.gt, pred_topology=args.pred_topology, gt_topology=args.gt_topology,
-        n=args.n, atoms=args.atoms, seed=args.seed, base=args.base, distances=tuple(args.distance),
+        n=args.n, atoms=args.atoms, seed=args.seed, cov_threshold=args.cov_threshold, base=args.base,
+        distances=tuple(args.distance),
         cutoffs=tuple(args.cutoff), out_dir=args.out, json_path=args.json_path, run=args.run,
         latents=args.latents, particles=args.particles, truth=args.truth,
         ensemble_source=args.ensemble_source,

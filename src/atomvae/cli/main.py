@@ -23,6 +23,8 @@ SUBCOMMANDS = {
     "interpolate": "interpolate",
     "encode": "encode",
     "evaluate": "evaluate",
+    "analyze": "analyze",
+    "export": "export",
     "demo": "demo",
 }
 

@@ -23,7 +23,8 @@ __all__ = ["EmdResult", "EmdComparison", "emd_rmsd", "draw_samples", "compare_en
 @dataclass(frozen=True)
 class EmdResult:
     """emd_rmsd: mean assigned RMSD (A); assigned_rmsd (N,) per assigned pair, in pred order;
-    gt_index (N,): the gt structure assigned to each pred structure; seconds spent per phase."""
+    gt_index (N,): the gt structure assigned to each pred structure; seconds spent per phase;
+    rmsd_matrix (N, N): RMSD of every pred (row) and gt (column) structure, for COV / MAT."""
 
     emd_rmsd: float
     n: int
@@ -31,6 +32,7 @@ class EmdResult:
     gt_index: np.ndarray
     rmsd_seconds: float = 0.0
     assignment_seconds: float = 0.0
+    rmsd_matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def emd_rmsd(pred: np.ndarray, gt: np.ndarray, chunk: int | None = None) -> EmdResult:
@@ -50,7 +52,7 @@ def emd_rmsd(pred: np.ndarray, gt: np.ndarray, chunk: int | None = None) -> EmdR
     assigned = cost[rows, cols]
     return EmdResult(
         emd_rmsd=float(assigned.mean()), n=len(pred), assigned_rmsd=assigned, gt_index=cols,
-        rmsd_seconds=t1 - t0, assignment_seconds=t2 - t1,
+        rmsd_seconds=t1 - t0, assignment_seconds=t2 - t1, rmsd_matrix=cost,
     )
 
 

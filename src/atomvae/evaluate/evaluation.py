@@ -30,6 +30,7 @@ from atomvae.evaluate.conditional import (
     read_latents,
 )
 from atomvae.evaluate.emd_rmsd import EmdComparison, compare_ensembles
+from atomvae.evaluate.ensemble_metrics import compare_rmsf, coverage_matching
 from atomvae.evaluate.marginals import (
     DistanceSpec,
     atom_distances,
@@ -58,6 +59,7 @@ class EvaluateConfig:
     n: int = 2048
     atoms: str = "CA"
     seed: int = 0
+    cov_threshold: float = 2.0  # A, RMSD threshold of COV-R / COV-P
     base: Path | None = None
     distances: tuple[str, ...] = ()
     cutoffs: tuple[float, ...] = ()
@@ -160,6 +162,43 @@ def _emd_section(cmp: EmdComparison, config: EvaluateConfig, atom_note: str) -> 
     return ReportSection("EMD-RMSD", rows=rows, paragraphs=paragraphs, figures=[fig])
 
 
+def _coverage_section(cmp: EmdComparison, config: EvaluateConfig) -> tuple[ReportSection, dict]:
+    """COV / MAT (``ensemble_metrics.coverage_matching``) on the EMD-RMSD draws' RMSD matrix."""
+    result = coverage_matching(cmp.model.rmsd_matrix, config.cov_threshold)
+    rows = [(f"COV-R (ground truth covered, RMSD < {result.threshold:g} Å)", f"{result.cov_recall:.1%}"),
+            ("MAT-R (mean RMSD of each GT structure to its closest prediction)", _fmt(result.mat_recall)),
+            (f"COV-P (predictions near the ground truth, RMSD < {result.threshold:g} Å)",
+             f"{result.cov_precision:.1%}"),
+            ("MAT-P (mean RMSD of each prediction to its closest GT structure)", _fmt(result.mat_precision))]
+    text = [f"On the same draws and {config.atoms} atoms as EMD-RMSD (CryoSTAR's ensemble metrics): recall "
+            "asks whether every true conformation has a predicted one nearby, precision whether every "
+            "prediction is near a true one. Higher COV and lower MAT are better; set the threshold with "
+            "--cov-threshold."]
+    return ReportSection("Coverage and matching (COV / MAT)", rows=rows, paragraphs=text), result.as_dict()
+
+
+def _rmsf_section(pred_top, pred_coords, gt_top, gt_coords, config: EvaluateConfig
+                  ) -> tuple[ReportSection | None, dict]:
+    """Per-residue C-alpha RMSF of the drawn predicted and true structures (each ensemble superposed on its
+    own mean), residues matched by chain, number and insertion code."""
+    match = match_atoms({"gt": (gt_top, config.gt), "pred": (pred_top, config.pred)}, "CA")
+    if match.n_atoms < 3:
+        return None, {}
+    result = compare_rmsf(pred_coords[:, match.indices["pred"]], gt_coords[:, match.indices["gt"]])
+    residues = [key.rsplit(":", 1)[0] for key in match.keys]
+    summary = {"residues": residues, "pred": result["pred"].tolist(), "gt": result["gt"].tolist(),
+               "pearson_r": result["pearson_r"], "mean_abs_difference": result["mean_abs_difference"]}
+    rows = [("residues compared", str(len(residues))),
+            ("Pearson r (predicted vs true RMSF)", f"{result['pearson_r']:.3f}"),
+            ("mean |RMSF difference|", _fmt(result["mean_abs_difference"]))]
+    fig = ReportFigure("rmsf", plots.rmsf_figure(result["pred"], result["gt"], residues),
+                       "Per-residue C-alpha RMSF of the predicted and true ensembles (each superposed on its "
+                       "own mean).")
+    text = ["Where the model puts its flexibility: the RMS fluctuation of each C-alpha about its mean "
+            "position, in the drawn structures of each ensemble."]
+    return ReportSection("Flexibility (RMSF)", rows=rows, paragraphs=text, figures=[fig]), summary
+
+
 def _distance_part(specs: list[DistanceSpec], cutoffs: list[float | None], pred_top, pred_coords, gt_top,
                    gt_coords, config: EvaluateConfig):
     pred_pairs = np.array([s.atom_indices(pred_top, config.pred) for s in specs])
@@ -221,10 +260,21 @@ def _plausibility_section(ensembles: dict[str, tuple]) -> tuple[ReportSection | 
         rows.append((name, f"{s.fraction_ok:.1%} of {s.n_structures} structures pass (bonds ok "
                            f"{s.fraction_bonds_ok:.1%}, no clash {s.fraction_no_clash:.1%}); C-N bond "
                            f"{s.bond_length_mean:.3f} Å, rms deviation {s.bond_length_rms_deviation:.3f} Å"))
+        rows.append((f"{name}: backbone angles",
+                     f"rms deviation {s.angle_rms_deviation:.2f}°, outliers {s.angle_outlier_fraction:.2%} "
+                     f"of angles; {s.fraction_no_angle_outlier:.1%} of structures have none"))
+        rama = ("not checked (needs MDAnalysis)" if np.isnan(s.ramachandran_outlier_fraction) else
+                f"outliers {s.ramachandran_outlier_fraction:.2%} of residues; "
+                f"{s.fraction_no_ramachandran_outlier:.1%} of structures have none")
+        rows.append((f"{name}: Ramachandran", rama))
     if not rows:
         return None, {}
     text = ["A structure passes when every C(i)-N(i+1) peptide bond is within 0.2 Å of 1.33 Å and no two "
-            "heavy atoms of residues that are not sequence neighbours are closer than 2.0 Å."]
+            "heavy atoms of residues that are not sequence neighbours are closer than 2.0 Å.",
+            "Beside it: backbone angles N-CA-C, CA-C-N, C-N-CA against Engh & Huber (outliers beyond 4 "
+            "standard deviations), and Ramachandran outliers: non-glycine residues outside the allowed "
+            "region holding 99.8% of the Top500 reference residues (from MDAnalysis Rama_ref). The ground "
+            "truth shows what a physical ensemble scores."]
     if skipped:
         text.append(f"Not checked (no backbone N and C atoms): {', '.join(skipped)}.")
     return ReportSection("Physical plausibility", rows=rows, paragraphs=text), summary
@@ -348,6 +398,13 @@ def evaluate(config: EvaluateConfig) -> dict:
     if config.notes:
         summary["about"] = list(config.notes)
     sections = [_emd_section(cmp, config, atom_note)]
+    section, summary["coverage"] = _coverage_section(cmp, config)
+    sections.append(section)
+    section, rmsf_summary = _rmsf_section(pred_top, pred_coords[cmp.pred_index], gt_top,
+                                          gt_coords[cmp.gt_index], config)
+    if section is not None:
+        sections.append(section)
+        summary["rmsf"] = rmsf_summary
     if specs:
         section, dist_summary = _distance_part(specs, cutoffs, pred_top, pred_coords[cmp.pred_index], gt_top,
                                                gt_coords[cmp.gt_index], config)
@@ -372,7 +429,8 @@ def evaluate(config: EvaluateConfig) -> dict:
                             ("truth", config.truth), ("simulated ensemble", config.ensemble_source)):
             if value is not None:
                 inputs.append((name, str(value)))
-        inputs.append(("settings", f"--n {config.n} --atoms {config.atoms} --seed {config.seed}"))
+        inputs.append(("settings", f"--n {config.n} --atoms {config.atoms} --seed {config.seed} "
+                                   f"--cov-threshold {config.cov_threshold:g}"))
         written = write_report(config.out_dir, "atomvae evaluation", sections, summary, inputs,
                                notes=list(config.notes))
         summary["report"] = str(written["html"])

@@ -16,7 +16,7 @@ from atomvae.evaluate.marginals import MarginalComparison, shared_bins
 
 __all__ = [
     "emd_figure", "distance_histograms", "distance_scatter", "conditional_figure", "latent_figure",
-    "training_curves_figure",
+    "training_curves_figure", "rmsf_figure",
 ]
 
 PRED_COLOUR, GT_COLOUR, BASE_COLOUR, FLOOR_COLOUR = "#d62728", "#1f77b4", "#7f7f7f", "#2ca02c"
@@ -176,6 +176,21 @@ def latent_figure(projection: np.ndarray, explained: np.ndarray, colour: np.ndar
     if projection.shape[1] > 1:
         ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
     ax.set_title(f"latent space: posterior means of {len(projection)} particles")
+    return fig
+
+
+def rmsf_figure(pred: np.ndarray, gt: np.ndarray, residues: list[str]) -> Figure:
+    """Per-residue RMSF (A) of the prediction and the ground truth over the residues (labels) compared."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax = fig.subplots()
+    position = np.arange(len(residues))
+    ax.plot(position, gt, color=GT_COLOUR, lw=1.5, label="ground truth")
+    ax.plot(position, pred, color=PRED_COLOUR, lw=1.5, label="prediction")
+    ticks = position[:: max(1, len(position) // 12)]
+    ax.set_xticks(ticks, [residues[i] for i in ticks], fontsize="small")
+    ax.set_xlabel("residue")
+    ax.set_ylabel("C-alpha RMSF (Å)")
+    ax.legend(fontsize=8)
     return fig
 
 

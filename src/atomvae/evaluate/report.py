@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from atomvae import __version__
 from atomvae.errors import atomic_write_bytes, atomic_write_text
 
-__all__ = ["ReportFigure", "ReportSection", "figure_png", "write_report", "write_json", "summary_text"]
+__all__ = ["ReportFigure", "ReportSection", "figure_png", "html_page", "write_report", "write_json",
+           "summary_text"]
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ReportSection:
     rows: list[tuple[str, str]] = field(default_factory=list)
     paragraphs: list[str] = field(default_factory=list)
     figures: list[ReportFigure] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)  # trusted markup placed after the figures (e.g. a table)
 
 
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
@@ -94,6 +96,18 @@ def write_report(out_dir: str | Path, title: str, sections: list[ReportSection],
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    page, written = html_page(out_dir, title, sections, inputs, notes)
+    written["html"] = out_dir / "report.html"
+    atomic_write_text(written["html"], page)
+    written["json"] = out_dir / "summary.json"
+    write_json(written["json"], summary)
+    return written
+
+
+def html_page(out_dir: Path, title: str, sections: list[ReportSection], inputs: list[tuple[str, str]] | None,
+              notes: list[str] | None) -> tuple[str, dict[str, Path]]:
+    """The self-contained HTML text of a report, and {figure name: PNG path} of the PNGs written beside it
+    into ``out_dir`` (each figure is also embedded in the page)."""
     written: dict[str, Path] = {}
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>{html.escape(title)}</title>",
@@ -116,12 +130,9 @@ def write_report(out_dir: str | Path, title: str, sections: list[ReportSection],
             data = base64.b64encode(png).decode("ascii")
             parts.append(f"<figure><img alt='{html.escape(fig.name)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+        parts.extend(section.html)
     parts.append("</body></html>\n")
-    written["html"] = out_dir / "report.html"
-    atomic_write_text(written["html"], "\n".join(parts))
-    written["json"] = out_dir / "summary.json"
-    write_json(written["json"], summary)
-    return written
+    return "\n".join(parts), written
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -145,6 +156,15 @@ def summary_text(summary: dict) -> str:
         lines.append("  " + ", ".join(refs))
     for note in summary.get("notes", []):
         lines.append(f"  note: {note}")
+    cov = summary.get("coverage")
+    if cov:
+        lines.append(f"  COV-R {cov['cov_recall']:.1%} / MAT-R {_fmt(cov['mat_recall'])} A, COV-P "
+                     f"{cov['cov_precision']:.1%} / MAT-P {_fmt(cov['mat_precision'])} A "
+                     f"(threshold {cov['threshold']:g} A)")
+    rmsf = summary.get("rmsf")
+    if rmsf:
+        lines.append(f"  RMSF vs truth: Pearson r {_fmt(rmsf['pearson_r'])}, mean |difference| "
+                     f"{_fmt(rmsf['mean_abs_difference'])} A over {len(rmsf['residues'])} residues")
     for d in summary.get("distances", []):
         line = f"  {d['label']}: W1 {_fmt(d['wasserstein_1'])} A, mean pred {_fmt(d['pred_mean'])} / GT " \
                f"{_fmt(d['gt_mean'])} A"

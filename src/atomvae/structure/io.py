@@ -411,8 +411,10 @@ def _as_coords(topology: Topology, coords, path) -> np.ndarray:
     return coords
 
 
-def _gemmi_structure(topology: Topology, coords: np.ndarray) -> gemmi.Structure:
-    """A gemmi Structure with one model per coordinate set, residues and atoms as in the topology."""
+def _gemmi_structure(topology: Topology, coords: np.ndarray, b_factors: np.ndarray | None = None
+                     ) -> gemmi.Structure:
+    """A gemmi Structure with one model per coordinate set, residues and atoms as in the topology;
+    ``b_factors (A,)`` (A^2 or any per-atom value) fill the B-factor column of every model (default 0)."""
     template = gemmi.Model(1)
     starts = topology.residue_start
     for r in range(topology.n_residues):
@@ -429,7 +431,7 @@ def _gemmi_structure(topology: Topology, coords: np.ndarray) -> gemmi.Structure:
             atom.name = str(topology.atom_name[a])
             atom.element = gemmi.Element(str(topology.element[a]))
             atom.occ = 1.0
-            atom.b_iso = 0.0
+            atom.b_iso = 0.0 if b_factors is None else float(b_factors[a])
             res.add_atom(atom)
         template[len(template) - 1].add_residue(res)
     st = gemmi.Structure()
@@ -455,8 +457,11 @@ def _gemmi_structure(topology: Topology, coords: np.ndarray) -> gemmi.Structure:
     return st
 
 
-def write_ensemble(path: str | os.PathLike, topology: Topology, coords) -> list[Path]:
+def write_ensemble(path: str | os.PathLike, topology: Topology, coords, b_factors=None) -> list[Path]:
     """Write structures coords (M, A, 3) (or one (A, 3)) in A with their topology; atomic.
+
+    ``b_factors (A,)``: a per-atom value for the B-factor column (e.g. a per-residue RMSF), the same in
+    every model; PDB/mmCIF only (default 0).
 
     ``.pdb``: multi-model PDB (MODEL/ENDMDL); ``.cif``/``.mmcif``: mmCIF with one pdbx_PDB_model_num per
     structure; both keep residue names, numbers, insertion codes, chains and elements (ChimeraX, PyMOL
@@ -469,12 +474,16 @@ def write_ensemble(path: str | os.PathLike, topology: Topology, coords) -> list[
     if suffix not in ENSEMBLE_WRITE_SUFFIXES:
         raise InputError(path, f"unknown ensemble format; use one of {', '.join(ENSEMBLE_WRITE_SUFFIXES)}")
     coords = _as_coords(topology, coords, path)
+    if b_factors is not None:
+        b_factors = np.asarray(b_factors, dtype=np.float64).reshape(-1)
+        if b_factors.shape != (topology.n_atoms,) or not np.all(np.isfinite(b_factors)):
+            raise ValueError(f"b_factors must be {topology.n_atoms} finite values, got {b_factors.shape}")
     if suffix == ".dcd":
         topology_pdb = path.with_name(f"{path.stem}_topology.pdb")
         _write_dcd(path, coords)
         write_ensemble(topology_pdb, topology, coords[:1])
         return [path, topology_pdb]
-    st = _gemmi_structure(topology, coords)
+    st = _gemmi_structure(topology, coords, b_factors)
     with atomic_path(path) as tmp:
         if suffix == ".pdb":
             try:

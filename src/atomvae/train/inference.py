@@ -88,11 +88,13 @@ def latent_line(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Ten
     return (1.0 - t) * start + t * end
 
 
-def principal_axis_endpoints(mu: np.ndarray, percentile: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Two points on the first principal axis of posterior means ``mu`` (N, D): the mean plus the axis times
-    the ``percentile`` and ``100 - percentile`` percentiles of the projections (percentile 0 = the extremes;
-    the default 1 keeps single outlier particles from setting the ends). The axis points along its largest
-    component, so the first point is the low end of that component."""
+def principal_axis_endpoints(mu: np.ndarray, percentile: float = 1.0, component: int = 0
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Two points on the first (or the ``component``-th, 0-based) principal axis of posterior means ``mu``
+    (N, D): the mean plus the axis times the ``percentile`` and ``100 - percentile`` percentiles of the
+    projections (percentile 0 = the extremes; the default 1 keeps single outlier particles from setting
+    the ends). The axis points along its largest component, so the first point is the low end of that
+    component."""
     if not 0.0 <= percentile < 50.0:
         raise InputError("--percentile", f"must be in [0, 50), got {percentile}")
     mu = np.asarray(mu, dtype=np.float64)
@@ -100,7 +102,9 @@ def principal_axis_endpoints(mu: np.ndarray, percentile: float = 1.0) -> tuple[n
         raise InputError("latents", f"need posterior means of shape (N >= 2, D), got {mu.shape}")
     mean = mu.mean(axis=0)
     _, _, vt = np.linalg.svd(mu - mean, full_matrices=False)
-    axis = vt[0] * np.sign(vt[0][np.argmax(np.abs(vt[0]))])  # SVD's sign is arbitrary: fix it
+    if not 0 <= component < len(vt):
+        raise InputError("latents", f"no principal axis {component + 1} for {mu.shape} posterior means")
+    axis = vt[component] * np.sign(vt[component][np.argmax(np.abs(vt[component]))])  # SVD's sign is arbitrary
     projections = (mu - mean) @ axis
     low, high = np.percentile(projections, [percentile, 100.0 - percentile])
     return mean + low * axis, mean + high * axis
