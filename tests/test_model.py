@@ -288,3 +288,29 @@ def test_rejects_mismatched_box(base):
     topology, coords = base
     with pytest.raises(ValueError):
         AtomVAE(small_config(), topology, coords, box=BOX + 2, pixel_size=PIXEL_SIZE, noise_sigma=1.0)
+
+
+def test_sleep_phase_teaches_the_encoder_only(base):
+    model = make_model(base, render_atoms="CA", render_sigma=2.0)
+    perturb_decoder(model, seed=3, scale=0.3)
+    model.noise_sigma.fill_(0.02)  # high SNR: the latent is readable from the image
+    generator = torch.Generator().manual_seed(0)
+    n = 16
+    rotation = random_rotations(n, generator=generator)
+    shift = torch.zeros(n, 2)
+    images = 0.1 * torch.randn(n, BOX, BOX, generator=generator)  # sets only the synthetic signal scale
+    loss = model.sleep_loss(images, batch_ctf(n), rotation, shift, generator).mean()
+    loss.backward()
+    decoder_grads = [p.grad for p in model.decoder.parameters() if p.grad is not None]
+    assert not decoder_grads  # nothing flows into the decoder
+    assert all(p.grad is not None for p in model.conf_posterior.parameters())
+    optimizer = torch.optim.Adam(list(model.encoder.parameters()) + list(model.conf_posterior.parameters()),
+                                 lr=1e-3)
+    first = float(loss.detach())
+    for _ in range(120):
+        optimizer.zero_grad()
+        loss = model.sleep_loss(images, batch_ctf(n), rotation, shift, generator).mean()
+        loss.backward()
+        optimizer.step()
+    last = float(model.sleep_loss(images, batch_ctf(n), rotation, shift, generator).mean().detach())
+    assert last < first - 10.0  # -log q(z | y) of fresh synthetic particles fell by > 10 nats per image

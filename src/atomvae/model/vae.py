@@ -304,7 +304,12 @@ class AtomVAE(nn.Module):
             log_lik = gaussian_log_likelihood(target, predicted, self.noise_sigma)
             per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
 
-            per_image_loss = (-per_image + weights.beta_conf * kl_conf + weights.beta_pose * kl_pose
+            sleep = zero
+            if weights.sleep > 0 and stage == 2:
+                sleep = self.sleep_loss(images, ctf, rotation.reshape(batch, -1, 3, 3)[:, 0],
+                                        shift.reshape(batch, -1, 2)[:, 0], generator)
+            per_image_loss = (-per_image + weights.sleep * sleep + weights.beta_conf * kl_conf
+                              + weights.beta_pose * kl_pose
                               + weights.backbone * backbone + weights.bond_outliers * outliers
                               + weights.centering * center_sq
                               + weights.clash * clash + weights.orientation * orientation)
@@ -319,11 +324,43 @@ class AtomVAE(nn.Module):
             "clash": float(clash.detach().mean()),
             "heavy_clash": float(heavy_clash.detach().mean()),
             "orientation": float(orientation.detach().mean()),
+            "sleep": float(sleep.detach().mean()),
             "amplitude": float(self.amplitude.detach()),
             "render_sigma": float(torch.as_tensor(self.render_sigma).detach()),
             "total": float(total.detach()),
         }
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
+
+    def sleep_loss(self, images: torch.Tensor, ctf: CTFParams | None, rotation: torch.Tensor,
+                   shift: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """-log q(z | y~) per image (B,), nats: the encoder's error on synthetic particles y~ whose latents z
+        are known (the sleep phase of reweighted wake-sleep; ``LossWeights.sleep``).
+
+        images (B, H, W) only set the synthetic images' scale (their signal variance: the per-dataset
+        variance above the noise); rotation (B, 3, 3), shift (B, 2) A and ctf (B,) are the poses and CTFs
+        the synthetic particles are rendered at (the batch's own, so they look like the data). The decoder
+        and renderer run without gradients: only the encoder learns here.
+        """
+        batch = images.shape[0]
+        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+            z = torch.randn(batch, self.config.latent_conf, generator=generator, device=images.device)
+            coords = self.decoder(z, "render")  # (B, A_r, 3)
+            rotation, shift = rotation.detach().to(coords.dtype), shift.detach().to(coords.dtype)
+            sigma = self.render_sigma
+            sigma = float(sigma) if isinstance(sigma, torch.Tensor) else sigma
+            mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
+            clean = render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
+            if ctf is not None:
+                clean = apply_ctf(clean, ctf, self.pixel_size)
+            noise_var = self.noise_sigma.square()
+            signal_var = (images.float().var(dim=(-2, -1)).mean() - noise_var).clamp_min(1e-3 * noise_var)
+            scale = torch.sqrt(signal_var / clean.var(dim=(-2, -1)).mean().clamp_min(1e-30))
+            noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+            synthetic = scale * clean + self.noise_sigma * noise
+        h = self.encoder(self.encoder_input(synthetic, ctf))
+        mu, sigma_q = (_full(t) for t in self.conf_posterior(h))
+        return (torch.log(sigma_q) + 0.5 * ((z - mu) / sigma_q).square()).sum(dim=-1) \
+            + 0.5 * math.log(2 * math.pi) * z.shape[-1]
 
     # ------------------------------------------------------------------ using a trained model
     def encoder_input(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
