@@ -1,73 +1,167 @@
-"""Images/s of one AtomVAE.loss forward+backward (+ Adam step) on the CPU.
+"""Training-step speed against the renderer's own speed and the machine's matmul ceiling (issue 12).
 
-Adenylate kinase (adk_open.pdb, 214 residues) as the base, 64x64 images with a CTF, the paper's
-network widths, and the sample counts of the ``cpu`` training preset (stage 1: 8 poses per image;
-stage 2: 4 conformations x 2 poses). Rendered atoms: CA (A = 214) with 2 A Gaussians by default.
+For each configuration, in one run on the same random 64 x 64 particles with CTFs (adenylate kinase,
+adk_open.pdb, as the base): one training step (AtomVAE.loss forward + backward + Adam) in images/s and
+renders/s, the renders per image, and the renderer alone on the same shapes (render with CTF, forward +
+backward in the coordinates) in renders/s. The matmul ceiling is the batched ``(B, 64, A) @ (B, A, 64)``
+float32 matmul at the configuration's atom count A; a render is credited with ``6 * 64 * 64 * A`` FLOPs
+forward + backward (its dense-equivalent work, as in ``benchmarks/render.py``). Timings are medians of
+``--steps`` steps after one warm-up.
 
-    .venv/bin/python benchmarks/model_step.py                 # cpu-preset shapes
-    .venv/bin/python benchmarks/model_step.py --atoms heavy --n-conf 64 --n-pose 4 --batch 8   # paper-like
+Configurations: the cpu preset as it ships (given poses); the cpu preset rendering heavy atoms at a
+learnt width; the paper preset (heavy atoms, 64 x 4 samples per image) with given and with inferred
+poses, on a small batch. The last line is, for the cpu preset as it ships:
+``step/render ratio: R; renderer ceiling fraction: F`` with R = step renders/s / renderer-alone
+renders/s and F = the renderer's FLOP/s / the ceiling.
+
+    .venv/bin/python benchmarks/model_step.py [--threads 2] [--steps 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
+import statistics
+import sys
 import time
 
 import torch
 from MDAnalysisTests.datafiles import PDB_small  # adk_open.pdb
 
-from atomvae.model.config import LossWeights, ModelConfig
+from atomvae.geometry.rotations import random_rotations
 from atomvae.model.vae import AtomVAE
 from atomvae.physics.ctf import CTFParams
+from atomvae.physics.render import render
 from atomvae.structure.io import read_structure
+from atomvae.train.config import PRESETS, TrainConfig
+
+BOX, PIXEL_SIZE = 64, 1.5
 
 
-def main() -> None:
+def matmul_gflops(n_atoms: int, batch: int = 256, repeats: int = 5) -> float:
+    a, b = torch.randn(batch, BOX, n_atoms), torch.randn(batch, n_atoms, BOX)
+    torch.bmm(a, b)
+    best = min(_timed(lambda: torch.bmm(a, b)) for _ in range(repeats))
+    return 2 * batch * BOX * BOX * n_atoms / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(name: str, config: TrainConfig, pose_mode: str, batch: int, steps: int) -> dict:
+    structure = read_structure(PDB_small)
+    torch.manual_seed(0)
+    model = AtomVAE(
+        config.model, structure.topology, structure.coords, box=BOX, pixel_size=PIXEL_SIZE, noise_sigma=1.0
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, BOX, BOX, generator=generator)
+    defocus = 10000.0 + 15000.0 * torch.rand(batch, generator=generator)
+    ctf = CTFParams(
+        defocus_u=defocus, defocus_v=defocus + 300.0, astigmatism_angle=torch.full_like(defocus, 30.0)
+    )
+    rotation = random_rotations(batch, generator=generator)
+    shift = torch.zeros(batch, 2)
+    stage = config.stage2
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    given = pose_mode != "inferred"
+    n_pose = 1 if pose_mode == "given" else stage.n_pose
+    renders_per_image = stage.n_conf * n_pose
+
+    def step() -> None:
+        out = model.loss(
+            images,
+            ctf,
+            stage=2,
+            n_conf=stage.n_conf,
+            n_pose=stage.n_pose,
+            weights=config.loss,
+            pose_mode=pose_mode,
+            given_rotation=rotation if given else None,
+            given_shift=shift if given else None,
+            generator=generator,
+        )
+        optimizer.zero_grad()
+        out.total.backward()
+        optimizer.step()
+
+    coords = model.base_render_coords.expand(batch, renders_per_image, -1, -1).clone().requires_grad_(True)
+    render_rotation = random_rotations(batch * renders_per_image, generator=generator).reshape(
+        batch, renders_per_image, 3, 3
+    )
+    render_shift = torch.zeros(batch, renders_per_image, 2)
+    sigma = float(torch.as_tensor(model.render_sigma).detach())
+
+    def render_alone() -> None:
+        out = render(
+            coords, render_rotation, render_shift, ctf, BOX, PIXEL_SIZE, sigma, weights=model.render_mass
+        )
+        out.backward(torch.ones_like(out))
+
+    step()
+    render_alone()
+    step_s = statistics.median(_timed(step) for _ in range(steps))
+    render_s = statistics.median(_timed(render_alone) for _ in range(steps))
+    n_atoms = int(model.base_render_coords.shape[0])
+    renders = batch * renders_per_image
+    ceiling = matmul_gflops(n_atoms)
+    return {
+        "name": name,
+        "atoms": n_atoms,
+        "batch": batch,
+        "renders_per_image": renders_per_image,
+        "images_per_s": batch / step_s,
+        "step_renders_per_s": renders / step_s,
+        "render_renders_per_s": renders / render_s,
+        "ceiling_gflops": ceiling,
+        "render_fraction": renders / render_s * 6 * BOX * BOX * n_atoms / 1e9 / ceiling,
+    }
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--atoms", default="CA", choices=("CA", "backbone", "heavy"))
-    parser.add_argument("--sigma", type=float, default=2.0, help="render sigma, A")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--n-conf", type=int, default=4)
-    parser.add_argument("--n-pose", type=int, default=2)
-    parser.add_argument("--stage1-poses", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    structure = read_structure(PDB_small)
-    config = ModelConfig(render_atoms=args.atoms, render_sigma=args.sigma)
-    torch.manual_seed(0)
-    model = AtomVAE(config, structure.topology, structure.coords, box=64, pixel_size=2.0, noise_sigma=1.0)
-    n_render = int(model.base_render_coords.shape[0])
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 64, 64, generator=generator)
-    defocus = 8000.0 + 4000.0 * torch.rand(args.batch, generator=generator)
-    ctf = CTFParams(defocus_u=defocus, defocus_v=defocus + 300.0,
-                    astigmatism_angle=torch.full_like(defocus, 30.0))
-    weights = LossWeights()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-
-    for stage, n_conf, n_pose in ((1, 1, args.stage1_poses), (2, args.n_conf, args.n_pose)):
-        def step(stage=stage, n_conf=n_conf, n_pose=n_pose):
-            out = model.loss(images, ctf, stage=stage, n_conf=n_conf, n_pose=n_pose, weights=weights,
-                             generator=generator)
-            optimizer.zero_grad()
-            out.total.backward()
-            optimizer.step()
-
-        step()  # warm-up
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        median = sorted(times)[len(times) // 2]
-        renders = args.batch * n_conf * n_pose
-        print(f"stage {stage}: A={n_render} {args.atoms}, batch {args.batch}, {n_conf}x{n_pose} samples per "
-              f"image: {median * 1e3:.0f} ms/step, {args.batch / median:.1f} images/s, "
-              f"{renders / median:.0f} renders/s")
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine reference: batched matmul "
+        f"(256,64,1024)@(256,1024,64) float32 {matmul_gflops(1024):.1f} GFLOP/s"
+    )
+    cpu, paper = PRESETS["cpu"], PRESETS["paper"]
+    cpu_heavy = dataclasses.replace(
+        cpu, model=dataclasses.replace(cpu.model, render_atoms="heavy", render_sigma=1.0)
+    )
+    cases = [
+        ("cpu preset (given poses)", cpu, "given", cpu.batch_size),
+        ("cpu preset, heavy atoms (given)", cpu_heavy, "given", cpu.batch_size),
+        ("paper preset (given poses)", paper, "given", 4),
+        ("paper preset (inferred poses)", paper, "inferred", 2),
+    ]
+    results = []
+    for name, config, pose_mode, batch in cases:
+        r = measure(name, config, pose_mode, batch, args.steps)
+        results.append(r)
+        print(
+            f"{name}: A={r['atoms']}, batch {r['batch']}, {r['renders_per_image']} renders/image: "
+            f"step {r['images_per_s']:.1f} images/s = {r['step_renders_per_s']:.0f} renders/s; "
+            f"renderer alone {r['render_renders_per_s']:.0f} renders/s "
+            f"({100 * r['render_fraction']:.0f}% of the "
+            f"{r['ceiling_gflops']:.0f} GFLOP/s ceiling at A={r['atoms']})",
+            flush=True,
+        )
+    shipped = results[0]
+    print(
+        f"step/render ratio: {shipped['step_renders_per_s'] / shipped['render_renders_per_s']:.2f}; "
+        f"renderer ceiling fraction: {shipped['render_fraction']:.2f}"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
