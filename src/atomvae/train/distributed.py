@@ -115,6 +115,8 @@ class Shard:
     rows: torch.Tensor
     weight: float
     global_size: int
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def n_images(self) -> int:
@@ -130,9 +132,9 @@ def shard(batch: Sequence[int], rank_: int | None = None, world_size_: int | Non
     rows = list(range(r, len(batch), w))
     if not rows:
         return Shard(indices=batch[:1], rows=torch.zeros(1, dtype=torch.long), weight=0.0,
-                     global_size=len(batch))
+                     global_size=len(batch), rank=r, world_size=w)
     return Shard(indices=[batch[i] for i in rows], rows=torch.as_tensor(rows, dtype=torch.long),
-                 weight=len(rows) * w / len(batch), global_size=len(batch))
+                 weight=len(rows) * w / len(batch), global_size=len(batch), rank=r, world_size=w)
 
 
 def shard_positions(n: int) -> np.ndarray:
@@ -140,11 +142,18 @@ def shard_positions(n: int) -> np.ndarray:
     return np.arange(rank(), n, world_size())
 
 
-def per_rank_count(n: int | None) -> int | None:
-    """A count of images per global batch (e.g. the heavy-atom clash subset; None = all) as a count per
-    rank: ceil(n / W), so the ranks' first images together are the global batch's first n (exactly when W
-    divides n and the batch holds at least n images)."""
-    return None if n is None else -(-n // world_size())
+def subset_share(n_subset: int | None, shard_: Shard) -> tuple[int | None, float]:
+    """A term evaluated on "the first ``n_subset`` images of the batch" (None: all), per rank.
+
+    Returns (k, fraction): this rank evaluates its first k = ceil(n_subset / W) images (with interleaved
+    shards the ranks' first k images together are the global batch's first n_subset when W divides it;
+    otherwise a few more), which are ``fraction`` of all the images the ranks evaluate together. A rank
+    weights its mean of the term by ``fraction`` so the ranks' sum is the mean over the whole subset.
+    """
+    w, b = shard_.world_size, shard_.global_size
+    k = None if n_subset is None else -(-n_subset // w)
+    counts = [len(range(r, b, w)) if k is None else min(len(range(r, b, w)), k) for r in range(w)]
+    return k, (counts[shard_.rank] / sum(counts) if shard_.n_images else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------- communication

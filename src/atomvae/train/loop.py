@@ -32,6 +32,7 @@ import torch
 
 from atomvae.errors import InputError, atomic_path
 from atomvae.model.batch_noise import BatchNoiseRows
+from atomvae.model.config import LossWeights
 from atomvae.train import distributed
 from atomvae.train import run as run_folder
 from atomvae.train.checkpoint import (
@@ -114,13 +115,26 @@ def _stages(config: TrainConfig) -> list[int]:
     return [2] if config.pose_mode == "given" else [1, 2]
 
 
-def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any]) -> dict[str, Any]:
+def rank_loss_weights(weights: LossWeights, shard: distributed.Shard) -> LossWeights:
+    """The loss weights of one rank's share of a global batch (``weights`` itself with one process).
+
+    The objective is a mean over the batch's images plus ``heavy_clash`` x the heavy-atom clash term's mean
+    over the batch's first ``heavy_clash_images``. A rank's loss is scaled by ``shard.weight`` (b W / B) for
+    the first part; the clash term runs on the rank's first ceil(n / W) images (together the batch's first
+    n) and its weight is rescaled so that, after that scaling and DDP's average over W ranks, each rank's
+    clash mean counts by its share of the subset: the W-process gradient is the one-process gradient.
+    """
+    if shard.world_size == 1:
+        return weights
+    per_rank, fraction = distributed.subset_share(weights.heavy_clash_images, shard)
+    heavy = weights.heavy_clash * fraction * shard.world_size / shard.weight if shard.weight > 0 else 0.0
+    return replace(weights, heavy_clash=heavy, heavy_clash_images=per_rank)
+
+
+def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any],
+                 shard: distributed.Shard | None = None) -> dict[str, Any]:
     stage_config = config.stage1 if stage == 1 else config.stage2
-    weights = config.loss
-    if distributed.active():
-        # The heavy-atom clash term's "first n images of the batch", per rank: with interleaved shards the
-        # ranks' first n / W images are the global batch's first n.
-        weights = replace(weights, heavy_clash_images=distributed.per_rank_count(weights.heavy_clash_images))
+    weights = config.loss if shard is None else rank_loss_weights(config.loss, shard)
     kwargs: dict[str, Any] = dict(
         stage=stage, n_conf=1 if stage == 1 else stage_config.n_conf, n_pose=stage_config.n_pose,
         weights=weights, pose_mode=config.pose_mode,
@@ -158,7 +172,7 @@ def validation_log_likelihood(model, source: ParticleSource, indices: Sequence[i
         for shard, batch in zip(shards, source.batches([s.indices for s in shards], device), strict=True):
             with _autocast(device, config):
                 out = model.loss(batch["image"], batch["ctf"], generator=_sampling_noise(generator, shard),
-                                 **_loss_kwargs(config, stage, batch))
+                                 **_loss_kwargs(config, stage, batch, shard))
             if shard.n_images:
                 values = out.per_image_log_likelihood.double()
                 sums += torch.stack([values.sum().cpu(), torch.tensor(float(values.numel()))])
@@ -504,7 +518,7 @@ class _SeedTrainer:
             started = time.perf_counter()
             generator = sampling_generator(self.device, seed, _SAMPLING, stage, self.position.global_step)
             result = _train_step(loss_fn, optimizer, batch, config, stage, self.device,
-                                 _sampling_noise(generator, shard), shard.weight, stop.requested)
+                                 _sampling_noise(generator, shard), shard, stop.requested)
             n_images = shard.global_size
             self.position = Position(stage, epoch, step_in_epoch + 1, self.position.global_step + 1)
             step = self.position.global_step
@@ -536,27 +550,33 @@ class StepResult:
 
 
 def _train_step(loss_fn, optimizer, batch: dict[str, Any], config: TrainConfig, stage: int,
-                device: torch.device, generator: torch.Generator | BatchNoiseRows, weight: float = 1.0,
-                stop_requested: bool = False) -> StepResult:
-    """One Adam step on one batch (this rank's share of it with several processes).
+                device: torch.device, generator: torch.Generator | BatchNoiseRows,
+                shard: distributed.Shard | None = None, stop_requested: bool = False) -> StepResult:
+    """One Adam step on one batch (with several processes: this rank's ``shard`` of the global batch).
 
     A non-finite loss would poison Adam's moments, so that update is skipped (and logged by the caller).
-    weight: the factor on this rank's batch-mean loss that makes DDP's gradient average the gradient of the
-    global batch mean (``distributed.Shard.weight``; 1 with one process).
+    With several processes the rank's loss is scaled by ``shard.weight`` so that DDP's gradient average is
+    the gradient of the global batch's loss (see ``rank_loss_weights``).
     """
     with _autocast(device, config):
-        out = loss_fn(batch["image"], batch["ctf"], generator=generator, **_loss_kwargs(config, stage, batch))
+        out = loss_fn(batch["image"], batch["ctf"], generator=generator,
+                      **_loss_kwargs(config, stage, batch, shard))
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(out.total))
     terms = {k: float(v) for k, v in out.terms.items()}
+    weight = 1.0
     if distributed.active():
         # One small collective a step: all ranks skip a non-finite update together (a rank that skipped
         # backward would leave the others waiting in DDP's gradient all-reduce), all stop together, and the
-        # logged terms become global batch means (each rank's mean weighted by its share of the images).
+        # logged terms become the global batch's (each rank's mean weighted by its share of the images).
+        weight = shard.weight
         names = sorted(terms)
-        share = weight / distributed.world_size()
+        _, heavy_share = distributed.subset_share(config.loss.heavy_clash_images, shard)
+        # (A rank's "total" has its clash part at the rescaled weight already, so it sums like the others.)
+        shares = {k: heavy_share if k == "heavy_clash" else weight / shard.world_size for k in names}
         local = torch.tensor([0.0 if finite else 1.0, float(stop_requested),
-                              *(share * terms[k] if share > 0 else 0.0 for k in names)], dtype=torch.float64)
+                              *(shares[k] * terms[k] if shares[k] > 0 else 0.0 for k in names)],
+                             dtype=torch.float64)
         summed = distributed.sum_over_ranks(local).tolist()
         finite, stop_requested = summed[0] == 0, summed[1] > 0
         terms = dict(zip(names, summed[2:], strict=True))
