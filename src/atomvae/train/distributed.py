@@ -21,6 +21,7 @@ machine needs the run folder (every machine needs the particles and the base str
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,8 +60,11 @@ def rank() -> int:
 
 
 def is_main() -> bool:
-    """Rank 0: the only process that writes files, logs and shows progress."""
-    return rank() == 0
+    """Rank 0: the only process that writes files, logs and shows progress (also before the group is
+    joined or after it is left: torchrun's RANK then)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0 if launched_by_torchrun() else True
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -254,11 +258,19 @@ def data_parallel(model: nn.Module, method: str, trainable: Sequence[nn.Paramete
         parameter.requires_grad_(id(parameter) in keep)
     try:
         yield nn.parallel.DistributedDataParallel(
-            MethodAsForward(model, method), device_ids=None, broadcast_buffers=False,
-            find_unused_parameters=find_unused_parameters)
+            MethodAsForward(model, method), device_ids=None, find_unused_parameters=find_unused_parameters,
+            **_no_buffer_sync_each_step())
     finally:
         for parameter, requires_grad in previous:
             parameter.requires_grad_(requires_grad)
+
+
+def _no_buffer_sync_each_step() -> dict[str, bool]:
+    # torch >= 2.12 names it forward_sync_buffers (and warns on broadcast_buffers); older versions only
+    # know broadcast_buffers.
+    parameters = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+    return {name: False}
 
 
 def broadcast_module(model: nn.Module) -> None:
