@@ -159,3 +159,43 @@ def test_weighted_shard_gradients_sum_to_the_global_batch_gradient(tmp_path):
     for s, w in zip(summed, whole, strict=True):
         # float32 sums in another order: agreement to ~1e-5 of the tensor's largest gradient
         torch.testing.assert_close(s, w, rtol=1e-4, atol=1e-5 * float(w.abs().max()) + 1e-8)
+
+
+def _encode_and_search(run_dir, star, out_dir, search_config):
+    from atomvae.train.inference import encode_to_file
+    from atomvae.train.pose_search import search_poses_to_file
+
+    encode_to_file(run_dir, star, out_dir / "latents.npz")
+    search_poses_to_file(star, BASE_PDB, out_dir / "poses.star", config=search_config,
+                         image_size=32, progress=False)
+
+
+def test_encode_and_search_poses_split_particles_over_processes(tmp_path):
+    """Each of 2 processes handles particles rank, rank + 2, ...; rank 0 writes the same files as one
+    process (7 particles: an uneven split)."""
+    from atomvae.train.pose_search import PoseSearchConfig
+
+    search = PoseSearchConfig(n_rotations=200, search_box=16, top_k=2, local_rounds=1, batch_size=3)
+    star = write_particles(tmp_path / "data", n=7)
+    run_dir = tmp_path / "run"
+    train(replace(tiny_config(), data=replace(tiny_config().data, n_calibration_images=4)), star, BASE_PDB,
+          run_dir, max_steps=1, show_progress=False)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    _encode_and_search(run_dir, star, one, search)
+    run_processes(2, _encode_and_search, run_dir, star, two, search)
+
+    latents_one, latents_two = np.load(one / "latents.npz"), np.load(two / "latents.npz")
+    assert sorted(latents_two.files) == sorted(latents_one.files)
+    np.testing.assert_array_equal(latents_two["index"], np.arange(7))
+    for key in latents_one.files:
+        np.testing.assert_allclose(latents_two[key], latents_one[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    poses_one, poses_two = np.load(one / "poses.npz"), np.load(two / "poses.npz")
+    for key in ("rotation", "shift", "score", "reference", "index"):
+        np.testing.assert_allclose(poses_two[key], poses_one[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    from atomvae.data.metadata import read_particles
+
+    star_one, star_two = read_particles(one / "poses.star"), read_particles(two / "poses.star")
+    np.testing.assert_array_equal(star_two.image_index, star_one.image_index)
+    torch.testing.assert_close(star_two.rotation, star_one.rotation, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(star_two.shift, star_one.shift, rtol=1e-4, atol=1e-4)

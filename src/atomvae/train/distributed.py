@@ -205,16 +205,18 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
 def gather_rows(local: dict[str, np.ndarray], positions: np.ndarray, n_total: int
                 ) -> dict[str, np.ndarray] | None:
     """Arrays whose rows are the items at ``positions`` of this rank, assembled in global order on rank 0
-    (``n_total`` rows each); None on the other ranks. With one process, ``local`` itself."""
+    (``n_total`` rows each); None on the other ranks. With one process, ``local`` itself. A rank with no
+    items may pass an empty dict."""
     if not active():
         return local
     gathered: list[Any] = [None] * world_size() if is_main() else None
     dist.gather_object((positions, local), gathered, dst=0)
     if not is_main():
         return None
+    gathered = [(rank_positions, part) for rank_positions, part in gathered if len(rank_positions)]
     out: dict[str, np.ndarray] = {}
-    for key in local:
-        first = next(part[key] for _, part in gathered)
+    for key in gathered[0][1] if gathered else ():
+        first = gathered[0][1][key]
         full = np.empty((n_total, *first.shape[1:]), dtype=first.dtype)
         for rank_positions, part in gathered:
             full[rank_positions] = part[key]
