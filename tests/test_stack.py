@@ -132,3 +132,19 @@ def test_many_stacks_keep_few_files_open(tmp_path, monkeypatch):
     order = rng.permutation(20)
     np.testing.assert_array_equal(stack[order].numpy(), images.reshape(20, 8, 8)[order])
     assert len(stack._maps) == 3
+
+
+def test_maps_are_closed_after_a_budget_of_bytes_read(tmp_path, monkeypatch):
+    """Pages read through a memory map stay resident until it is unmapped: after UNMAP_AFTER_BYTES the
+    maps are dropped (and reopened on the next read), so a pass over a large stack keeps RSS bounded."""
+    from atomvae.data import stack as stack_module
+
+    monkeypatch.setattr(stack_module, "UNMAP_AFTER_BYTES", 3 * 8 * 8 * 4)  # three 8x8 float32 images
+    images = np.random.default_rng(3).normal(size=(6, 8, 8)).astype(np.float32)
+    stack = ParticleStack([write_mrcs(tmp_path / "a.mrcs", images)])
+    np.testing.assert_array_equal(stack[[0, 1]].numpy(), images[[0, 1]])
+    assert len(stack._maps) == 1  # 2 images read: still open
+    np.testing.assert_array_equal(stack[[5]].numpy(), images[[5]])
+    assert len(stack._maps) == 0  # 3 images read: closed
+    np.testing.assert_array_equal(stack[[4, 2, 3]].numpy(), images[[4, 2, 3]])  # reopened
+    assert len(stack._maps) == 0

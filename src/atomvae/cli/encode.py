@@ -7,6 +7,7 @@ in the file. Particles must have the run's box and pixel size (after downsamplin
 
 examples:
   atomvae encode run/ particles.star -o latents.npz
+  torchrun --nproc-per-node 4 -m atomvae encode run/ particles.star -o latents.npz --device cuda
   atomvae interpolate run/ -o path.pdb --latents latents.npz
 """
 
@@ -29,5 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = encode_to_file(args.run_dir, args.particles, args.output, device=args.device,
                             batch_size=args.batch_size)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 wrote the file and reports
+        return 0
     print(f"encoded {len(result['index'])} particles to {args.output}")
     return 0

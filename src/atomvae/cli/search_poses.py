@@ -13,6 +13,7 @@ examples:
   atomvae search-poses particles.star base.pdb -o round1.star
   atomvae train round1.star base.pdb -o run1 --preset cpu --poses given
   atomvae search-poses particles.star base.pdb -o round2.star --references-from run1
+  torchrun --nproc-per-node 8 -m atomvae search-poses particles.star base.pdb -o round1.star
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         args.particles, args.base, args.output, config=config, image_size=args.image_size,
         references_from=args.references_from, n_references=args.n_references, n_modes=args.modes,
         amplitudes=args.amplitudes, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 wrote the files and reports
+        return 0
     counts = np.bincount(result.reference.numpy())
     print(f"poses of {len(result.score)} particles written to {args.output} "
           f"(grid {result.grid_spacing:.1f} deg; median score {float(result.score.median()):.3f}; "

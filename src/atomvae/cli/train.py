@@ -124,6 +124,7 @@ def command_line(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atomvae.train.distributed import is_main
     from atomvae.train.loop import resolved_config_for_resume, train
 
     if args.resume and (args.output / "config.yaml").is_file():
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, data=data)
         ignored = [option for option in command_line(args)[5:]
                    if option.startswith("--") and option not in RESUME_OPTIONS]
-        if ignored:
+        if ignored and is_main():
             print(f"atomvae train --resume: the run's own {args.output / 'config.yaml'} applies; ignoring "
                   f"{' '.join(ignored)}", file=sys.stderr)
     else:
@@ -144,10 +145,12 @@ def run(args: argparse.Namespace) -> int:
                         max_steps=args.max_steps, argv=command_line(args),
                         show_progress=False if args.no_progress else None)
     except KeyboardInterrupt as stop:
-        if str(stop):  # a graceful stop (first Ctrl-C) wrote a checkpoint
+        if str(stop) and is_main():  # a graceful stop (first Ctrl-C) wrote a checkpoint
             print(f"{stop}; continue with: atomvae train {args.particles} {args.base} -o {args.output} "
                   "--resume", file=sys.stderr)
         raise
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     best = next(r for r in summary.seeds if r.seed == summary.best_seed)
     state = "finished" if summary.complete else f"stopped at step {best.position.global_step}"
     print(f"{state}: best seed {summary.best_seed}, held-out log-likelihood "

@@ -4,7 +4,8 @@ Headers are read with mrcfile (``permissive=False``, so a corrupt header is an e
 and checked against the file size before mapping: a truncated copy reports the expected and actual
 sizes instead of failing inside ``mmap``. The pixel data are then mapped with ``numpy.memmap``
 (offset and dtype from the header) rather than kept as open mrcfile objects, so a stack pickles
-cheaply into DataLoader worker processes and reopens its maps there.
+cheaply into DataLoader worker processes and reopens its maps there. Maps are closed again after every
+``UNMAP_AFTER_BYTES`` read through them, which bounds the process's resident memory whatever the stack size.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from atomvae.data import validate
 from atomvae.errors import InputError
 
 MAX_OPEN_MAPS = 256
+# Pages read through the memory maps stay resident in the process (file-backed RSS) until unmapped; after
+# this many bytes the maps are closed (and reopened lazily), so a pass over a large stack does not grow the
+# resident set to the stack's size. The pages stay in the page cache: reopening costs no disk reads.
+UNMAP_AFTER_BYTES = 256 * 2**20
 
 
 class StackFile:
@@ -83,6 +88,7 @@ class ParticleStack:
         self.file_index = np.asarray(file_index, dtype=np.int64)
         self.image_index = np.asarray(image_index, dtype=np.int64)
         self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes_since_unmap = 0
 
     @property
     def paths(self) -> list[Path]:
@@ -118,6 +124,11 @@ class ParticleStack:
             # sorted reads walk the file forwards; np.unique also drops repeats
             wanted, inverse = np.unique(images[where], return_inverse=True)
             out[where] = self._memmap(int(f))[wanted][inverse]
+        # ``out`` is a copy: the maps can go, taking the pages they made resident with them.
+        self._bytes_since_unmap += out.nbytes
+        if self._bytes_since_unmap >= UNMAP_AFTER_BYTES:
+            self._maps.clear()
+            self._bytes_since_unmap = 0
         return out
 
     def __getitem__(self, idx) -> torch.Tensor:

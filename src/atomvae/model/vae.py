@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from atomvae.geometry.rotations import random_rotations
+from atomvae.model.batch_noise import BatchNoiseRows, standard_normal
 from atomvae.model.config import POSE_MODES, LossWeights, ModelConfig
 from atomvae.model.decoder import ConformationDecoder
 from atomvae.model.encoder import ConformationPosterior, ImageEncoder
@@ -212,7 +213,7 @@ class AtomVAE(nn.Module):
     def loss(self, images: torch.Tensor, ctf: CTFParams | None, *, stage: int, n_conf: int, n_pose: int,
              weights: LossWeights, given_rotation: torch.Tensor | None = None,
              given_shift: torch.Tensor | None = None, pose_mode: str = "inferred",
-             generator: torch.Generator | None = None) -> LossOutput:
+             generator: torch.Generator | BatchNoiseRows | None = None) -> LossOutput:
         """Paper eq. 4 averaged over the batch.
 
         images (B, H, W) normalised as the noise_sigma; ctf (B,) or None (no CTF); stage 1 renders
@@ -220,6 +221,8 @@ class AtomVAE(nn.Module):
         samples and renders each at n_pose pose samples (the log-mean runs over all n_conf*n_pose).
         pose_mode "given" uses given_rotation (B, 3, 3) / given_shift (B, 2) A as they are (no pose
         samples, no pose KL); "refine" samples corrections to them (latent 0 = the given pose).
+        generator: the sampling noise's generator, or a BatchNoiseRows when this process holds some rows
+        of a larger batch (data-parallel training: the same noise per image as one process).
         """
         if pose_mode not in POSE_MODES:
             raise ValueError(f"pose_mode must be one of {POSE_MODES}, got {pose_mode!r}")
@@ -238,8 +241,7 @@ class AtomVAE(nn.Module):
             d = d.expand(batch, 1, d.shape[-1])
         else:
             mu_c, sigma_c = (_full(t) for t in self.conf_posterior(h))
-            eps = torch.randn(batch, n_conf, mu_c.shape[-1], generator=generator, device=mu_c.device,
-                              dtype=mu_c.dtype)
+            eps = standard_normal((batch, n_conf, mu_c.shape[-1]), generator, mu_c.device, mu_c.dtype)
             z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
             d = self.decoder.representation(z_conf)  # (B, Kc, D)
         if pose_mode != "given":
@@ -286,8 +288,8 @@ class AtomVAE(nn.Module):
                 shift = given_shift.to(coords.dtype)[:, None, None]
                 kl_pose = zero
             else:
-                eps = torch.randn(*mu_p.shape[:2], n_pose, mu_p.shape[-1], generator=generator,
-                                  device=mu_p.device, dtype=mu_p.dtype)
+                eps = standard_normal((*mu_p.shape[:2], n_pose, mu_p.shape[-1]), generator, mu_p.device,
+                                      mu_p.dtype)
                 z_pose = mu_p.unsqueeze(2) + sigma_p.unsqueeze(2) * eps  # (B, Kc, Kp, 8)
                 if pose_mode == "inferred":
                     rotation, shift = latent_to_pose(z_pose, self.config.shift_scale)

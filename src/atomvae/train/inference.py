@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from atomvae.errors import InputError, atomic_path
+from atomvae.train import distributed
 from atomvae.train.run import LoadedRun, load_run, read_split
 
 STRUCTURE_SUFFIXES = (".pdb", ".cif", ".dcd")
@@ -198,7 +199,7 @@ def _posterior_means_of_run_particles(run: LoadedRun, n_particles: int) -> np.nd
 
 @torch.no_grad()
 def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.ndarray | None = None,
-                     batch_size: int = 256) -> dict[str, np.ndarray]:
+                     batch_size: int = 256, split_over_ranks: bool = False) -> dict[str, np.ndarray] | None:
     """Posterior means and sigmas of the conformation latent and the pose estimate of each particle.
 
     Returns mu, sigma (N, D); rotation (N, 3, 3), shift (N, 2) A (the pose posterior mean at
@@ -206,6 +207,9 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
     refined poses); euler (N, 3) RELION rot, tilt, psi in degrees; pose_mu, pose_sigma (N, 8);
     index (N,) the particle's row in the file. ``indices`` select usable particles (default: all;
     particles whose images hold NaN/Inf are skipped by the dataset).
+
+    split_over_ranks: under torchrun (``atomvae.train.distributed``), every process encodes particles
+    rank, rank + W, ... and rank 0 returns all of them in order; the other ranks return None.
     """
     from atomvae.geometry.euler import matrix_to_relion
     from atomvae.model.pose import latent_to_pose_correction
@@ -221,6 +225,9 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
                                          f"{float(run.info['pixel_size']):.4g} A/px")
     if indices is None:
         indices = np.arange(source.n_particles)
+    n_total = len(indices)
+    positions = distributed.shard_positions(n_total) if split_over_ranks else np.arange(n_total)
+    indices = np.asarray(indices)[positions]
     outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("mu", "sigma", "rotation", "shift", "pose_mu",
                                                             "pose_sigma", "index")}
     batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
@@ -238,20 +245,28 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
         for key, value in values.items():
             outputs[key].append(value.detach().float().cpu().numpy())
         outputs["index"].append(batch["index"].cpu().numpy().astype(np.int64))
-    result = {k: np.concatenate(v) for k, v in outputs.items()}
-    result["euler"] = np.asarray(matrix_to_relion(torch.as_tensor(result["rotation"], dtype=torch.float64))
-                                 ).astype(np.float32)
-    return result
+    result = {k: np.concatenate(v) for k, v in outputs.items() if v}  # {} on a rank with no particles
+    if result:
+        rotation = torch.as_tensor(result["rotation"], dtype=torch.float64)
+        result["euler"] = np.asarray(matrix_to_relion(rotation)).astype(np.float32)
+    return distributed.gather_rows(result, positions, n_total) if split_over_ranks else result
 
 
 def encode_to_file(run_dir: str | Path, particles_path: str | Path, out_path: str | Path,
-                   device: str = "cpu", batch_size: int = 256) -> dict[str, np.ndarray]:
-    """``atomvae encode``: latents.npz with mu, sigma, rotation, shift, euler, pose_mu, pose_sigma, index."""
+                   device: str = "cpu", batch_size: int = 256) -> dict[str, np.ndarray] | None:
+    """``atomvae encode``: latents.npz with mu, sigma, rotation, shift, euler, pose_mu, pose_sigma, index.
+
+    Under torchrun the particles are split over the processes (each needs the run folder and the
+    particles) and rank 0 writes the file and returns the result; the other ranks return None."""
+    from atomvae.train.run import resolve_device
+
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         raise InputError(out_path, "output must end in .npz")
-    run = load_run(run_dir, device=device)
-    result = encode_particles(run, particles_path, batch_size=batch_size)
-    with atomic_path(out_path) as tmp:
-        np.savez(tmp, **result)
+    with distributed.process_group(resolve_device(device)) as torch_device:
+        run = load_run(run_dir, device=str(torch_device))
+        result = encode_particles(run, particles_path, batch_size=batch_size, split_over_ranks=True)
+        if distributed.is_main():
+            with atomic_path(out_path) as tmp:
+                np.savez(tmp, **result)
     return result

@@ -7,6 +7,11 @@ Exact resume: the data order of an epoch is a permutation drawn from (seed, stag
 sampling noise of a step comes from a generator seeded with (seed, stage, global step), so a checkpoint
 needs only the position (stage, epoch, step within the epoch) besides the model, optimizer and global RNG
 states to continue with the same numbers as an uninterrupted run.
+
+Several processes (``torchrun``, see ``atomvae.train.distributed``): the order, the global batches and the
+position are those of one process; each rank takes its share of every global batch, DistributedDataParallel
+averages the gradients, and only rank 0 writes. Positions and checkpoints therefore do not depend on the
+number of processes, and ``--resume`` may use another number.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import numpy as np
 import torch
 
 from atomvae.errors import InputError, atomic_path
+from atomvae.model.batch_noise import BatchNoiseRows
+from atomvae.model.config import LossWeights
+from atomvae.train import distributed
 from atomvae.train import run as run_folder
 from atomvae.train.checkpoint import (
     LAST,
@@ -107,16 +115,39 @@ def _stages(config: TrainConfig) -> list[int]:
     return [2] if config.pose_mode == "given" else [1, 2]
 
 
-def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any]) -> dict[str, Any]:
+def rank_loss_weights(weights: LossWeights, shard: distributed.Shard) -> LossWeights:
+    """The loss weights of one rank's share of a global batch (``weights`` itself with one process).
+
+    The objective is a mean over the batch's images plus ``heavy_clash`` x the heavy-atom clash term's mean
+    over the batch's first ``heavy_clash_images``. A rank's loss is scaled by ``shard.weight`` (b W / B) for
+    the first part; the clash term runs on the rank's first ceil(n / W) images (together the batch's first
+    n) and its weight is rescaled so that, after that scaling and DDP's average over W ranks, each rank's
+    clash mean counts by its share of the subset: the W-process gradient is the one-process gradient.
+    """
+    if shard.world_size == 1:
+        return weights
+    per_rank, fraction = distributed.subset_share(weights.heavy_clash_images, shard)
+    heavy = weights.heavy_clash * fraction * shard.world_size / shard.weight if shard.weight > 0 else 0.0
+    return replace(weights, heavy_clash=heavy, heavy_clash_images=per_rank)
+
+
+def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any],
+                 shard: distributed.Shard | None = None) -> dict[str, Any]:
     stage_config = config.stage1 if stage == 1 else config.stage2
+    weights = config.loss if shard is None else rank_loss_weights(config.loss, shard)
     kwargs: dict[str, Any] = dict(
         stage=stage, n_conf=1 if stage == 1 else stage_config.n_conf, n_pose=stage_config.n_pose,
-        weights=config.loss, pose_mode=config.pose_mode,
+        weights=weights, pose_mode=config.pose_mode,
     )
     if config.pose_mode != "inferred":
         kwargs["given_rotation"] = batch["rotation"]
         kwargs["given_shift"] = batch["shift"]
     return kwargs
+
+
+def _sampling_noise(generator: torch.Generator, shard: distributed.Shard) -> torch.Generator | BatchNoiseRows:
+    """The generator itself with one process; this rank's rows of the global batch's noise with several."""
+    return BatchNoiseRows(generator, shard.global_size, shard.rows) if distributed.active() else generator
 
 
 def _autocast(device: torch.device, config: TrainConfig):
@@ -129,22 +160,25 @@ def _autocast(device: torch.device, config: TrainConfig):
 def validation_log_likelihood(model, source: ParticleSource, indices: Sequence[int], config: TrainConfig,
                               stage: int, seed: int, device: torch.device) -> float:
     """Mean held-out per-image log-likelihood (the model's IWAE-style term, nats), with sampling noise
-    fixed per run seed so successive passes differ only by the parameters."""
+    fixed per run seed so successive passes differ only by the parameters. With several processes each
+    rank evaluates its share of every batch and the sums are reduced over ranks (the same value on all)."""
     was_training = model.training
     model.eval()
     generator = sampling_generator(device, seed, _VALIDATION, stage)
-    total, count = 0.0, 0
+    shards = [distributed.shard(indices[i:i + config.batch_size])
+              for i in range(0, len(indices), config.batch_size)]
+    sums = torch.zeros(2, dtype=torch.float64)  # sum of log-likelihoods, number of images
     try:
-        for batch in source.batches([list(indices[i:i + config.batch_size])
-                                     for i in range(0, len(indices), config.batch_size)], device):
+        for shard, batch in zip(shards, source.batches([s.indices for s in shards], device), strict=True):
             with _autocast(device, config):
-                out = model.loss(batch["image"], batch["ctf"], generator=generator,
-                                 **_loss_kwargs(config, stage, batch))
-            values = out.per_image_log_likelihood.double()
-            total += float(values.sum())
-            count += values.numel()
+                out = model.loss(batch["image"], batch["ctf"], generator=_sampling_noise(generator, shard),
+                                 **_loss_kwargs(config, stage, batch, shard))
+            if shard.n_images:
+                values = out.per_image_log_likelihood.double()
+                sums += torch.stack([values.sum().cpu(), torch.tensor(float(values.numel()))])
     finally:
         model.train(was_training)
+    total, count = distributed.sum_over_ranks(sums).tolist()
     return total / max(count, 1)
 
 
@@ -183,6 +217,10 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
                                              f"{source.pixel_size:.4g} A differ from the run's "
                                              f"{info.get('n_particles')} of {info['box']} px at "
                                              f"{info['pixel_size']:.4g} A (resume with the same particles)")
+        if info.get("world_size") != distributed.world_size():
+            # Resumed with another number of processes: run.yaml says how the run continues.
+            info["world_size"] = distributed.world_size()
+            run_folder.write_yaml(run_dir / run_folder.RUN_INFO_FILE, info)
         return info
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError(run_dir, "output folder is not empty; use --resume to continue it or choose another")
@@ -214,6 +252,7 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
         "n_particles": source.n_particles,
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
+        "world_size": distributed.world_size(),  # processes (torchrun); updated by a resume with another
     }
     run_folder.write_yaml(run_dir / run_folder.RUN_INFO_FILE, info)
     save_config(config, run_dir / run_folder.CONFIG_FILE, argv=list(argv) if argv is not None else None)
@@ -235,18 +274,32 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     if not base_path.is_file():
         raise InputError(base_path, "base structure not found")
     device = run_folder.resolve_device(config.device)
-    source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
-    info = _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source)
-    train_idx, val_idx = run_folder.read_split(run_dir)
-    val_idx = val_idx[: config.data.max_val_images]
-    structure = read_structure(run_folder.base_structure_path(run_dir))
+    with distributed.process_group(device) as device:
+        source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
+        # Rank 0 writes or checks the run folder and reads it back; the other ranks get its contents.
+        info, (train_idx, val_idx), structure = distributed.from_main(lambda: (
+            _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source),
+            run_folder.read_split(run_dir),
+            read_structure(run_folder.base_structure_path(run_dir))))
+        val_idx = val_idx[: config.data.max_val_images]
+        return _train_seeds(config, source, structure, info, train_idx, val_idx, run_dir, device, resume,
+                            max_steps, show_progress)
 
+
+def _train_seeds(config: TrainConfig, source: ParticleSource, structure, info: dict[str, Any],
+                 train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, device: torch.device,
+                 resume: bool, max_steps: int | None, show_progress: bool | None) -> RunSummary:
+    """Every seed, then best.yaml and the best seed's metrics at the top of the run folder (rank 0)."""
     results = []
     for seed in config.seeds:
         results.append(train_seed(config, seed, source, structure, info, train_idx, val_idx, run_dir,
                                   device, resume=resume, max_steps=max_steps, show_progress=show_progress))
     best = max(results, key=lambda r: r.val_log_likelihood if math.isfinite(r.val_log_likelihood)
                else -math.inf)
+    summary = RunSummary(run_dir=run_dir, seeds=results, best_seed=best.seed, best_checkpoint=best.checkpoint,
+                         complete=all(r.position.complete for r in results))
+    if not distributed.is_main():
+        return summary
     run_folder.write_yaml(run_dir / run_folder.BEST_FILE, {
         "seed": best.seed,
         "checkpoint": str(best.checkpoint.relative_to(run_dir)),
@@ -259,8 +312,7 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     for name in (METRICS_FILE, CURVE_FILE):
         with atomic_path(run_dir / name) as tmp:
             shutil.copyfile(run_folder.seed_dir(run_dir, best.seed) / name, tmp)
-    return RunSummary(run_dir=run_dir, seeds=results, best_seed=best.seed, best_checkpoint=best.checkpoint,
-                      complete=all(r.position.complete for r in results))
+    return summary
 
 
 def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure, info: dict[str, Any],
@@ -272,21 +324,36 @@ def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure
                            resume=resume)
     seed_dir = run_folder.seed_dir(run_dir, seed)
     total_images = sum(len(train_idx) * _stage_config(config, s).epochs for s in _stages(config))
-    with MetricsLogger(seed_dir, resume_step=trainer.resumed_step) as metrics, \
-            TrainingProgress(total_images, trainer.images_done(), enabled=show_progress,
+    main = distributed.is_main()  # only rank 0 logs, shows progress and writes
+    with (MetricsLogger(seed_dir, resume_step=trainer.resumed_step) if main else _NoMetrics()) as metrics, \
+            TrainingProgress(total_images, trainer.images_done(), enabled=show_progress if main else False,
                              desc=f"seed {seed}") as bar, _StopRequest() as stop:
         trainer.run(metrics, bar, max_steps, stop)
-    if stop.requested:
+    if trainer.stopped:
         raise KeyboardInterrupt(f"stopped at step {trainer.position.global_step}; checkpoint {trainer.last}")
     # Seeds are compared on the final stage's objective (stage 1 only if stopped before stage 2).
     final_stage = min(trainer.position.stage, 2)
     val = validation_log_likelihood(trainer.model, source, val_idx, config, final_stage, seed, device)
-    plot_training_curve(seed_dir / METRICS_FILE, seed_dir / CURVE_FILE)
+    if main:
+        plot_training_curve(seed_dir / METRICS_FILE, seed_dir / CURVE_FILE)
     return SeedResult(seed=seed, checkpoint=trainer.last, position=trainer.position, val_log_likelihood=val)
 
 
 def _stage_config(config: TrainConfig, stage: int) -> StageConfig:
     return config.stage1 if stage == 1 else config.stage2
+
+
+class _NoMetrics:
+    """The metrics log of ranks other than 0: records are dropped (rank 0 logs global values)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def __enter__(self) -> _NoMetrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 class _StopRequest:
@@ -329,11 +396,11 @@ class _SeedTrainer:
         self.ckpt_dir = run_folder.checkpoint_dir(run_dir, seed)
         self.last = self.ckpt_dir / LAST
         self.model_init = {k: info[k] for k in ("box", "pixel_size", "noise_sigma")}
-        self.payload = None
-        if resume and self.last.is_file():
-            # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and Adam moments
-            # to the parameters' device.
-            self.payload = load_checkpoint(self.last, map_location="cpu")
+        self.stopped = False  # a stop was requested (on any rank) and training ended with a checkpoint
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and Adam moments to the
+        # parameters' device. Rank 0 reads it and sends it to the others.
+        self.payload = distributed.from_main(lambda: load_checkpoint(self.last, map_location="cpu")
+                                             if resume and self.last.is_file() else None)
         self.resumed_step = None if self.payload is None else self.payload["position"].global_step
         self.position = self.payload["position"] if self.payload else Position(stage=_stages(config)[0])
 
@@ -346,13 +413,14 @@ class _SeedTrainer:
             self._load_initial_weights(Path(config.init_from))
         else:
             self._initialise_amplitude()
+        distributed.broadcast_module(self.model)  # identical already; made certain before DDP's first step
         self.model.train()
 
     def _load_initial_weights(self, run_dir: Path) -> None:
         """Weights (amplitude included) from another run's best checkpoint; this run's noise level is kept.
         InputError when that run's model does not fit this one (other base structure or architecture)."""
-        _, checkpoint = run_folder.best_checkpoint_path(run_dir)
-        state = load_checkpoint(checkpoint, map_location="cpu")["model"]
+        state = distributed.from_main(lambda: load_checkpoint(run_folder.best_checkpoint_path(run_dir)[1],
+                                                              map_location="cpu")["model"])
         state = {k: v for k, v in state.items() if k != "noise_sigma"}
         try:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
@@ -384,6 +452,9 @@ class _SeedTrainer:
         return done
 
     def save(self, path: Path, optimizer: torch.optim.Optimizer | None) -> None:
+        """Rank 0 writes; the others hold the same model and optimizer state."""
+        if not distributed.is_main():
+            return
         save_checkpoint(path, model=self.model, optimizer=optimizer, position=self.position,
                         model_init=self.model_init, seed=self.seed)
 
@@ -403,68 +474,116 @@ class _SeedTrainer:
             if payload and payload["position"].stage == stage and payload["optimizer"] is not None:
                 optimizer.load_state_dict(payload["optimizer"])
             first_epoch = self.position.epoch if self.position.stage == stage else 0
-            for epoch in range(first_epoch, stage_config.epochs):
-                if not self._run_epoch(stage, epoch, optimizer, metrics, bar, max_steps, stop):
-                    self.save(self.last, optimizer)  # stopped by max_steps or Ctrl-C
-                    return
-                if (epoch + 1) % self.config.validate_every == 0 or epoch + 1 == stage_config.epochs:
-                    val = validation_log_likelihood(self.model, self.source, self.val_idx, self.config, stage,
-                                                    self.seed, self.device)
-                    metrics.log({"kind": "val", "step": self.position.global_step, "stage": stage,
-                                 "epoch": epoch, "val_log_likelihood": val})
-                self.position = Position(stage, epoch + 1, 0, self.position.global_step)
+            # DistributedDataParallel over the stage's parameters with several processes (the pose head gets
+            # no gradient with given poses); the model's own loss with one.
+            given = self.config.pose_mode == "given"
+            with distributed.data_parallel(self.model, "loss", self.model.trainable_parameters(stage),
+                                           find_unused_parameters=given) as loss_fn:
+                for epoch in range(first_epoch, stage_config.epochs):
+                    if not self._run_epoch(stage, epoch, loss_fn, optimizer, metrics, bar, max_steps, stop):
+                        self.save(self.last, optimizer)  # stopped by max_steps or Ctrl-C
+                        return
+                    self._end_epoch(stage, epoch, metrics)
             self.position = Position(stage + 1, 0, 0, self.position.global_step)
             self.save(self.ckpt_dir / stage_checkpoint_name(stage), None)
             self.save(self.last, None)
         if not self.last.is_file():  # no step at all (zero epochs): keep the initial model usable
             self.save(self.last, None)
 
-    def _run_epoch(self, stage: int, epoch: int, optimizer: torch.optim.Optimizer, metrics: MetricsLogger,
-                   bar: TrainingProgress, max_steps: int | None, stop: _StopRequest) -> bool:
-        """The remaining steps of one epoch; False when stopped early (``max_steps`` or Ctrl-C)."""
+    def _end_epoch(self, stage: int, epoch: int, metrics: MetricsLogger) -> None:
+        """Validation when due, and the position at the start of the next epoch."""
+        last_epoch = epoch + 1 == _stage_config(self.config, stage).epochs
+        if (epoch + 1) % self.config.validate_every == 0 or last_epoch:
+            val = validation_log_likelihood(self.model, self.source, self.val_idx, self.config, stage,
+                                            self.seed, self.device)
+            metrics.log({"kind": "val", "step": self.position.global_step, "stage": stage,
+                         "epoch": epoch, "val_log_likelihood": val})
+        self.position = Position(stage, epoch + 1, 0, self.position.global_step)
+
+    def _run_epoch(self, stage: int, epoch: int, loss_fn, optimizer: torch.optim.Optimizer,
+                   metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None, stop: _StopRequest
+                   ) -> bool:
+        """The remaining steps of one epoch; False when stopped early (``max_steps`` or Ctrl-C).
+        loss_fn: the model's loss (through DistributedDataParallel with several processes)."""
         config, seed = self.config, self.seed
         for group in optimizer.param_groups:
             group["lr"] = _stage_config(config, stage).learning_rate_at(epoch)
         batches = epoch_batches(self.train_idx, config.batch_size, seed, stage, epoch)
         resuming_here = (self.position.stage, self.position.epoch) == (stage, epoch)
         first_step = self.position.step_in_epoch if resuming_here else 0
-        for step_in_epoch, batch in enumerate(self.source.batches(batches[first_step:], self.device),
-                                              start=first_step):
+        shards = [distributed.shard(b) for b in batches[first_step:]]  # this rank's part of each batch
+        for step_in_epoch, (shard, batch) in enumerate(
+                zip(shards, self.source.batches([s.indices for s in shards], self.device), strict=True),
+                start=first_step):
             started = time.perf_counter()
             generator = sampling_generator(self.device, seed, _SAMPLING, stage, self.position.global_step)
-            out, finite = _train_step(self.model, optimizer, batch, config, stage, self.device, generator)
-            n_images = len(batch["image"])
+            result = _train_step(loss_fn, optimizer, batch, config, stage, self.device,
+                                 _sampling_noise(generator, shard), shard, stop.requested)
+            n_images = shard.global_size
             self.position = Position(stage, epoch, step_in_epoch + 1, self.position.global_step + 1)
             step = self.position.global_step
-            if step % config.log_every == 0 or not finite:
+            loss = result.terms["total"]
+            if step % config.log_every == 0 or not result.finite:
                 metrics.log({"kind": "train", "step": step, "stage": stage, "epoch": epoch,
-                             "loss": float(out.total.detach()), "finite": finite,
-                             **{k: float(v) for k, v in out.terms.items()},
+                             "loss": loss, "finite": result.finite, **result.terms,
                              "images_per_s": n_images / (time.perf_counter() - started),
                              "lr": optimizer.param_groups[0]["lr"]})
-            bar.update(n_images, stage=stage, loss=float(out.total.detach()))
-            if (max_steps is not None and step >= max_steps) or stop.requested:
+            bar.update(n_images, stage=stage, loss=loss)
+            # With several processes the ranks agree on a stop in the step's collective (a signal that
+            # arrives later is seen one step later); one process also sees one that came during the step.
+            self.stopped = result.stop_requested or (stop.requested and not distributed.active())
+            if (max_steps is not None and step >= max_steps) or self.stopped:
                 return False
             if step % config.checkpoint_every == 0:
                 self.save(self.last, optimizer)
         return True
 
 
-def _train_step(model, optimizer, batch: dict[str, Any], config: TrainConfig, stage: int,
-                device: torch.device, generator: torch.Generator):
-    """One Adam step on one batch; returns (LossOutput, whether the loss was finite).
+@dataclass(frozen=True)
+class StepResult:
+    """finite: the update was made (every rank's loss finite); terms: the loss terms of the global batch
+    (means over its images; ``total`` the loss); stop_requested: a stop was asked for on some rank."""
+
+    finite: bool
+    terms: dict[str, float]
+    stop_requested: bool
+
+
+def _train_step(loss_fn, optimizer, batch: dict[str, Any], config: TrainConfig, stage: int,
+                device: torch.device, generator: torch.Generator | BatchNoiseRows,
+                shard: distributed.Shard | None = None, stop_requested: bool = False) -> StepResult:
+    """One Adam step on one batch (with several processes: this rank's ``shard`` of the global batch).
 
     A non-finite loss would poison Adam's moments, so that update is skipped (and logged by the caller).
+    With several processes the rank's loss is scaled by ``shard.weight`` so that DDP's gradient average is
+    the gradient of the global batch's loss (see ``rank_loss_weights``).
     """
     with _autocast(device, config):
-        out = model.loss(batch["image"], batch["ctf"], generator=generator,
-                         **_loss_kwargs(config, stage, batch))
+        out = loss_fn(batch["image"], batch["ctf"], generator=generator,
+                      **_loss_kwargs(config, stage, batch, shard))
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(out.total))
+    terms = {k: float(v) for k, v in out.terms.items()}
+    weight = 1.0
+    if distributed.active():
+        # One small collective a step: all ranks skip a non-finite update together (a rank that skipped
+        # backward would leave the others waiting in DDP's gradient all-reduce), all stop together, and the
+        # logged terms become the global batch's (each rank's mean weighted by its share of the images).
+        weight = shard.weight
+        names = sorted(terms)
+        _, heavy_share = distributed.subset_share(config.loss.heavy_clash_images, shard)
+        # (A rank's "total" has its clash part at the rescaled weight already, so it sums like the others.)
+        shares = {k: heavy_share if k == "heavy_clash" else weight / shard.world_size for k in names}
+        local = torch.tensor([0.0 if finite else 1.0, float(stop_requested),
+                              *(shares[k] * terms[k] if shares[k] > 0 else 0.0 for k in names)],
+                             dtype=torch.float64)
+        summed = distributed.sum_over_ranks(local).tolist()
+        finite, stop_requested = summed[0] == 0, summed[1] > 0
+        terms = dict(zip(names, summed[2:], strict=True))
     if finite:
-        out.total.backward()
+        (out.total * weight if weight != 1.0 else out.total).backward()
         optimizer.step()
-    return out, finite
+    return StepResult(finite=finite, terms=terms, stop_requested=stop_requested)
 
 
 def resolved_config_for_resume(run_dir: str | Path, device: str | None = None) -> TrainConfig:

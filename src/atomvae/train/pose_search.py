@@ -200,12 +200,12 @@ class _Scorer:
 
 def search_poses(dataset: ParticleDataset, references: torch.Tensor,
                  config: PoseSearchConfig = PoseSearchConfig(),
-                 progress: bool | None = None) -> PoseSearchResult:
+                 progress: bool | None = None, indices: np.ndarray | None = None) -> PoseSearchResult:
     """Poses of every particle of ``dataset`` (normalised images of dataset.box px, dataset.pixel_size A)
     against ``references`` (M, A, 3) or (A, 3) A: the atoms to render of the base (and of its deformed
     copies, ``structure.normal_modes.displaced_references``), centred on the rotation centre. Each image
     takes the pose of its best-matching (reference, rotation, shift). progress: None shows a bar only on a
-    terminal."""
+    terminal. indices: only these particles of the dataset (results in their order); default all."""
     box, pixel_size = int(dataset.box), float(dataset.pixel_size)
     search_box = min(config.search_box, box)
     coords = torch.as_tensor(references, dtype=torch.float32)
@@ -226,7 +226,8 @@ def search_poses(dataset: ParticleDataset, references: torch.Tensor,
     template_power = torch.fft.rfft2(templates).abs().square().flatten(1)
     templates = templates.flatten(1)
 
-    n = len(dataset)
+    indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    n = len(indices)
     rotation = torch.empty(n, 3, 3)
     shift = torch.empty(n, 2)
     score = torch.empty(n)
@@ -234,7 +235,7 @@ def search_poses(dataset: ParticleDataset, references: torch.Tensor,
     reference = torch.empty(n, dtype=torch.long)
     bar = tqdm(total=n, unit="img", desc="pose search", disable=None if progress is None else not progress)
     for start in range(0, n, config.batch_size):
-        batch = dataset.__getitems__(list(range(start, min(start + config.batch_size, n))))
+        batch = dataset.__getitems__(indices[start:start + config.batch_size].tolist())
         images, ctf = batch["image"].float(), batch["ctf"]
         # 1. global grid, coarse box, no shift
         filtered, ctf_power = coarse.filtered_images(fourier_crop(images, search_box), ctf)
@@ -366,31 +367,48 @@ def search_poses_to_file(particles_path: Path, base_path: Path, out_path: Path, 
                          config: PoseSearchConfig = PoseSearchConfig(), image_size: int = 64,
                          references_from: Path | None = None, n_references: int = 4, n_modes: int = 0,
                          amplitudes: tuple[float, ...] = (), overwrite: bool = False,
-                         progress: bool | None = None) -> PoseSearchResult:
+                         progress: bool | None = None) -> PoseSearchResult | None:
     """``atomvae search-poses``: poses of the particles in ``particles_path`` (downsampled to image_size px)
     against the base structure (and a run's learnt states or ANM-deformed copies), written as a STAR file
-    (out_path) plus out_path.with_suffix('.npz') (rotation, shift, score, global_score, reference, index)."""
+    (out_path) plus out_path.with_suffix('.npz') (rotation, shift, score, global_score, reference, index).
+
+    Under torchrun the particles are split over the processes (rank, rank + W, ...; each needs the particles,
+    the base and any --references-from run); rank 0 builds the references, writes the files and returns the
+    result, the other ranks return None."""
     from atomvae.data.dataset import ParticleDataset
     from atomvae.data.metadata import read_particles
     from atomvae.errors import InputError, atomic_path
     from atomvae.structure.io import read_structure
+    from atomvae.train import distributed
 
     out_path = Path(out_path)
     if out_path.suffix != ".star":
         raise InputError(out_path, "output must end in .star")
-    if out_path.exists() and not overwrite:
-        raise InputError(out_path, "output file already exists; pass --overwrite to replace it")
-    metadata = read_particles(particles_path)
-    if metadata.box < image_size:
-        raise InputError(particles_path,
-                         f"particles are {metadata.box} px; the search needs at least {image_size}")
-    structure = read_structure(base_path)
-    if references_from is not None:
-        references = run_references(Path(references_from), Path(particles_path), n_references, config)
-    else:
-        references = base_references(structure, config, n_modes, amplitudes)
-    dataset = ParticleDataset(metadata, downsample_to=image_size)
-    result = search_poses(dataset, references, config, progress=progress)
+    with distributed.process_group(torch.device("cpu")):
+        metadata = read_particles(particles_path)
+        if metadata.box < image_size:
+            raise InputError(particles_path,
+                             f"particles are {metadata.box} px; the search needs at least {image_size}")
+
+        def references() -> torch.Tensor:
+            if out_path.exists() and not overwrite:
+                raise InputError(out_path, "output file already exists; pass --overwrite to replace it")
+            if references_from is not None:
+                return run_references(Path(references_from), Path(particles_path), n_references, config)
+            return base_references(read_structure(base_path), config, n_modes, amplitudes)
+
+        references = distributed.from_main(references)  # rank 0's, so every rank searches the same ones
+        dataset = ParticleDataset(metadata, downsample_to=image_size)
+        positions = distributed.shard_positions(len(dataset))
+        local = search_poses(dataset, references, config, indices=positions,
+                             progress=progress if distributed.is_main() else False)
+        fields = ("rotation", "shift", "score", "global_score", "reference")
+        gathered = distributed.gather_rows({k: getattr(local, k).numpy() for k in fields}, positions,
+                                           len(dataset))
+    if gathered is None:
+        return None
+    result = PoseSearchResult(**{k: torch.from_numpy(v) for k, v in gathered.items()},
+                              grid_spacing=local.grid_spacing)
     write_poses_star(metadata, dataset.rows, result.rotation, result.shift, out_path)
     with atomic_path(out_path.with_suffix(".npz")) as tmp:
         np.savez(tmp, rotation=result.rotation.numpy(), shift=result.shift.numpy(),
