@@ -334,7 +334,8 @@ class AtomVAE(nn.Module):
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
 
     def sleep_loss(self, images: torch.Tensor, ctf: CTFParams | None, rotation: torch.Tensor,
-                   shift: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+                   shift: torch.Tensor, generator: torch.Generator | BatchNoiseRows | None = None
+                   ) -> torch.Tensor:
         """-log q(z | y~) per image (B,), nats: the encoder's error on synthetic particles y~ whose latents z
         are known (the sleep phase of reweighted wake-sleep; ``LossWeights.sleep``).
 
@@ -345,7 +346,7 @@ class AtomVAE(nn.Module):
         """
         batch = images.shape[0]
         with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
-            z = torch.randn(batch, self.config.latent_conf, generator=generator, device=images.device)
+            z = standard_normal((batch, self.config.latent_conf), generator, images.device, torch.float32)
             coords = self.decoder(z, "render")  # (B, A_r, 3)
             rotation, shift = rotation.detach().to(coords.dtype), shift.detach().to(coords.dtype)
             sigma = self.render_sigma
@@ -357,7 +358,7 @@ class AtomVAE(nn.Module):
             noise_var = self.noise_sigma.square()
             signal_var = (images.float().var(dim=(-2, -1)).mean() - noise_var).clamp_min(1e-3 * noise_var)
             scale = torch.sqrt(signal_var / clean.var(dim=(-2, -1)).mean().clamp_min(1e-30))
-            noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+            noise = standard_normal(tuple(clean.shape), generator, clean.device, clean.dtype)
             synthetic = scale * clean + self.noise_sigma * noise
         h = self.encoder(self.encoder_input(synthetic, ctf))
         mu, sigma_q = (_full(t) for t in self.conf_posterior(h))
