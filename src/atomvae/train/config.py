@@ -190,8 +190,11 @@ def _cpu() -> TrainConfig:
         # 100); 10 cost less held-out log-likelihood (-1.8 nats/image against -4.3 at 100). ~+5% step time.
         # Orientation weight 10 instead of the 100 it had under C-alpha rendering: side-chain lobes are now
         # rendered, and the term pulls hinges towards the base (image-model oracle: drift 0.34 A without it,
-        # 0.60 A at 100).
-        loss=LossWeights(backbone=100.0, clash=10.0, orientation=10.0, heavy_clash=10.0),
+        # 0.60 A at 100). Backbone weight 1000 instead of 100: the residue model's sharper, heavier renders
+        # pull harder on each residue, and at 100 single peptide bonds were strained past 0.2 A in 15-60%
+        # of samples (demo: 82% plausible); at 1000 none were (100%), at some cost in recovered fraction
+        # (BENCHMARKS.md, "Image model").
+        loss=LossWeights(backbone=1000.0, clash=10.0, orientation=10.0, heavy_clash=10.0),
         # Validation on at most 512 held-out images per epoch (forward only): ~1 min over the run.
         data=DataConfig(max_val_images=512),
         checkpoint_every=200,
