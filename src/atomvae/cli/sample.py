@@ -20,11 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="OUT.pdb, OUT.cif or OUT.dcd")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (files of the run folder and inputs never are)")
 
 
 def run(args: argparse.Namespace) -> int:
     from atomvae.train.inference import sample_to_file
 
-    out = sample_to_file(args.run_dir, args.n, args.output, seed=args.seed, device=args.device)
+    out = sample_to_file(args.run_dir, args.n, args.output, seed=args.seed, device=args.device,
+                         overwrite=args.overwrite)
     print(f"wrote {args.n} structures to {out}")
     return 0

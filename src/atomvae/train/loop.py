@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from atomvae.errors import InputError, atomic_path
+from atomvae.train import preflight
 from atomvae.train import run as run_folder
 from atomvae.train.checkpoint import (
     LAST,
@@ -176,6 +177,7 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
             raise InputError(run_dir, "--resume: not a run folder (config.yaml is missing)")
         _check_resume_config(config, run_dir)
         info = run_folder.read_run_info(run_dir)
+        preflight.check_same_particles(info, particles_path, source, run_dir)
         same_grid = int(info["box"]) == source.box and math.isclose(info["pixel_size"], source.pixel_size,
                                                                     rel_tol=1e-4)
         if not same_grid or int(info.get("n_particles", source.n_particles)) != source.n_particles:
@@ -214,6 +216,7 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
         "n_particles": source.n_particles,
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
+        "particles_fingerprint": preflight.particles_fingerprint(source),
     }
     run_folder.write_yaml(run_dir / run_folder.RUN_INFO_FILE, info)
     save_config(config, run_dir / run_folder.CONFIG_FILE, argv=list(argv) if argv is not None else None)
@@ -232,10 +235,15 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     from atomvae.structure.io import read_structure
 
     particles_path, base_path, run_dir = Path(particles_path), Path(base_path), Path(run_dir)
-    if not base_path.is_file():
-        raise InputError(base_path, "base structure not found")
+    # Every input is checked before the run folder exists (a half-made folder blocks a rerun).
+    fresh = not (resume and (run_dir / run_folder.CONFIG_FILE).is_file())
+    preflight.check_options(config, run_dir, resume, fresh)
+    user_base = preflight.read_base_structure(base_path) if fresh else None
     device = run_folder.resolve_device(config.device)
     source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
+    if user_base is not None:
+        preflight.warn_about_geometry(user_base, base_path, source.box, source.pixel_size)
+        preflight.check_init_run(config, user_base, source)
     info = _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source)
     train_idx, val_idx = run_folder.read_split(run_dir)
     val_idx = val_idx[: config.data.max_val_images]
@@ -347,6 +355,8 @@ class _SeedTrainer:
         else:
             self._initialise_amplitude()
         self.model.train()
+        self.nonfinite = preflight.NonFiniteStreak(run_folder.seed_dir(run_dir, seed),
+                                                   math.ceil(len(train_idx) / config.batch_size))
 
     def _load_initial_weights(self, run_dir: Path) -> None:
         """Weights (amplitude included) from another run's best checkpoint; this run's noise level is kept.
@@ -443,6 +453,7 @@ class _SeedTrainer:
                              "images_per_s": n_images / (time.perf_counter() - started),
                              "lr": optimizer.param_groups[0]["lr"]})
             bar.update(n_images, stage=stage, loss=float(out.total.detach()))
+            self.nonfinite.record(finite, self.position)
             if (max_steps is not None and step >= max_steps) or stop.requested:
                 return False
             if step % config.checkpoint_every == 0:
