@@ -254,13 +254,15 @@ def test_sample_never_replaces_the_runs_base_structure(world, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
     before = _tree(run)
-    _error(capsys, ["sample", run, "-n", "2", "-o", run / "base.pdb", "--overwrite"], "is an input of this command")
+    _error(capsys, ["sample", run, "-n", "2", "-o", run / "base.pdb", "--overwrite"],
+           "is an input of this command")
     assert _tree(run) == before
 
 
 def test_sample_dcd_checks_its_topology_companion(world, tmp_path, capsys):
     (tmp_path / "s_topology.pdb").write_text("precious")
-    _error(capsys, ["sample", world["run"], "-n", "2", "-o", tmp_path / "s.dcd"], "s_topology.pdb: already exists")
+    _error(capsys, ["sample", world["run"], "-n", "2", "-o", tmp_path / "s.dcd"],
+           "s_topology.pdb: already exists")
     assert not (tmp_path / "s.dcd").exists()
 
 
@@ -315,9 +317,9 @@ def test_unwritable_output_folder_is_refused_before_work(world, tmp_path, capsys
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--n-particles", "0"], "--n-particles: must be a positive"),
+    (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--n-particles", "0"], "--n-particles: must be a"),
     (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--steps", "1"], "--steps: need at least 2 steps"),
-    (["encode", "{run}", "{star}", "-o", "{tmp}/x.npz", "--batch-size", "0"], "--batch-size: must be a positive"),
+    (["encode", "{run}", "{star}", "-o", "{tmp}/x.npz", "--batch-size", "0"], "--batch-size: must be a"),
     (["sample", "{run}", "-n", "0", "-o", "{tmp}/x.pdb"], "-n: must be a positive integer"),
 ])
 def test_zero_counts_are_one_line_before_work(world, tmp_path, capsys, argv, message):
@@ -384,7 +386,8 @@ def test_cryodrgn_stack_is_usable_from_the_command_line(world, tmp_path, capsys)
 def test_missing_stack_does_not_suggest_an_option_that_does_not_exist(world, tmp_path, capsys):
     star = tmp_path / "p.star"
     shutil.copy(world["star"], star)  # without its stack
-    line = _error(capsys, ["train", star, BASE_PDB, "-o", tmp_path / "run"], "image stack particles.mrcs not found")
+    line = _error(capsys, ["train", star, BASE_PDB, "-o", tmp_path / "run"],
+                  "image stack particles.mrcs not found")
     assert "--datadir" not in line
 
 
@@ -393,7 +396,8 @@ def test_optics_image_size_disagreeing_with_the_stack(world, tmp_path, capsys):
         tables["optics"]["rlnImageSize"] = 64
 
     star = _edited_star(world, tmp_path, image_size_64)
-    _error(capsys, _train(world, tmp_path / "run", star), "rlnImageSize 64 disagrees with the 32-pixel images")
+    _error(capsys, _train(world, tmp_path / "run", star),
+           "rlnImageSize 64 disagrees with the 32-pixel images")
 
 
 def test_all_negative_defocus(world, tmp_path, capsys):
@@ -482,7 +486,8 @@ def test_full_disk_during_simulate_leaves_nothing_behind(tmp_path, capsys, monke
 
 
 def test_simulate_checks_free_space_before_rendering(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    almost_full = shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: almost_full)
     out = tmp_path / "sim"
     _error(capsys, ["simulate", BASE_PDB, "-n", "4", "--box", "16", "--pixel-size", "2", "-o", out,
                     "--no-progress"], "but only 0 MiB are free")
@@ -510,3 +515,16 @@ def test_warnings_print_as_one_line():
                              "/x/atomvae/data/validate.py", 10)
     assert line == "atomvae: warning: p.star: 1 of 24 particle(s) are not finite\n"
     assert "DeprecationWarning" in _one_line_warning("old", DeprecationWarning, "/x/numpy/core.py", 3)
+
+
+def test_evaluate_names_a_base_structure_that_lacks_residues(tmp_path, capsys):
+    structure = read_structure(BASE_PDB)
+    coords = np.stack([structure.coords + 0.1 * k for k in range(4)])
+    gt, base = tmp_path / "gt.pdb", tmp_path / "base.pdb"
+    write_ensemble(gt, structure.topology, coords)
+    keep = np.flatnonzero(structure.topology.residue_index < 8)
+    write_ensemble(base, structure.topology.subset(keep), structure.coords[keep])
+    line = _error(capsys, ["evaluate", gt, gt, "--base", base, "--n", "2", "-o", tmp_path / "e"],
+                  "2 of its 10 CA atoms have no partner in")
+    label = structure.topology.residue_label(8)
+    assert f"no partner in {base} (first: residue {label})" in line

@@ -99,17 +99,6 @@ def check_positive(path: Path, name: str, value: float) -> None:
         raise InputError(path, f"{name} must be a positive number, got {value}")
 
 
-def check_finite_images(stack_path: Path, bad_particles: np.ndarray, strict: bool) -> int:
-    """NaN/Inf images: with ``strict`` an error naming the first one, else their count (they are skipped)."""
-    if strict and bad_particles.size:
-        raise InputError(
-            stack_path,
-            f"{bad_particles.size} image(s) contain NaN or Inf values (first: particle "
-            f"{int(bad_particles[0]) + 1}); drop --strict to skip them",
-        )
-    return int(bad_particles.size)
-
-
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     """An output folder must not exist unless ``overwrite``; it must never be an existing file."""
     path = Path(path)

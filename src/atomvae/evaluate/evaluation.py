@@ -323,7 +323,10 @@ def _check_atom_coverage(tops: dict, match, config: EvaluateConfig) -> None:
         selected = np.asarray(topology.select(config.atoms))
         n_selected = len(selected)
         if n_selected > match.n_atoms:
-            other = config.gt if label == "pred" else config.pred
+            # the input(s) lacking them: the other ensemble, or (when only it restricts) the base structure
+            others = [lab for lab in tops if lab != label and match_atoms(
+                {label: tops[label], lab: tops[lab]}, config.atoms).n_atoms < n_selected]
+            other = " and ".join(str(tops[lab][1]) for lab in others) or "the other inputs"
             unmatched = np.setdiff1d(selected, match.indices[label])
             first = topology.residue_label(int(topology.residue_index[unmatched[0]]))
             raise InputError(source, f"{n_selected - match.n_atoms} of its {n_selected} {config.atoms} atoms "
