@@ -146,7 +146,7 @@ def run_demo(config: DemoConfig) -> dict:
     write_ensemble(out / "samples.pdb", run.topology, samples[:64])  # a viewable subset
 
     step("encode")
-    encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz")
+    encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz", overwrite=True)  # rerun: redo
 
     step("evaluate")
     distances = tuple(spec for spec, _ in ADK_DISTANCES)
