@@ -528,3 +528,12 @@ def test_evaluate_names_a_base_structure_that_lacks_residues(tmp_path, capsys):
                   "2 of its 10 CA atoms have no partner in")
     label = structure.topology.residue_label(8)
     assert f"no partner in {base} (first: residue {label})" in line
+
+
+def test_search_poses_never_replaces_its_input_star(world, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(world["star"].parent, data)
+    before = _tree(data)
+    _error(capsys, ["search-poses", data / "particles.star", BASE_PDB, "-o", data / "particles.star",
+                    "--overwrite", "--image-size", "32", "--no-progress"], "is an input of this command")
+    assert _tree(data) == before
