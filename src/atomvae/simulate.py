@@ -299,7 +299,7 @@ METADATA_BYTES_PER_PARTICLE = 1024
 
 def _check_free_space(config: SimulationConfig, output: Path) -> None:
     """Refuse before rendering when the output's file system cannot hold the stack and its metadata."""
-    folder = output.parent if output.parent.exists() else Path.cwd()
+    folder = output.resolve().parent  # the nearest existing folder: where the output will be created
     while not folder.exists():
         folder = folder.parent
     needed = config.n_particles * (4 * config.box**2 + METADATA_BYTES_PER_PARTICLE) + (1 << 20)
