@@ -174,7 +174,8 @@ def test_nan_images_skipped_and_counted_or_strict_error(tmp_path, star_set):
     images[2, 0, 0] = np.inf
     write_mrcs(tmp_path / "stacks" / "a.mrcs", images)
     meta = read_star(star)
-    data = ds.ParticleDataset(meta, normalize="none")
+    with pytest.warns(UserWarning, match=r"2 of 7 particle\(s\) are not finite .*skipping them"):
+        data = ds.ParticleDataset(meta, normalize="none")
     assert data.n_skipped == 2 and len(data) == ps.n - 2
     assert sorted(int(data[i]["index"]) for i in range(len(data))) == [0, 3, 4, 5, 6]
     assert all(torch.isfinite(data[i]["image"]).all() for i in range(len(data)))
@@ -182,13 +183,14 @@ def test_nan_images_skipped_and_counted_or_strict_error(tmp_path, star_set):
         tmp_path,
         lambda: ds.ParticleDataset(meta, strict=True),
         "particles31.star",
-        "2 image(s) contain NaN or Inf values (first: particle 2); drop --strict to skip them",
+        "2 of 7 particle(s) are not finite (2 with NaN/Inf pixels; first: particle 2); drop --strict to skip "
+        "them",
     )
 
 
 def test_unknown_suffix_and_bare_stack(tmp_path):
     ps = make_particle_set(seed=4)
     stack = write_mrcs(tmp_path / "x.mrcs", ps.images)
-    _expect(tmp_path, lambda: read_particles(stack), "x.mrcs", "pass --ctf ctf.pkl")
+    _expect(tmp_path, lambda: read_particles(stack), "x.mrcs", "needs its cryoDRGN CTF file beside it")
     (tmp_path / "p.txt").write_text("hello")
     _expect(tmp_path, lambda: read_particles(tmp_path / "p.txt"), "p.txt", "unknown particle file type")

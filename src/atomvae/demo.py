@@ -153,7 +153,7 @@ def run_demo(config: DemoConfig) -> dict:
           argv=["atomvae", "demo"])
 
     step("encode")
-    encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz")
+    encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz", overwrite=True)  # rerun: redo
 
     step("sample")
     # From the particles' aggregate posterior (what `atomvae sample --latents` does); the prior's samples

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -67,3 +67,56 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_writable_folder(path: str | os.PathLike, output: str | os.PathLike | None = None) -> None:
+    """The folder ``path`` (or, if it does not exist yet, its nearest existing parent, where it will be
+    created) must accept new files: probed by creating and removing a temporary file, so read-only
+    folders, read-only mounts and a path through a regular file fail here, before any work."""
+    path = Path(path)
+    output = Path(output) if output is not None else path
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(output, f"cannot create it: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".atomvae-write-test.", dir=existing)
+    except OSError as err:
+        raise InputError(output, f"cannot write in {existing}: {err.strerror or err}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Iterable = (),
+                      companions: Iterable = ()) -> Path:
+    """An output file the command is about to write: one line (``InputError``) before any work when it
+    names a folder, one of the command's ``inputs`` (never replaced, even with ``overwrite``), an
+    existing file without ``overwrite``, or a place that cannot be written. ``companions``: further
+    files written beside it (e.g. a .dcd's topology PDB), checked the same way."""
+    path = Path(path)
+    for target in (path, *map(Path, companions)):
+        if target.is_dir():
+            raise InputError(target, "is a folder; give a file name for the output")
+        for source in inputs:
+            if source is not None and _same_file(target, Path(source)):
+                raise InputError(target, "is an input of this command; write the output elsewhere "
+                                         "(it is never replaced, even with --overwrite)")
+        if target.exists() and not overwrite:
+            raise InputError(target, "already exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent, path)
+    return path
+
+
+def check_positive_int(option: str, value: int | None) -> None:
+    """A count option (``--batch-size``, ``-n``, ...) must be at least 1."""
+    if value is not None and value < 1:
+        raise InputError(option, f"must be a positive integer, got {value}")

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from atomvae.data import validate
 from atomvae.data.metadata import ParticleMetadata, star_tables
-from atomvae.errors import InputError
+from atomvae.errors import InputError, check_writable_folder
 from atomvae.geometry.rotations import random_rotations
 from atomvae.physics import noise, scattering
 from atomvae.physics.ctf import CTFParams
@@ -205,6 +205,7 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     """Write a synthetic particle set to ``config.output`` (see the module docstring)."""
     _check_config(config)
     output = validate.check_output_dir(config.output, config.overwrite)
+    _check_output_location(config)
     topology, coords = read_ensemble(config.ensemble, config.topology, atoms=config.atoms)
     try:
         a, b = scattering.scattering_parameters(topology.element, dtype=torch.float32)
@@ -226,6 +227,7 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     rotation = random_rotations(n, torch.Generator().manual_seed(int(torch_seeds[0])), dtype=torch.float64)
     noise_generator = torch.Generator().manual_seed(int(torch_seeds[1]))
 
+    _check_free_space(config, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -271,6 +273,53 @@ def simulate(config: SimulationConfig) -> SimulationResult:
     return SimulationResult(
         output=output, n_particles=n, noise_sigma=noise_sigma, effective_snr=effective_snr
     )
+
+
+def _check_output_location(config: SimulationConfig) -> None:
+    """The output folder is replaced as a whole: it must not be the current folder (or one above it), nor
+    hold one of the inputs; and its parent must accept new files."""
+    output = config.output.resolve()
+    cwd = Path.cwd().resolve()
+    if output == cwd or output in cwd.parents:
+        raise InputError(config.output, "is the current folder (or contains it); simulate replaces its "
+                                        "output folder as a whole: name a new folder")
+    inputs = [config.ensemble, config.topology]
+    if config.weights is not None and Path(config.weights).is_file():
+        inputs.append(Path(config.weights))
+    for source in inputs:
+        if source is not None and output in Path(source).resolve().parents:
+            raise InputError(config.output, f"holds the input {source}; simulate replaces its output folder "
+                                            "as a whole: name a new folder")
+    check_writable_folder(output.parent, config.output)
+
+
+# Bytes per particle of particles.star and truth.npz, generously (for the free-space check only).
+METADATA_BYTES_PER_PARTICLE = 1024
+
+
+def _check_free_space(config: SimulationConfig, output: Path) -> None:
+    """Refuse before rendering when the output's file system cannot hold the stack and its metadata."""
+    folder = output.resolve().parent  # the nearest existing folder: where the output will be created
+    while not folder.exists():
+        folder = folder.parent
+    needed = config.n_particles * (4 * config.box**2 + METADATA_BYTES_PER_PARTICLE) + (1 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise InputError(config.output, f"needs about {needed / 2**20:.0f} MiB but only {free / 2**20:.0f} "
+                                        f"MiB are free on the file system of {folder}")
+
+
+def _reserve(path: Path, n_bytes: int, output: Path) -> None:
+    """Allocate the stack's disk blocks up front: writes through a memory map into a sparse file that the
+    disk cannot hold end in SIGBUS (a crash with no message); here a full disk is an OSError instead."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the free-space check before rendering has to do
+        return
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, n_bytes)
+    except OSError as err:
+        raise InputError(output, f"cannot reserve {n_bytes / 2**20:.0f} MiB for particles.mrcs: "
+                                 f"{err.strerror or err}") from None
 
 
 def _move_into_place(tmp: Path, output: Path) -> None:
@@ -340,6 +389,8 @@ def _write_images(
     # running header statistics, so no second pass over a large stack is needed
     stats = {"min": math.inf, "max": -math.inf, "sum": 0.0, "sum_sq": 0.0}
     with mrcfile.new_mmap(path, shape=(n, box, box), mrc_mode=2, overwrite=True) as mrc:
+        mrc.flush()
+        _reserve(path, path.stat().st_size, config.output)
         mrc.set_image_stack()
         mrc.voxel_size = config.pixel_size
         with tqdm(total=n, unit="particle", desc="simulate", disable=not config.progress) as bar:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from atomvae.errors import InputError, check_output_file, check_writable_folder
 from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
 from atomvae.evaluate.report import summary_text
 
@@ -73,9 +74,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="particles (a random subset) decoded for conditional accuracy (default 2048)")
     parser.add_argument("--device", default="cpu",
                         help="device for decoding posterior samples (cpu, cuda, auto)")
+    parser.add_argument("--allow-missing-atoms", action="store_true",
+                        help="score on the atoms PRED and GT share when one lacks some (default: an error)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing report in -o and an existing --json file")
+
+
+# Files the report may write into -o (report.write_report and the figures of evaluation.py).
+REPORT_FILES = ("report.html", "summary.json", "emd_rmsd.png", "distance_histograms.png",
+                "distance_scatter.png", "latent_pca.png", "training_curves.png")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: -o must be a folder (or not exist) without a previous report, --json a new file
+    (unless --overwrite), and no input may be among the files written."""
+    inputs = [args.pred, args.gt, args.pred_topology, args.gt_topology, args.base, args.latents,
+              args.particles, args.truth, args.ensemble_source, args.ensemble_source_topology]
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(args.out, "exists and is not a folder; -o names the report folder")
+    written = [args.out / name for name in REPORT_FILES] + sorted(args.out.glob("conditional_d*.png"))
+    for path in written:
+        if path.exists() or any(p is not None and path.resolve() == p.resolve() for p in inputs):
+            check_output_file(path, args.overwrite, inputs)
+    check_writable_folder(args.out)
+    if args.json_path is not None:
+        check_output_file(args.json_path, args.overwrite, inputs)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args)
     config = EvaluateConfig(
         pred=args.pred, gt=args.gt, pred_topology=args.pred_topology, gt_topology=args.gt_topology,
         n=args.n, atoms=args.atoms, seed=args.seed, cov_threshold=args.cov_threshold, base=args.base,
@@ -85,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         ensemble_source=args.ensemble_source,
         ensemble_source_topology=args.ensemble_source_topology, posterior_samples=args.posterior_samples,
         conditional_particles=args.conditional_particles,
-        device=args.device,
+        device=args.device, allow_missing_atoms=args.allow_missing_atoms,
     )
     summary = evaluate(config)
     print(summary_text(summary))

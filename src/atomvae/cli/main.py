@@ -10,6 +10,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 
 from atomvae import __version__
 from atomvae.errors import InputError
@@ -51,19 +52,43 @@ def _terminate(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # atomvae's own warnings (skipped particles, dropped residues) read like its errors: one line, no
+    # source excerpt; other libraries' warnings keep Python's format, which says where they come from.
+    if issubclass(category, UserWarning) and "atomvae" in str(filename):
+        return f"atomvae: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def _os_error_line(err: OSError) -> str:
+    """A failed write or read (full disk, read-only folder, ...) as one line naming the file."""
+    where = err.filename if err.filename is not None else None
+    problem = err.strerror or str(err)
+    return f"atomvae: error: {where}: {problem}" if where else f"atomvae: error: {problem}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args._run(args) or 0)
     except InputError as err:
         print(f"atomvae: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # after the checks before work: the disk filled up, a folder became read-only
+        print(_os_error_line(err), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("atomvae: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":

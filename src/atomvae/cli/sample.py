@@ -27,12 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="atomvae encode output: sample the particles' aggregate posterior "
                              "instead of the prior")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (files of the run folder and inputs never are)")
 
 
 def run(args: argparse.Namespace) -> int:
     from atomvae.train.inference import sample_to_file
 
     out = sample_to_file(args.run_dir, args.n, args.output, seed=args.seed, device=args.device,
-                         latents=args.latents)
+                         latents=args.latents, overwrite=args.overwrite)
     print(f"wrote {args.n} structures to {out}")
     return 0

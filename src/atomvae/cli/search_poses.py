@@ -64,8 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from atomvae.errors import InputError
+    from atomvae.errors import InputError, check_output_file
     from atomvae.train.pose_search import PoseSearchConfig, search_poses_to_file
+
+    # Before any work: never the input STAR (or base) itself, nor an existing output without --overwrite.
+    if args.output.suffix == ".star":
+        check_output_file(args.output, args.overwrite, inputs=[args.particles, args.base],
+                          companions=[args.output.with_suffix(".npz")])
 
     try:
         config = PoseSearchConfig(n_rotations=args.rotations, resolution=args.resolution,

@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs-stage2", type=int, help="epochs of full training")
     parser.add_argument("--batch-size", type=int, help="images per step")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop on particles with NaN/Inf in their image or metadata (default: skip them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -95,7 +97,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
            "init_from": None if args.init is None else str(args.init.resolve())}
     config = dataclasses.replace(config, **{k: v for k, v in top.items() if v is not None})
     data = {"val_fraction": args.val_fraction, "noise_sigma": args.noise_sigma, "num_workers": args.workers,
-            "pose_center": args.pose_center}
+            "pose_center": args.pose_center, "strict": args.strict or None}
     config = dataclasses.replace(config, data=dataclasses.replace(
         config.data, **{k: v for k, v in data.items() if v is not None}))
     for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):

@@ -14,8 +14,10 @@ After this the background noise has unit variance, so the model's ``sigma_noise`
 those units). Per-image scaling is not offered: it would give every image its own noise level, which
 the model's single ``sigma_noise`` cannot describe.
 
-Images with NaN or Inf anywhere are found by one pass over the data at construction and skipped
-(``n_skipped``), or reported as an error with ``strict=True``.
+Particles with NaN or Inf anywhere in their image or metadata (CTF parameters, angles, origins) are
+found at construction (one pass over the images) and skipped with a warning giving their count
+(``n_skipped``), or reported as an error with ``strict=True``: one such particle would make the loss
+of every batch it joins non-finite. Images whose background does not vary (constant, blank) are an error.
 
 Loading is batched: a DataLoader with the default batch sampler calls ``__getitems__`` with a whole
 batch of indices, which reads the memory maps once per stack file and returns the collated batch.
@@ -132,20 +134,36 @@ class ParticleDataset(torch.utils.data.Dataset):
                 "(need an even size no larger than the images)",
             )
         self.pixel_size = metadata.pixel_size * metadata.box / self.box
-        bad = self._scan_nonfinite()
-        source = (
-            self.stack.paths[0] if len(self.stack.paths) == 1 else (metadata.source or self.stack.paths[0])
+        bad_images = self._scan_nonfinite()
+        bad_metadata, bad_names = validate.nonfinite_metadata_rows(
+            {"defocus": torch.stack([metadata.ctf.defocus_u, metadata.ctf.defocus_v], -1).numpy(),
+             **{name: getattr(metadata.ctf, name).numpy() for name in
+                ("astigmatism_angle", "voltage", "spherical_aberration", "amplitude_contrast", "phase_shift",
+                 "bfactor")}},
+            None if metadata.rotation is None else metadata.rotation.numpy(),
+            None if metadata.shift is None else metadata.shift.numpy(),
         )
-        self.n_skipped = validate.check_finite_images(source, bad, strict)
+        source = (
+            self.stack.paths[0] if len(self.stack.paths) == 1 and not bad_metadata.size
+            else (metadata.source or self.stack.paths[0])
+        )
+        bad = validate.check_finite_particles(source, bad_images, bad_metadata, bad_names, len(metadata),
+                                              strict)
+        self.n_skipped = int(bad.size)
         self.rows = np.setdiff1d(np.arange(len(metadata)), bad)
         if len(self.rows) == 0:
-            raise InputError(source, "no usable images (all contain NaN or Inf)")
+            raise InputError(source, "no usable particles (each has NaN or Inf in its image or metadata)")
         self.mask_radius = mask_radius if mask_radius is not None else 0.4 * self.box
         self.mask = background_mask(self.box, self.mask_radius)
         self.normalize = normalize
         self.scale = 1.0  # the dataset-wide divisor of "background" normalisation
         sample_rows = self._estimation_rows(n_estimate, seed)
-        self.noise_sigma = estimate_noise_sigma(self._load(sample_rows), self.mask)
+        sample = self._load(sample_rows)
+        self.noise_sigma = estimate_noise_sigma(sample, self.mask)
+        # relative to the values' size: constant images leave only rounding noise in the background
+        if not (np.isfinite(self.noise_sigma) and self.noise_sigma > 1e-6 * float(sample.abs().max())):
+            raise InputError(source, "the images' background (outside 0.4 box) does not vary: constant or "
+                                     "blank images cannot be normalised or learnt from")
         if normalize == "background":
             self.scale = self.noise_sigma
             self.noise_sigma = estimate_noise_sigma(self._load(sample_rows), self.mask)

@@ -117,6 +117,7 @@ def _check_stacks(
         validate.check_pixel_size(stack.path, stack.pixel_size, meta_path, pixel_size)
     if len(boxes) > 1:
         raise InputError(meta_path, f"stacks have different image sizes: {sorted(boxes)} pixels")
+    validate.check_unique_images(meta_path, paths, file_index, image_index)
     return boxes.pop()
 
 
@@ -131,8 +132,9 @@ def _resolve(name: str, meta_path: Path, datadir: Path | None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    looked = ", ".join(str(c.parent) for c in candidates)
-    raise InputError(meta_path, f"image stack {name} not found (looked in {looked}); pass --datadir")
+    looked = ", ".join(dict.fromkeys(str(c.parent) for c in candidates))
+    raise InputError(meta_path, f"image stack {name} not found (looked in {looked}: paths are relative to "
+                                f"the {meta_path.suffix} file's folder or the current folder)")
 
 
 def _index_stacks(names: list[str], meta_path: Path, datadir: Path | None) -> tuple[list[Path], np.ndarray]:
@@ -160,6 +162,8 @@ def read_star(
     except Exception as err:  # starfile raises a variety of parser errors
         raise InputError(path, f"not a readable STAR file ({err})") from None
     blocks = {name: df for name, df in blocks.items() if isinstance(df, pd.DataFrame)}
+    if not blocks:
+        raise InputError(path, "not a STAR file (no data_ block with a loop_ table of particles)")
     if "optics" in blocks:
         particles = blocks.get("particles")
         if particles is None:
@@ -182,7 +186,8 @@ def read_star(
         origin_columns, origin_scale = ("rlnOriginXAngst", "rlnOriginYAngst"), 1.0
     else:
         if len(blocks) != 1:
-            raise InputError(path, f"expected one particle table, found {sorted(blocks)}")
+            raise InputError(path, f"expected one particle table (or data_optics + data_particles), found "
+                                   f"tables {', '.join('data_' + b for b in sorted(blocks))}")
         table = next(iter(blocks.values()))
         validate.check_columns(path, table.columns, OPTICS_CTF_COLUMNS, "CTF")
         if "rlnImagePixelSize" in table.columns:
@@ -230,6 +235,13 @@ def read_star(
                 path, int((file_index == f).sum()), stack_path, StackFile(stack_path).n_images
             )
     box = _check_stacks(path, paths, file_index, image_index, star_pixel)
+    if "rlnImageSize" in table.columns:
+        sizes = np.unique(table["rlnImageSize"].to_numpy(np.float64))
+        if sizes.size != 1 or sizes[0] != box:
+            raise InputError(path, f"rlnImageSize {', '.join(f'{v:g}' for v in sizes)} disagrees with the "
+                                   f"{box}-pixel images of {paths[0].name}")
+    validate.check_defocus_sign(path, table["rlnDefocusU"].to_numpy(np.float64),
+                                table["rlnDefocusV"].to_numpy(np.float64), "rlnDefocusU/V")
 
     def column(name: str, default: float) -> np.ndarray:
         return table[name].to_numpy(np.float64) if name in table.columns else np.full(len(table), default)
@@ -294,6 +306,8 @@ def read_cryosparc_cs(path: str | os.PathLike, datadir: str | os.PathLike | None
     paths, file_index = _index_stacks(names, path, datadir)
     image_index = data["blob/idx"].astype(np.int64)
     box = _check_stacks(path, paths, file_index, image_index, pixel_size)
+    validate.check_defocus_sign(path, data["ctf/df1_A"].astype(np.float64),
+                                data["ctf/df2_A"].astype(np.float64), "ctf/df1_A / ctf/df2_A")
 
     def field(name: str, default: float = 0.0) -> np.ndarray:
         return data[name].astype(np.float64) if name in fields else np.full(len(data), default)
@@ -309,7 +323,10 @@ def read_cryosparc_cs(path: str | os.PathLike, datadir: str | os.PathLike | None
         bfactor=_float_tensor(field("ctf/bfactor")),
     )
     rotation = shift = None
-    if {"alignments3D/pose", "alignments3D/shift"} <= fields:
+    pose_fields = ("alignments3D/pose", "alignments3D/shift")
+    if any(f in fields for f in pose_fields):
+        validate.check_columns(path, fields, pose_fields, "pose")
+    if set(pose_fields) <= fields:
         pose = data["alignments3D/pose"].astype(np.float64).reshape(-1, 3)
         rotation = _float_tensor(Rotation.from_rotvec(-pose).as_matrix())
         # shifts are in pixels of the refinement, whose pixel size cryoSPARC records separately
@@ -364,6 +381,7 @@ def read_cryodrgn_pkl(
     if box != stack.box:
         raise InputError(ctf_pkl, f"box size {box} disagrees with {stack.box} pixels in {particles.name}")
     validate.check_pixel_size(particles, stack.pixel_size, ctf_pkl, pixel_size)
+    validate.check_defocus_sign(ctf_pkl, table[:, 2], table[:, 3], "defocus (columns 2, 3)")
     ctf = CTFParams(
         defocus_u=_float_tensor(table[:, 2]),
         defocus_v=_float_tensor(table[:, 3]),
@@ -416,7 +434,8 @@ def read_particles(
     """Read any supported particle set, choosing the reader by suffix.
 
     ``.star`` (RELION), ``.cs`` (cryoSPARC), or ``.mrcs``/``.mrc`` with ``ctf`` (cryoDRGN ctf.pkl) and
-    optionally ``poses`` (cryoDRGN poses.pkl).
+    optionally ``poses`` (cryoDRGN poses.pkl); without ``ctf`` they are looked up beside the stack
+    (``CRYODRGN_CTF_NAMES`` / ``CRYODRGN_POSE_NAMES``), so every command can take a cryoDRGN stack.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -426,11 +445,33 @@ def read_particles(
         return read_cryosparc_cs(path, datadir=datadir)
     if suffix in (".mrcs", ".mrc"):
         if ctf is None:
-            raise InputError(path, "a bare image stack needs its CTF parameters: pass --ctf ctf.pkl")
+            ctf = _sidecar(path, CRYODRGN_CTF_NAMES)
+            if ctf is None:
+                names = ", ".join(n.format(stem=path.stem) for n in CRYODRGN_CTF_NAMES)
+                raise InputError(path, f"a bare image stack needs its cryoDRGN CTF file beside it (one of "
+                                       f"{names}); or give a .star / .cs file")
+            if poses is None:
+                poses = _sidecar(path, CRYODRGN_POSE_NAMES)
         return read_cryodrgn_pkl(path, ctf, poses)
     if suffix == ".pkl":
-        raise InputError(path, "give the .mrcs stack as the particles and the .pkl files with --ctf/--poses")
-    raise InputError(path, "unknown particle file type (expected .star, .cs, or .mrcs with --ctf)")
+        raise InputError(path, "give the .mrcs stack as the particles; its ctf.pkl (and poses.pkl) are found "
+                               "beside it")
+    raise InputError(path, "unknown particle file type (expected .star, .cs, or a cryoDRGN .mrcs with "
+                           "ctf.pkl beside it)")
+
+
+# cryoDRGN keeps a stack's CTF and poses in separate pickles; with a bare .mrcs they are looked up beside it
+# under these names (first match), the more specific ones first.
+CRYODRGN_CTF_NAMES = ("{stem}.ctf.pkl", "{stem}_ctf.pkl", "ctf.pkl")
+CRYODRGN_POSE_NAMES = ("{stem}.poses.pkl", "{stem}_poses.pkl", "poses.pkl", "pose.pkl")
+
+
+def _sidecar(stack: Path, patterns: tuple[str, ...]) -> Path | None:
+    for pattern in patterns:
+        candidate = stack.with_name(pattern.format(stem=stack.stem))
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 # ----------------------------------------------------------------------------------------- writers

@@ -99,17 +99,6 @@ def check_positive(path: Path, name: str, value: float) -> None:
         raise InputError(path, f"{name} must be a positive number, got {value}")
 
 
-def check_finite_images(stack_path: Path, bad_particles: np.ndarray, strict: bool) -> int:
-    """NaN/Inf images: with ``strict`` an error naming the first one, else their count (they are skipped)."""
-    if strict and bad_particles.size:
-        raise InputError(
-            stack_path,
-            f"{bad_particles.size} image(s) contain NaN or Inf values (first: particle "
-            f"{int(bad_particles[0]) + 1}); drop --strict to skip them",
-        )
-    return int(bad_particles.size)
-
-
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     """An output folder must not exist unless ``overwrite``; it must never be an existing file."""
     path = Path(path)
@@ -118,3 +107,87 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise InputError(path, "output folder already exists; pass --overwrite to replace it")
     return path
+
+
+def nonfinite_metadata_rows(ctf_fields: dict[str, np.ndarray], rotation: np.ndarray | None,
+                            shift: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+    """Rows whose CTF parameters or pose hold NaN/Inf, and the names of the offending quantities.
+
+    ctf_fields: name -> (N,) values; rotation (N, 3, 3) or None; shift (N, 2) or None. One such row
+    makes every batch it lands in non-finite (the loss of the whole batch is NaN), so a single bad row
+    would silently stop training; these rows are skipped like NaN images (or refused with --strict).
+    """
+    columns = dict(ctf_fields)
+    if rotation is not None:
+        columns["angles"] = np.asarray(rotation).reshape(len(rotation), -1)
+    if shift is not None:
+        columns["origin"] = np.asarray(shift).reshape(len(shift), -1)
+    n = len(next(iter(columns.values())))
+    bad = np.zeros(n, dtype=bool)
+    names = []
+    for name, values in columns.items():
+        values = np.asarray(values, dtype=np.float64).reshape(n, -1)
+        row_bad = ~np.isfinite(values).all(axis=1)
+        if row_bad.any():
+            names.append(name)
+            bad |= row_bad
+    return np.flatnonzero(bad), names
+
+
+def check_finite_particles(path: Path, bad_images: np.ndarray, bad_metadata: np.ndarray,
+                           metadata_names: list[str], n_total: int, strict: bool) -> np.ndarray:
+    """Particles with NaN/Inf pixels or metadata: an error with ``strict``, else skipped with a warning.
+
+    Returns the sorted union of bad rows (0-based). The warning names the count, the first particle
+    (1-based) and what was wrong, so a user knows what was dropped.
+    """
+    import warnings
+
+    bad = np.union1d(bad_images, bad_metadata).astype(np.int64)
+    if bad.size == 0:
+        return bad
+    what = []
+    if bad_images.size:
+        what.append(f"{bad_images.size} with NaN/Inf pixels")
+    if bad_metadata.size:
+        what.append(f"{bad_metadata.size} with NaN/Inf {'/'.join(metadata_names)}")
+    detail = f"{bad.size} of {n_total} particle(s) are not finite ({'; '.join(what)}; first: particle " \
+             f"{int(bad[0]) + 1})"
+    if strict:
+        raise InputError(path, f"{detail}; drop --strict to skip them")
+    if bad.size < n_total:
+        warnings.warn(f"{path}: {detail}; skipping them (--strict stops instead)", UserWarning, stacklevel=3)
+    return bad
+
+
+def check_unique_images(meta_path: Path, paths: list[Path], file_index: np.ndarray,
+                        image_index: np.ndarray) -> None:
+    """Every particle must be a different image: a listed-twice image lands on both sides of the held-out
+    split (the held-out log-likelihood then measures memorisation) and counts double in training.
+
+    An error rather than silent de-duplication: per-particle outputs (encode's ``index``, a split) refer to
+    rows of the user's file, and a file listing images twice (concatenated selections, symmetry expansion)
+    is usually a mistake the user should see and fix at its source.
+    """
+    if len(file_index) < 2:
+        return
+    key = file_index.astype(np.int64) * (int(image_index.max()) + 1) + image_index.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+    if repeated.size:
+        first, second = sorted((int(order[repeated[0]]), int(order[repeated[0] + 1])))
+        image = f"{int(image_index[first]) + 1}@{paths[int(file_index[first])].name}"
+        n_dup = np.unique(key[order][1:][repeated]).size
+        raise InputError(meta_path, f"image {image} is listed twice (particles {first + 1} and "
+                                    f"{second + 1}; {n_dup} image(s) listed more than once): each image "
+                                    "must appear once (remove the duplicates, e.g. of a symmetry expansion)")
+
+
+def check_defocus_sign(path: Path, defocus_u: np.ndarray, defocus_v: np.ndarray, what: str) -> None:
+    """Defocus follows RELION's convention (positive = underfocus, A): all values <= 0 mean a sign flip."""
+    values = np.concatenate([defocus_u, defocus_v])
+    values = values[np.isfinite(values)]
+    if values.size and (values <= 0).all():
+        raise InputError(path, f"every {what} value is zero or negative (range {values.min():g} to "
+                               f"{values.max():g}); defocus must be positive underfocus in A (RELION's "
+                               "convention): flip the sign")

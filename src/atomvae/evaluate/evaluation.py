@@ -75,6 +75,9 @@ class EvaluateConfig:
     conditional_particles: int = 2048  # particles (a seeded random subset) decoded for conditional accuracy
     device: str = "cpu"
     write_report: bool = True
+    # Score on the atoms the inputs share when some are missing from one of them (reported); by default
+    # that is an error: an EMD-RMSD over a subset says nothing about the atoms left out.
+    allow_missing_atoms: bool = False
     notes: tuple[str, ...] = ()  # free text for the top of the report and the JSON (e.g. how data were made)
 
 
@@ -358,6 +361,30 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
     return sections, summary
 
 
+def _check_atom_coverage(tops: dict, match, config: EvaluateConfig) -> None:
+    """Every selected atom of the prediction and the ground truth must have its partner (matched by chain,
+    residue number, insertion code and name) unless ``allow_missing_atoms``: a score over the shared
+    subset alone would read as a full comparison (a 150-residue prediction against a 214-residue truth
+    would score on the 150 only)."""
+    if config.allow_missing_atoms:
+        return
+    for label in ("pred", "gt"):
+        topology, source = tops[label]
+        selected = np.asarray(topology.select(config.atoms))
+        n_selected = len(selected)
+        if n_selected > match.n_atoms:
+            # the input(s) lacking them: the other ensemble, or (when only it restricts) the base structure
+            others = [lab for lab in tops if lab != label and match_atoms(
+                {label: tops[label], lab: tops[lab]}, config.atoms).n_atoms < n_selected]
+            other = " and ".join(str(tops[lab][1]) for lab in others) or "the other inputs"
+            unmatched = np.setdiff1d(selected, match.indices[label])
+            first = topology.residue_label(int(topology.residue_index[unmatched[0]]))
+            raise InputError(source, f"{n_selected - match.n_atoms} of its {n_selected} {config.atoms} atoms "
+                                     f"have no partner in {other} (first: residue {first}); compare the same "
+                                     "residues, or pass --allow-missing-atoms to score the shared "
+                                     f"{match.n_atoms} only")
+
+
 def evaluate(config: EvaluateConfig) -> dict:
     """Run the evaluation; write the report (out_dir/report.html, PNGs, summary.json) and
     ``config.json_path``; return the summary dict (the CLI prints it with ``report.summary_text``)."""
@@ -378,6 +405,7 @@ def evaluate(config: EvaluateConfig) -> dict:
         base = read_structure(config.base)
         tops["base"] = (base.topology, config.base)
     match = match_atoms(tops, config.atoms)
+    _check_atom_coverage(tops, match, config)
     pred_sel = pred_coords[:, match.indices["pred"]]
     gt_sel = gt_coords[:, match.indices["gt"]]
     if config.base is not None:
@@ -388,6 +416,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     atom_note = f"{match.n_atoms} {config.atoms} atoms"
     if len(set(n_sel.values()) | {match.n_atoms}) > 1:
         atom_note += f" in common (pred has {n_sel['pred']}, GT {n_sel['gt']})"
+        atom_note = "ONLY " + atom_note
+        warnings.warn(f"{config.pred}: EMD-RMSD compares only {atom_note[5:]}", UserWarning, stacklevel=2)
     if match.ignored_chain_ids:
         atom_note += "; chain IDs differ and were ignored"
 

@@ -185,7 +185,7 @@ def _canonical_order(res: _Residue) -> _Residue:
 def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: bool,
                     warn: bool = True) -> tuple[Topology, np.ndarray]:
     """Drop residues without N/CA/C, then build the Topology; returns it and the source atom indices."""
-    good = []
+    good, dropped = [], []
     for res in residues:
         missing = [name for name in ("N", "CA", "C") if name not in res.atom_names]
         if missing:
@@ -193,12 +193,21 @@ def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: 
             problem = f"residue {label} lacks backbone atom(s) {', '.join(missing)}"
             if strict:
                 raise InputError(path, problem)
-            if warn:
-                warnings.warn(f"{path}: {problem}; dropping it", stacklevel=3)
+            dropped.append(problem)
             continue
         good.append(_canonical_order(res))
     if not good:
-        raise InputError(path, "no protein residues with N, CA and C atoms found")
+        if residues and all(res.atom_names == ["CA"] for res in residues):
+            raise InputError(path, f"all {len(residues)} residues have only a C-alpha atom; atomvae needs "
+                                   "the backbone N, CA and C of each residue (a full-atom or backbone model)")
+        raise InputError(path, "no protein residues with N, CA and C atoms found"
+                               + (f" ({len(dropped)} residues lack backbone atoms)" if dropped else ""))
+    if warn:  # one warning per residue up to a few; a count beyond (a line each would bury the rest)
+        for problem in dropped[:5]:
+            warnings.warn(f"{path}: {problem}; dropping it", stacklevel=3)
+        if len(dropped) > 5:
+            warnings.warn(f"{path}: {len(dropped) - 5} more residues lack backbone atoms; dropping them",
+                          stacklevel=3)
     source = np.asarray([i for res in good for i in res.source_index], dtype=np.int64)
     residue_index = np.repeat(np.arange(len(good)), [len(res.atom_names) for res in good])
     chain = np.asarray([r.chain for r in good])
@@ -242,7 +251,24 @@ def read_structure(path: str | os.PathLike, strict: bool = False) -> Structure:
     st = _read_gemmi(path)
     residues, coords = _gemmi_residues(st[0])
     topology, source = _build_topology(residues, coords, path, strict)
+    _check_finite(path, topology, coords[source][None])
     return Structure(topology, coords[source])
+
+
+def _check_finite(path, topology: Topology, coords: np.ndarray) -> None:
+    """coords (M, A, 3): NaN/Inf coordinates are an error naming the first atom (and model)."""
+    bad = np.argwhere(~np.isfinite(coords).all(axis=-1))
+    if len(bad):
+        model, atom = (int(v) for v in bad[0])
+        where = f"{topology.residue_label(topology.residue_index[atom])}:{topology.atom_name[atom]}"
+        in_model = f" of model {model + 1}" if coords.shape[0] > 1 else ""
+        raise InputError(path, f"atom {where}{in_model} has non-finite coordinates ({len(bad)} such atom "
+                               "positions)")
+
+
+def count_models(path: str | os.PathLike) -> int:
+    """Number of models in a PDB/mmCIF file (InputError when unreadable)."""
+    return len(_read_gemmi(Path(path)))
 
 
 def _describe_difference(a: Topology, b: Topology) -> str:
@@ -310,6 +336,7 @@ def read_ensemble(
             frames[k] = model_coords[model_source]
         else:
             frames[k] = model_coords[source]
+    _check_finite(path, topology, frames)
     return _apply_atom_selection(topology, frames, atoms, path)
 
 

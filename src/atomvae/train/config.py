@@ -65,6 +65,8 @@ class DataConfig:
     n_calibration_images: int = 512
     # DataLoader worker processes (0 = load in the training process; the order is identical either way).
     num_workers: int = 0
+    # Particles with NaN/Inf in their image or metadata: skipped with a warning (False) or an error (True).
+    strict: bool = False
     # Rotation centre of the particles' poses in the base structure's coordinates (A): the model rotates the
     # base about this point. None = the base's centre of atoms, right for inferred poses. With --poses
     # given/refine it must be the centre the poses refer to: for a consensus refinement the map's box

@@ -12,16 +12,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomvae.errors import InputError, atomic_path
+from atomvae.errors import InputError, atomic_path, check_output_file, check_positive_int
 from atomvae.train import distributed
-from atomvae.train.run import LoadedRun, load_run, read_split
+from atomvae.train.run import LoadedRun, layout_files, load_run, read_split
 
 STRUCTURE_SUFFIXES = (".pdb", ".cif", ".dcd")
 
 
-def _check_structure_output(path: Path) -> None:
+def _check_structure_output(path: Path, run_dir: str | Path | None = None, overwrite: bool = True) -> None:
+    """Before any work: the suffix, and (with ``run_dir``) that neither the file nor a .dcd's
+    ``<stem>_topology.pdb`` replaces a file of the run folder, nor, without ``overwrite``, any file."""
     if path.suffix.lower() not in STRUCTURE_SUFFIXES:
         raise InputError(path, f"output must end in {', '.join(STRUCTURE_SUFFIXES)} (got '{path.suffix}')")
+    if run_dir is not None:
+        companions = [path.with_name(f"{path.stem}_topology.pdb")] if path.suffix.lower() == ".dcd" else []
+        check_output_file(path, overwrite, inputs=layout_files(run_dir), companions=companions)
 
 
 def _write_structures(run: LoadedRun, coords: torch.Tensor, out_path: Path) -> None:
@@ -70,11 +75,13 @@ def read_posteriors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_to_file(run_dir: str | Path, n: int, out_path: str | Path, seed: int = 0,
-                   device: str = "cpu", latents: str | Path | None = None) -> Path:
+                   device: str = "cpu", latents: str | Path | None = None, overwrite: bool = False) -> Path:
     """``atomvae sample``: n structures from the prior, or from the particles' aggregate posterior when
-    ``latents`` (an ``encode`` output) is given, written to .pdb / .cif / .dcd (by suffix)."""
+    ``latents`` (an ``encode`` output) is given, written to .pdb / .cif / .dcd (by suffix); an existing
+    file is replaced only with ``overwrite`` (a file of the run folder never)."""
     out_path = Path(out_path)
-    _check_structure_output(out_path)
+    check_positive_int("-n", n)
+    _check_structure_output(out_path, run_dir, overwrite)
     run = load_run(run_dir, device=device)
     posterior = None if latents is None else read_posteriors(Path(latents), run.model.config.latent_conf)
     _write_structures(run, sample_structures(run, n, seed, posterior=posterior), out_path)
@@ -138,17 +145,24 @@ def parse_latent_point(text: str, dim: int, option: str) -> np.ndarray:
 
 def interpolate_to_file(run_dir: str | Path, out_path: str | Path, steps: int = 10,
                         start: str | None = None, end: str | None = None, latents: str | Path | None = None,
-                        n_particles: int = 2048, percentile: float = 1.0, device: str = "cpu"
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        n_particles: int = 2048, percentile: float = 1.0, device: str = "cpu",
+                        overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``atomvae interpolate``: structures along a latent line written as a multi-model file.
 
     The line runs from ``start`` to ``end`` (comma lists or .npy) when both are given; otherwise between
     the ends of the first principal axis of posterior means, read from ``latents`` (an ``encode`` output)
     or computed on up to ``n_particles`` of the run's own held-out and training particles. Returns the
-    two end points (D,).
+    two end points (D,). An existing output is replaced only with ``overwrite``.
     """
     out_path = Path(out_path)
-    _check_structure_output(out_path)
+    if steps < 2:
+        raise InputError("--steps", f"need at least 2 steps, got {steps}")
+    check_positive_int("--n-particles", n_particles)
+    if not 0.0 <= percentile < 50.0:
+        raise InputError("--percentile", f"must be in [0, 50), got {percentile}")
+    if latents is not None and not Path(latents).is_file():
+        raise InputError(latents, "latents file not found")
+    _check_structure_output(out_path, run_dir, overwrite)
     run = load_run(run_dir, device=device)
     dim = run.config.model.latent_conf
     if (start is None) != (end is None):
@@ -253,8 +267,10 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
 
 
 def encode_to_file(run_dir: str | Path, particles_path: str | Path, out_path: str | Path,
-                   device: str = "cpu", batch_size: int = 256) -> dict[str, np.ndarray] | None:
+                   device: str = "cpu", batch_size: int = 256, overwrite: bool = False
+                   ) -> dict[str, np.ndarray] | None:
     """``atomvae encode``: latents.npz with mu, sigma, rotation, shift, euler, pose_mu, pose_sigma, index.
+    An existing output is replaced only with ``overwrite`` (an input never).
 
     Under torchrun the particles are split over the processes (each needs the run folder and the
     particles) and rank 0 writes the file and returns the result; the other ranks return None."""
@@ -263,6 +279,8 @@ def encode_to_file(run_dir: str | Path, particles_path: str | Path, out_path: st
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         raise InputError(out_path, "output must end in .npz")
+    check_positive_int("--batch-size", batch_size)
+    check_output_file(out_path, overwrite, inputs=[Path(particles_path), *layout_files(run_dir)])
     with distributed.process_group(resolve_device(device)) as torch_device:
         run = load_run(run_dir, device=str(torch_device))
         result = encode_particles(run, particles_path, batch_size=batch_size, split_over_ranks=True)

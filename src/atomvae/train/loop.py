@@ -33,7 +33,7 @@ import torch
 from atomvae.errors import InputError, atomic_path
 from atomvae.model.batch_noise import BatchNoiseRows
 from atomvae.model.config import LossWeights
-from atomvae.train import distributed
+from atomvae.train import distributed, preflight
 from atomvae.train import run as run_folder
 from atomvae.train.checkpoint import (
     LAST,
@@ -210,6 +210,7 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
             raise InputError(run_dir, "--resume: not a run folder (config.yaml is missing)")
         _check_resume_config(config, run_dir)
         info = run_folder.read_run_info(run_dir)
+        preflight.check_same_particles(info, particles_path, source, run_dir)
         same_grid = int(info["box"]) == source.box and math.isclose(info["pixel_size"], source.pixel_size,
                                                                     rel_tol=1e-4)
         if not same_grid or int(info.get("n_particles", source.n_particles)) != source.n_particles:
@@ -253,6 +254,7 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
         "n_train": int(len(train_idx)),
         "n_val": int(len(val_idx)),
         "world_size": distributed.world_size(),  # processes (torchrun); updated by a resume with another
+        "particles_fingerprint": preflight.particles_fingerprint(source),
     }
     run_folder.write_yaml(run_dir / run_folder.RUN_INFO_FILE, info)
     save_config(config, run_dir / run_folder.CONFIG_FILE, argv=list(argv) if argv is not None else None)
@@ -271,11 +273,16 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     from atomvae.structure.io import read_structure
 
     particles_path, base_path, run_dir = Path(particles_path), Path(base_path), Path(run_dir)
-    if not base_path.is_file():
-        raise InputError(base_path, "base structure not found")
+    # Every input is checked before the run folder exists (a half-made folder blocks a rerun).
+    fresh = not (resume and (run_dir / run_folder.CONFIG_FILE).is_file())
+    preflight.check_options(config, run_dir, resume, fresh)
+    user_base = preflight.read_base_structure(base_path) if fresh else None
     device = run_folder.resolve_device(config.device)
     with distributed.process_group(device) as device:
         source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
+        if user_base is not None:
+            preflight.warn_about_geometry(user_base, base_path, source.box, source.pixel_size)
+            preflight.check_init_run(config, user_base, source)
         # Rank 0 writes or checks the run folder and reads it back; the other ranks get its contents.
         info, (train_idx, val_idx), structure = distributed.from_main(lambda: (
             _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source),
@@ -415,6 +422,8 @@ class _SeedTrainer:
             self._initialise_amplitude()
         distributed.broadcast_module(self.model)  # identical already; made certain before DDP's first step
         self.model.train()
+        self.nonfinite = preflight.NonFiniteStreak(run_folder.seed_dir(run_dir, seed),
+                                                   math.ceil(len(train_idx) / config.batch_size))
 
     def _load_initial_weights(self, run_dir: Path) -> None:
         """Weights (amplitude included) from another run's best checkpoint; this run's noise level is kept.
@@ -529,6 +538,7 @@ class _SeedTrainer:
                              "images_per_s": n_images / (time.perf_counter() - started),
                              "lr": optimizer.param_groups[0]["lr"]})
             bar.update(n_images, stage=stage, loss=loss)
+            self.nonfinite.record(result.finite, self.position)
             # With several processes the ranks agree on a stop in the step's collective (a signal that
             # arrives later is seen one step later); one process also sees one that came during the step.
             self.stopped = result.stop_requested or (stop.requested and not distributed.active())

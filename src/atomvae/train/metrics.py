@@ -42,6 +42,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _record_key(record: dict[str, Any]) -> tuple:
+    return record.get("kind"), record.get("step"), record.get("stage"), record.get("epoch")
+
+
 class MetricsLogger:
     """Append-only JSONL metrics for one seed's run folder, mirrored to TensorBoard if available."""
 
@@ -49,15 +53,25 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Records at the resume step that the resumed run may log again: a checkpoint written at an epoch's
+        # last step precedes that epoch's validation, so after a kill between the two the validation is
+        # redone on resume. Its record is already in the log (same parameters, same seeded noise): the
+        # repeat is not written twice.
+        self._already_logged: set[tuple] = set()
         if resume_step is None:
             atomic_write_text(self.path, "")
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._already_logged = {_record_key(r) for r in kept if r.get("step") == resume_step}
         self._file = self.path.open("a")
         self._tb = _tensorboard_writer(self.run_dir / "tensorboard") if tensorboard else None
 
     def log(self, record: dict[str, Any]) -> None:
+        key = _record_key(record)
+        if key in self._already_logged:
+            self._already_logged.discard(key)
+            return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:

@@ -69,6 +69,15 @@ class ParticleSource:
         return (_to_device(batch, device) for batch in loader)
 
 
+# What each format calls its poses, for the message when they are needed and absent.
+POSE_FIELDS = {
+    ".star": "rlnAngleRot, rlnAngleTilt, rlnAnglePsi, rlnOriginXAngst, rlnOriginYAngst",
+    ".cs": "alignments3D/pose, alignments3D/shift",
+    ".mrcs": "a cryoDRGN poses.pkl beside the stack",
+    ".mrc": "a cryoDRGN poses.pkl beside the stack",
+}
+
+
 def open_particles(path: Path, config, need_poses: bool = False) -> ParticleSource:
     """Open a particle file (.star, .cs, ...) for a model of ``config.model.image_size`` pixels.
 
@@ -84,7 +93,7 @@ def open_particles(path: Path, config, need_poses: bool = False) -> ParticleSour
         raise InputError(path, f"particles are {metadata.box} px; the model needs at least {image_size} px "
                                "(set model.image_size in the config to train on smaller images)")
     if need_poses and not metadata.has_poses:
-        raise InputError(path, "--poses given/refine needs poses in the file (rlnAngleRot, rlnAngleTilt, "
-                               "rlnAnglePsi, rlnOriginXAngst, rlnOriginYAngst)")
-    dataset = ParticleDataset(metadata, downsample_to=image_size)
+        fields = POSE_FIELDS.get(Path(path).suffix.lower(), POSE_FIELDS[".star"])
+        raise InputError(path, f"--poses given/refine needs poses in the file ({fields})")
+    dataset = ParticleDataset(metadata, downsample_to=image_size, strict=config.data.strict)
     return ParticleSource(path, dataset, num_workers=config.data.num_workers)

@@ -57,6 +57,15 @@ def base_structure_path(run_dir: str | Path) -> Path:
     return matches[0]
 
 
+def layout_files(run_dir: str | Path) -> list[Path]:
+    """The files of a run folder that ``atomvae train`` wrote and reads back (the base structure, configs,
+    split, logs, checkpoints): inputs that no other command's output may replace, even with --overwrite."""
+    run_dir = Path(run_dir)
+    names = [CONFIG_FILE, RUN_INFO_FILE, BEST_FILE, SPLIT_FILE, "metrics.jsonl", "training_curve.png"]
+    files = [run_dir / name for name in names] + sorted(run_dir.glob(f"{BASE_STEM}.*"))
+    return files + sorted(run_dir.glob("seed_*/*.*")) + sorted(run_dir.glob("seed_*/checkpoints/*"))
+
+
 def write_yaml(path: str | Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
