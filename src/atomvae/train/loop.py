@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from atomvae.errors import InputError, atomic_path
+from atomvae.model.pose_modes import pose_mode
 from atomvae.train import run as run_folder
 from atomvae.train.checkpoint import (
     LAST,
@@ -104,7 +105,7 @@ def make_optimizer(parameters, learning_rate: float, device: torch.device) -> to
 
 def _stages(config: TrainConfig) -> list[int]:
     # With fixed given poses nothing of the pose path is trained, so the pose-only stage 1 is skipped.
-    return [2] if config.pose_mode == "given" else [1, 2]
+    return [1, 2] if pose_mode(config.pose_mode).uses_pose_head else [2]
 
 
 def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any]) -> dict
         stage=stage, n_conf=1 if stage == 1 else stage_config.n_conf, n_pose=stage_config.n_pose,
         weights=config.loss, pose_mode=config.pose_mode,
     )
-    if config.pose_mode != "inferred":
+    if pose_mode(config.pose_mode).needs_given_poses:
         kwargs["given_rotation"] = batch["rotation"]
         kwargs["given_shift"] = batch["shift"]
     return kwargs
@@ -235,7 +236,7 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     if not base_path.is_file():
         raise InputError(base_path, "base structure not found")
     device = run_folder.resolve_device(config.device)
-    source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
+    source = open_particles(particles_path, config, need_poses=pose_mode(config.pose_mode).needs_given_poses)
     info = _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source)
     train_idx, val_idx = run_folder.read_split(run_dir)
     val_idx = val_idx[: config.data.max_val_images]
@@ -366,7 +367,7 @@ class _SeedTrainer:
         config = self.config
         indices = self.train_idx[: config.data.n_calibration_images].tolist()
         calibration = self.source.load(indices, self.device)
-        given = config.pose_mode != "inferred"
+        given = pose_mode(config.pose_mode).needs_given_poses
         self.model.initialise_amplitude(calibration["image"], calibration["ctf"],
                                         rotation=calibration["rotation"] if given else None,
                                         shift=calibration["shift"] if given else None,
