@@ -39,6 +39,18 @@ class PoseMode:
         if self.needs_given_poses and (given_rotation is None or given_shift is None):
             raise ValueError(f"pose_mode {self.name!r} needs given_rotation and given_shift")
 
+    def route_note(self, file_has_poses: bool) -> str | None:
+        """One line for the user on where poses come from when the particle file's poses are not used
+        (None when they are)."""
+        if self.needs_given_poses:
+            return None
+        if file_has_poses:
+            return ("the file's poses are not used: --poses inferred learns every pose with the amortised "
+                    "pose head (--poses given or refine uses them)")
+        return ("the file has no poses: --poses inferred learns them with the amortised pose head (paper "
+                "stage 1); for poses by projection matching run `atomvae search-poses` first and train "
+                "on its output with --poses given or refine")
+
     def latent_to_pose(self, z: torch.Tensor, config: ModelConfig, given_rotation: torch.Tensor | None,
                        given_shift: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Pose latents z (B, ..., 8) -> rotation (B, ..., 3, 3), shift (B, ..., 2) A. given_rotation

@@ -238,6 +238,9 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     device = run_folder.resolve_device(config.device)
     source = open_particles(particles_path, config, need_poses=pose_mode(config.pose_mode).needs_given_poses)
     info = _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source)
+    note = pose_mode(config.pose_mode).route_note(source.has_poses)
+    if note is not None and not resume:
+        print(f"atomvae train: {particles_path}: {note}", file=sys.stderr)
     train_idx, val_idx = run_folder.read_split(run_dir)
     val_idx = val_idx[: config.data.max_val_images]
     structure = read_structure(run_folder.base_structure_path(run_dir))
