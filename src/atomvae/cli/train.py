@@ -9,8 +9,8 @@ examples:
   atomvae train particles.star base.pdb -o run/ --preset cpu
   atomvae train particles.star base.pdb -o run/ --preset paper --seeds 3 --device cuda
   atomvae train particles.star base.pdb -o run/ --poses given          # poses from a consensus refinement
-  atomvae search-poses particles.star base.pdb -o searched.star          # no poses: projection matching,
-  atomvae train searched.star base.pdb -o run/ --poses refine            # then refine them while training
+  atomvae search-poses particles.star base.pdb -o found.star  # no poses: projection matching,
+  atomvae train found.star base.pdb -o run/ --poses refine     # then refined while training
   atomvae train particles.star base.pdb -o run/ --config mine.yaml --max-steps 1000
   atomvae train particles.star base.pdb -o run/ --resume               # continue where it stopped
 
