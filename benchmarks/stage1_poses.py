@@ -116,6 +116,9 @@ def main() -> None:
                         help="reweighted wake-sleep update of the pose head")
     parser.add_argument("--rws-weights", choices=("full", "lik"), default="full")
     parser.add_argument("--supervised", action="store_true", help="baseline: regress onto the true rotations")
+    parser.add_argument("--warm-steps", type=int, default=0,
+                        help="first regress onto the true rotations for this many steps (a warm start), "
+                             "then train stage 1")
     parser.add_argument("--analyse", action="store_true",
                         help="error deciles and the mirror check at the end")
     parser.add_argument("--report", type=int, default=500)
@@ -140,7 +143,7 @@ def main() -> None:
     started = time.process_time()
     for step in range(1, args.steps + 1):
         batch = torch.randint(0, args.images, (args.batch,), generator=generator)
-        if args.supervised:
+        if args.supervised or step <= args.warm_steps:
             loss = supervised_loss(model, images[batch], rotations[batch])
         elif args.rws:
             loss = rws_loss(model, images[batch], args.n_pose, generator, args.rws == "q+reparam",
