@@ -168,6 +168,56 @@ def test_encode_shapes(base):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("pose_mode", ["inferred", "refine"])
+def test_stage2_starts_where_stage1_ended(base, pose_mode):
+    """At the same parameters and sampling noise the first stage-2 evaluation gives the pose head the same
+    input as stage 1 did, so it samples the same poses: with the decoder still at the base (its state
+    when stage 2 starts) the per-image likelihood and the pose KL agree between the stages. Stage 1 once
+    fed d(0) = 0 while stage 2 feeds d(z) with rms ~1, a jump in the pose head's input."""
+    model = make_model(base, render_atoms="CA").double()
+    with torch.no_grad():  # a pose head that reads d, as after training
+        for parameter in model.pose_head.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3),
+                                             dtype=parameter.dtype))
+    rotation = random_rotations(4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    shift = torch.zeros(4, 2, dtype=torch.float64)
+    images = render_projections(model.base_render_coords, rotation, shift, BOX, PIXEL_SIZE)
+    d = model.decoder.representation(torch.randn(4, model.config.latent_conf, dtype=torch.float64))
+    assert d.square().mean().sqrt().item() > 0.5  # what stage 2 feeds the pose head is far from zero
+    outputs = [model.loss(images, None, stage=stage, n_conf=1, n_pose=3, weights=LossWeights(),
+                          given_rotation=rotation, given_shift=shift, pose_mode=pose_mode,
+                          generator=torch.Generator().manual_seed(5)) for stage in (1, 2)]
+    torch.testing.assert_close(outputs[0].per_image_log_likelihood, outputs[1].per_image_log_likelihood,
+                               atol=1e-6, rtol=1e-9)
+    assert outputs[0].terms["kl_pose"] == pytest.approx(outputs[1].terms["kl_pose"], rel=1e-9)
+
+
+def test_encode_returns_the_poses_the_model_uses(base):
+    """given: the given poses; refine: the given poses corrected by the pose head's mean; inferred: the
+    pose head's mean at d(mu_conf), the centre of the conformation samples it is trained with."""
+    model = make_model(base)
+    generator = torch.Generator().manual_seed(12)
+    images = torch.randn(3, BOX, BOX, generator=generator)
+    rotation = random_rotations(3, generator=generator)
+    shift = torch.randn(3, 2, generator=generator)
+    given = model.encode(images, "given", given_rotation=rotation, given_shift=shift)
+    torch.testing.assert_close(given["rotation"], rotation)
+    torch.testing.assert_close(given["shift"], shift)
+    h = model.encoder(images)
+    mu_p, _ = model.pose_head(h, model.decoder.representation(model.conf_posterior(h)[0]))
+    inferred = model.encode(images, "inferred")
+    torch.testing.assert_close(inferred["pose_mu"], mu_p)
+    torch.testing.assert_close(inferred["rotation"], latent_to_pose(mu_p, model.config.shift_scale)[0])
+    refined = model.encode(images, "refine", given_rotation=rotation, given_shift=shift)
+    expected_rotation, expected_shift = latent_to_pose_correction(
+        mu_p, rotation, shift, model.config.refine_rotation_scale, model.config.refine_shift_scale)
+    torch.testing.assert_close(refined["rotation"], expected_rotation)
+    torch.testing.assert_close(refined["shift"], expected_shift)
+    assert not torch.allclose(refined["rotation"], rotation)  # the correction is applied
+    with pytest.raises(ValueError, match="needs given_rotation"):
+        model.encode(images, "refine")
+
+
 def test_trainable_parameters_per_stage(base):
     model = make_model(base)
     stage1 = {id(p) for p in model.trainable_parameters(1)}

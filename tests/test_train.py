@@ -136,6 +136,22 @@ def test_given_poses_skip_stage_one(tmp_path):
     assert summary.seeds[0].position.stage == 2
 
 
+def test_train_says_which_pose_route_it_takes(tmp_path, capsys):
+    """Without poses in the file: one line naming the amortised route and the projection-matching one;
+    with poses that --poses inferred leaves unused: one line saying so; with --poses given: nothing."""
+    bare = write_particles(tmp_path / "bare", n=24, with_poses=False)
+    train(tiny_config(), bare, BASE_PDB, tmp_path / "run_bare", max_steps=1, show_progress=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "has no poses" in lines[0] and "--poses inferred" in lines[0]
+    assert "atomvae search-poses" in lines[0]
+    posed = write_particles(tmp_path / "posed", n=24)
+    train(tiny_config(), posed, BASE_PDB, tmp_path / "run_posed", max_steps=1, show_progress=False)
+    assert "poses are not used" in capsys.readouterr().err
+    train(tiny_config(pose_mode="given"), posed, BASE_PDB, tmp_path / "run_given", max_steps=1,
+          show_progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_several_seeds_keep_the_best_by_held_out_log_likelihood(tmp_path):
     star = write_particles(tmp_path / "data", n=24)
     summary = train(tiny_config(n_seeds=2, seed=7), star, BASE_PDB, tmp_path / "run", max_steps=2)

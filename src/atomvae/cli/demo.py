@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from atomvae.cli.train import POSES_HELP
 from atomvae.demo import DemoConfig
+from atomvae.model.config import POSE_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
     parser.add_argument("--particles", type=int, default=d.n_particles, help="particles to simulate")
     parser.add_argument("--snr", type=float, default=d.snr, help=f"signal-to-noise ratio (default {d.snr})")
-    parser.add_argument("--poses", choices=("given", "inferred", "refine"), default=d.poses,
-                        help=f"how poses are handled in training (default {d.poses})")
+    parser.add_argument("--poses", choices=POSE_MODES, default=d.poses,
+                        help=f"as for atomvae train (default here {d.poses}: the simulated poses): "
+                             f"{POSES_HELP}")
     parser.add_argument("--epochs-stage1", type=int, default=d.epochs_stage1)
     parser.add_argument("--epochs-stage2", type=int, default=d.epochs_stage2)
     parser.add_argument("--seed", type=int, default=d.seed)

@@ -9,6 +9,8 @@ examples:
   atomvae train particles.star base.pdb -o run/ --preset cpu
   atomvae train particles.star base.pdb -o run/ --preset paper --seeds 3 --device cuda
   atomvae train particles.star base.pdb -o run/ --poses given          # poses from a consensus refinement
+  atomvae search-poses particles.star base.pdb -o found.star  # no poses: projection matching,
+  atomvae train found.star base.pdb -o run/ --poses refine     # then refined while training
   atomvae train particles.star base.pdb -o run/ --config mine.yaml --max-steps 1000
   atomvae train particles.star base.pdb -o run/ --resume               # continue where it stopped
 
@@ -49,6 +51,13 @@ def accept_negative_number_lists(parser: argparse.ArgumentParser) -> None:
     parser._negative_number_matcher = NUMBER_LIST
 
 
+# One name per pose route, shared with `atomvae demo --help`.
+POSES_HELP = ("inferred (default): the amortised pose head learns each pose from its image (paper; the file "
+              "needs no poses); given: the STAR file's poses, fixed; refine: the STAR file's poses as the "
+              "start of a local refinement. Poses by projection matching: run `atomvae search-poses`, then "
+              "train on its output with given or refine")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     accept_negative_number_lists(parser)
     parser.add_argument("particles", type=Path, help="particle metadata (.star; RELION conventions)")
@@ -62,8 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in -o from its last checkpoint, with the run's own config")
     parser.add_argument("--poses", choices=POSE_MODES,
-                        help="inferred: learnt; given: the STAR file's poses, fixed; "
-                             "refine: the STAR file's poses as the start of a local refinement")
+                        help=POSES_HELP)
     parser.add_argument("--pose-center", type=_point,
                         help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
                              "centre of atoms); e.g. -1.5,2,3. For atomvae "

@@ -7,9 +7,12 @@ return model-frame coordinates; ``to_base_frame`` adds the centre back for writi
 overlay the user's base model.
 
 Stages (paper section 2.4 and 9): stage 1 fits the pose path on the fixed base structure, stage 2
-everything. In stage 1 the pose head needs a decoded representation d; it gets the decoder's d at
-z_conf = 0 (the prior mean), so that in stage 2 it sees d(z) near what it was trained on rather than
-a jump from zeros to decoded values.
+everything. The pose head reads a decoded representation d(z_conf) besides the image. In stage 1 it
+gets d at z_conf sampled from the conformation posterior, as in stage 2, but with the posterior head and
+the decoder not trained (and no gradient through them): d(0) would be exactly zero (zero biases, the
+decoder's last LayerNorm of a constant), while d(z) for any z has an rms of ~0.9, so a head trained on
+d(0) would see a jump in its input when stage 2 starts. Here the first stage-2 step computes the pose
+posterior from the same inputs as the last stage-1 step.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 
 from atomvae.geometry.rotations import random_rotations
 from atomvae.model.batch_noise import BatchNoiseRows, standard_normal
-from atomvae.model.config import POSE_MODES, LossWeights, ModelConfig
+from atomvae.model.config import LossWeights, ModelConfig
 from atomvae.model.decoder import ConformationDecoder
 from atomvae.model.encoder import ConformationPosterior, ImageEncoder
 from atomvae.model.losses import (
@@ -42,7 +45,8 @@ from atomvae.model.losses import (
     relative_orientations,
     residue_padded_layout,
 )
-from atomvae.model.pose import PoseHead, latent_to_pose, latent_to_pose_correction
+from atomvae.model.pose import PoseHead
+from atomvae.model.pose_modes import pose_mode as get_pose_mode
 from atomvae.physics.coarse_grain import coarse_grained_density
 from atomvae.physics.ctf import CTFParams, apply_ctf, phase_flip
 from atomvae.physics.render import render, render_projections
@@ -224,28 +228,26 @@ class AtomVAE(nn.Module):
         generator: the sampling noise's generator, or a BatchNoiseRows when this process holds some rows
         of a larger batch (data-parallel training: the same noise per image as one process).
         """
-        if pose_mode not in POSE_MODES:
-            raise ValueError(f"pose_mode must be one of {POSE_MODES}, got {pose_mode!r}")
+        mode = get_pose_mode(pose_mode)
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
-        if pose_mode != "inferred" and (given_rotation is None or given_shift is None):
-            raise ValueError(f"pose_mode {pose_mode!r} needs given_rotation and given_shift")
+        mode.check_given(given_rotation, given_shift)
         batch = images.shape[0]
         # The networks may run under the caller's autocast (bf16 on CUDA).
         h = self.encoder(self.encoder_input(images, ctf))
         zero = _full(h).new_zeros(batch)
         kl_conf = backbone = outliers = center_sq = clash = heavy_clash = orientation = zero
 
-        if stage == 1:
-            d = self.decoder.representation(h.new_zeros(1, self.config.latent_conf)).detach()
-            d = d.expand(batch, 1, d.shape[-1])
-        else:
+        # Stage 1: the pose head's input as stage 2 will give it, without gradient (module docstring).
+        with torch.set_grad_enabled(stage == 2 and torch.is_grad_enabled()):
             mu_c, sigma_c = (_full(t) for t in self.conf_posterior(h))
             eps = standard_normal((batch, n_conf, mu_c.shape[-1]), generator, mu_c.device, mu_c.dtype)
             z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
             d = self.decoder.representation(z_conf)  # (B, Kc, D)
-        if pose_mode != "given":
+        if mode.uses_pose_head:
             mu_p, sigma_p = (_full(t) for t in self.pose_head(h, d))  # (B, Kc, 8)
+        else:
+            mu_p = sigma_p = None
 
         # Geometry, rendering and the likelihood in full precision: Gram-Schmidt and sums over
         # thousands of pixels are not safe in bf16.
@@ -283,22 +285,10 @@ class AtomVAE(nn.Module):
                         padded, self.padded_atom_mask, self.clash_pairs, weights.heavy_clash_distance,
                         reference=self.padded_base_coords).mean(dim=1)  # (n,)
 
-            if pose_mode == "given":
-                rotation = given_rotation.to(coords.dtype)[:, None, None]  # (B, 1, 1, 3, 3)
-                shift = given_shift.to(coords.dtype)[:, None, None]
-                kl_pose = zero
-            else:
-                eps = standard_normal((*mu_p.shape[:2], n_pose, mu_p.shape[-1]), generator, mu_p.device,
-                                      mu_p.dtype)
-                z_pose = mu_p.unsqueeze(2) + sigma_p.unsqueeze(2) * eps  # (B, Kc, Kp, 8)
-                if pose_mode == "inferred":
-                    rotation, shift = latent_to_pose(z_pose, self.config.shift_scale)
-                else:
-                    rotation, shift = latent_to_pose_correction(
-                        z_pose, given_rotation.to(z_pose.dtype)[:, None, None],
-                        given_shift.to(z_pose.dtype)[:, None, None],
-                        self.config.refine_rotation_scale, self.config.refine_shift_scale)
-                kl_pose = kl_diagonal_normal(mu_p, sigma_p).mean(dim=1)
+            # (B, Kc, Kp, 3, 3), (B, Kc, Kp, 2) A; given poses: Kc = Kp = 1 and no pose KL
+            rotation, shift, kl_pose = mode.sample(mu_p, sigma_p, n_pose, self.config, given_rotation,
+                                                   given_shift, generator=generator, dtype=coords.dtype)
+            kl_pose = zero if kl_pose is None else kl_pose
 
             target = images.to(coords.dtype)[:, None, None]
             # (B, Kc, Kp, H, W)
@@ -374,14 +364,25 @@ class AtomVAE(nn.Module):
         return images
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, ctf: CTFParams | None = None) -> dict[str, torch.Tensor]:
+    def encode(self, images: torch.Tensor, pose_mode: str = "inferred",
+               given_rotation: torch.Tensor | None = None, given_shift: torch.Tensor | None = None,
+               ctf: CTFParams | None = None) -> dict[str, torch.Tensor]:
         """images (B, H, W) and their CTFs (B,) (used when the encoder sees phase-flipped images) ->
-        mu_conf, sigma_conf (B, latent_conf); the pose posterior at z_conf = mu_conf:
-        pose_mu, pose_sigma (B, 8), and its mean as rotation (B, 3, 3) and shift (B, 2) A."""
+        mu_conf, sigma_conf (B, latent_conf), and the pose the model uses for each image as rotation
+        (B, 3, 3) and shift (B, 2) A: in ``inferred`` the pose head's mean at z_conf = mu_conf (the centre
+        of the conformation samples it was trained on, in both stages), in ``refine`` the given pose corrected by that mean, in ``given`` the given pose
+        (given_rotation (B, 3, 3), given_shift (B, 2) A, needed by refine and given). pose_mu,
+        pose_sigma (B, 8): the pose posterior at z_conf = mu_conf (all zeros / ones in ``given``)."""
+        mode = get_pose_mode(pose_mode)
+        mode.check_given(given_rotation, given_shift)
         h = self.encoder(self.encoder_input(images, ctf))
         mu_c, sigma_c = self.conf_posterior(h)
-        mu_p, sigma_p = self.pose_head(h, self.decoder.representation(mu_c))
-        rotation, shift = latent_to_pose(_full(mu_p), self.config.shift_scale)
+        if mode.uses_pose_head:
+            mu_p, sigma_p = self.pose_head(h, self.decoder.representation(mu_c))
+        else:
+            mu_p = h.new_zeros(h.shape[0], self.config.latent_pose)
+            sigma_p = torch.ones_like(mu_p)
+        rotation, shift = mode.mean_pose(_full(mu_p), self.config, given_rotation, given_shift)
         return {"mu_conf": mu_c, "sigma_conf": sigma_c, "pose_mu": mu_p, "pose_sigma": sigma_p,
                 "rotation": rotation, "shift": shift}
 

@@ -226,11 +226,12 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
     rank, rank + W, ... and rank 0 returns all of them in order; the other ranks return None.
     """
     from atomvae.geometry.euler import matrix_to_relion
-    from atomvae.model.pose import latent_to_pose_correction
+    from atomvae.model.pose_modes import pose_mode as get_pose_mode
     from atomvae.train.particles import open_particles
 
     pose_mode = run.config.pose_mode
-    source = open_particles(Path(particles_path), run.config, need_poses=pose_mode != "inferred")
+    source = open_particles(Path(particles_path), run.config,
+                            need_poses=get_pose_mode(pose_mode).needs_given_poses)
     run_pixel_size = float(run.info["pixel_size"])
     same_pixel_size = math.isclose(source.pixel_size, run_pixel_size, rel_tol=1e-3)
     if source.box != int(run.info["box"]) or not same_pixel_size:
@@ -246,16 +247,11 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
                                                             "pose_sigma", "index")}
     batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     for batch in source.batches(batches, run.device):
-        encoded = run.model.encode(batch["image"], batch["ctf"])
-        rotation, shift = encoded["rotation"], encoded["shift"]
-        if pose_mode == "given":
-            rotation, shift = batch["rotation"], batch["shift"]
-        elif pose_mode == "refine":
-            rotation, shift = latent_to_pose_correction(
-                encoded["pose_mu"].float(), batch["rotation"].float(), batch["shift"].float(),
-                run.config.model.refine_rotation_scale, run.config.model.refine_shift_scale)
-        values = {"mu": encoded["mu_conf"], "sigma": encoded["sigma_conf"], "rotation": rotation,
-                  "shift": shift, "pose_mu": encoded["pose_mu"], "pose_sigma": encoded["pose_sigma"]}
+        encoded = run.model.encode(batch["image"], pose_mode, given_rotation=batch.get("rotation"),
+                                   given_shift=batch.get("shift"), ctf=batch["ctf"])
+        values = {"mu": encoded["mu_conf"], "sigma": encoded["sigma_conf"], "rotation": encoded["rotation"],
+                  "shift": encoded["shift"], "pose_mu": encoded["pose_mu"],
+                  "pose_sigma": encoded["pose_sigma"]}
         for key, value in values.items():
             outputs[key].append(value.detach().float().cpu().numpy())
         outputs["index"].append(batch["index"].cpu().numpy().astype(np.int64))

@@ -33,6 +33,7 @@ import torch
 from atomvae.errors import InputError, atomic_path
 from atomvae.model.batch_noise import BatchNoiseRows
 from atomvae.model.config import LossWeights
+from atomvae.model.pose_modes import pose_mode
 from atomvae.train import distributed, preflight
 from atomvae.train import run as run_folder
 from atomvae.train.checkpoint import (
@@ -112,7 +113,7 @@ def make_optimizer(parameters, learning_rate: float, device: torch.device) -> to
 
 def _stages(config: TrainConfig) -> list[int]:
     # With fixed given poses nothing of the pose path is trained, so the pose-only stage 1 is skipped.
-    return [2] if config.pose_mode == "given" else [1, 2]
+    return [1, 2] if pose_mode(config.pose_mode).uses_pose_head else [2]
 
 
 def rank_loss_weights(weights: LossWeights, shard: distributed.Shard) -> LossWeights:
@@ -139,7 +140,7 @@ def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any],
         stage=stage, n_conf=1 if stage == 1 else stage_config.n_conf, n_pose=stage_config.n_pose,
         weights=weights, pose_mode=config.pose_mode,
     )
-    if config.pose_mode != "inferred":
+    if pose_mode(config.pose_mode).needs_given_poses:
         kwargs["given_rotation"] = batch["rotation"]
         kwargs["given_shift"] = batch["shift"]
     return kwargs
@@ -279,7 +280,8 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     user_base = preflight.read_base_structure(base_path) if fresh else None
     device = run_folder.resolve_device(config.device)
     with distributed.process_group(device) as device:
-        source = open_particles(particles_path, config, need_poses=config.pose_mode != "inferred")
+        source = open_particles(particles_path, config,
+                                need_poses=pose_mode(config.pose_mode).needs_given_poses)
         if user_base is not None:
             preflight.warn_about_geometry(user_base, base_path, source.box, source.pixel_size)
             preflight.check_init_run(config, user_base, source)
@@ -288,6 +290,9 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
             _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source),
             run_folder.read_split(run_dir),
             read_structure(run_folder.base_structure_path(run_dir))))
+        note = pose_mode(config.pose_mode).route_note(source.has_poses)
+        if note is not None and not resume and distributed.is_main():
+            print(f"atomvae train: {particles_path}: {note}", file=sys.stderr)
         val_idx = val_idx[: config.data.max_val_images]
         return _train_seeds(config, source, structure, info, train_idx, val_idx, run_dir, device, resume,
                             max_steps, show_progress)
@@ -443,7 +448,7 @@ class _SeedTrainer:
         config = self.config
         indices = self.train_idx[: config.data.n_calibration_images].tolist()
         calibration = self.source.load(indices, self.device)
-        given = config.pose_mode != "inferred"
+        given = pose_mode(config.pose_mode).needs_given_poses
         self.model.initialise_amplitude(calibration["image"], calibration["ctf"],
                                         rotation=calibration["rotation"] if given else None,
                                         shift=calibration["shift"] if given else None,
@@ -483,11 +488,11 @@ class _SeedTrainer:
             if payload and payload["position"].stage == stage and payload["optimizer"] is not None:
                 optimizer.load_state_dict(payload["optimizer"])
             first_epoch = self.position.epoch if self.position.stage == stage else 0
-            # DistributedDataParallel over the stage's parameters with several processes (the pose head gets
-            # no gradient with given poses); the model's own loss with one.
-            given = self.config.pose_mode == "given"
+            # DistributedDataParallel over the stage's parameters with several processes; the model's own
+            # loss with one. Some parameters may get no gradient: the pose head with given poses, the
+            # global amplitude when each render's amplitude is profiled out (model.amplitude per_image).
             with distributed.data_parallel(self.model, "loss", self.model.trainable_parameters(stage),
-                                           find_unused_parameters=given) as loss_fn:
+                                           find_unused_parameters=True) as loss_fn:
                 for epoch in range(first_epoch, stage_config.epochs):
                     if not self._run_epoch(stage, epoch, loss_fn, optimizer, metrics, bar, max_steps, stop):
                         self.save(self.last, optimizer)  # stopped by max_steps or Ctrl-C
