@@ -370,8 +370,9 @@ class AtomVAE(nn.Module):
         """images (B, H, W) and their CTFs (B,) (used when the encoder sees phase-flipped images) ->
         mu_conf, sigma_conf (B, latent_conf), and the pose the model uses for each image as rotation
         (B, 3, 3) and shift (B, 2) A: in ``inferred`` the pose head's mean at z_conf = mu_conf (the centre
-        of the conformation samples it was trained on, in both stages), in ``refine`` the given pose corrected by that mean, in ``given`` the given pose
-        (given_rotation (B, 3, 3), given_shift (B, 2) A, needed by refine and given). pose_mu,
+        of the conformation samples it was trained on, in both stages), in ``refine`` the given pose
+        corrected by that mean, in ``given`` the given pose (given_rotation (B, 3, 3), given_shift (B, 2) A,
+        needed by refine and given). pose_mu,
         pose_sigma (B, 8): the pose posterior at z_conf = mu_conf (all zeros / ones in ``given``)."""
         mode = get_pose_mode(pose_mode)
         mode.check_given(given_rotation, given_shift)
