@@ -81,11 +81,13 @@ def rws_loss(model: AtomVAE, images: torch.Tensor, n_pose: int, generator: torch
 
 
 def supervised_loss(model: AtomVAE, images: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Upper-bound baseline: squared Frobenius distance of the pose head's mean rotation to the truth."""
+    """Upper-bound baseline / warm start: squared Frobenius distance of the pose head's mean rotation to
+    the truth, plus its mean shift squared in pixels."""
     h = model.encoder(images)
     mu, _ = model.pose_head(h, model.decoder.representation(model.conf_posterior(h)[0].detach()).detach())
-    predicted, _ = latent_to_pose(mu, model.config.shift_scale)
-    return (predicted - rotations).square().sum(dim=(-2, -1)).mean()
+    predicted, shift = latent_to_pose(mu, model.config.shift_scale)  # the images are centred: shift 0
+    rotation_error = (predicted - rotations).square().sum(dim=(-2, -1))
+    return (rotation_error + (shift / PIXEL_SIZE).square().sum(-1)).mean()
 
 
 def analyse(predicted: torch.Tensor, truth: torch.Tensor, errors: torch.Tensor) -> None:
@@ -121,6 +123,10 @@ def main() -> None:
                              "then train stage 1")
     parser.add_argument("--analyse", action="store_true",
                         help="error deciles and the mirror check at the end")
+    parser.add_argument("--sigma-bias", type=float,
+                        help="initial bias of the pose head's sigma layer (sigma = softplus(b) + 1e-5; "
+                             "default 0: 0.69)")
+    parser.add_argument("--stage1-lr", type=float, help="learning rate after the warm start (default: --lr)")
     parser.add_argument("--report", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -135,6 +141,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = AtomVAE(config, topology, coords, box=BOX, pixel_size=PIXEL_SIZE,
                     noise_sigma=args.model_sigma or noise_sigma)
+    if args.sigma_bias is not None:
+        with torch.no_grad():
+            model.pose_head.sigma.bias.fill_(args.sigma_bias)
     amplitude = model.initialise_amplitude(images[:256], None, generator=torch.Generator().manual_seed(1))
     print(f"noise_sigma {noise_sigma:.4g}, amplitude from variance matching {amplitude:.3f} (true 1)")
     optimizer = torch.optim.Adam(model.trainable_parameters(1), lr=args.lr)
@@ -143,6 +152,9 @@ def main() -> None:
     started = time.process_time()
     for step in range(1, args.steps + 1):
         batch = torch.randint(0, args.images, (args.batch,), generator=generator)
+        if step == args.warm_steps + 1 and args.stage1_lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = args.stage1_lr
         if args.supervised or step <= args.warm_steps:
             loss = supervised_loss(model, images[batch], rotations[batch])
         elif args.rws:
@@ -157,8 +169,10 @@ def main() -> None:
         if step % args.report == 0 or step == args.steps:
             encoded = model.encode(images)
             errors = rotation_angle_deg(encoded["rotation"], rotations)
-            print(f"step {step:5d}  loss {float(loss):10.1f}  amplitude {float(model.amplitude):.3f}  "
+            print(f"step {step:5d}  loss {float(loss.detach()):10.1f}  "
+                  f"amplitude {float(model.amplitude.detach()):.3f}  "
                   f"pose sigma {float(encoded['pose_sigma'][:, 2:].mean()):.3f}  "
+                  f"|v1| {float(encoded['pose_mu'][:, 2:5].norm(dim=-1).mean()):.2f}  "
                   f"median error {float(errors.median()):6.1f} deg  "
                   f"< 10 deg {float((errors < 10).float().mean()):.2f}  "
                   f"cpu {time.process_time() - started:.0f} s", flush=True)
