@@ -1,6 +1,6 @@
 """Peak memory of ``atomvae train`` against the number of particles (64 px images).
 
-Writes a stack of N pure-noise 64x64 float32 images (N x 16 KiB on disk) with a RELION .star beside it, then
+Writes a stack of N noise 64x64 float32 images (N x 16 KiB on disk) with a RELION .star beside it, then
 runs ``atomvae train`` on it for a few steps (cpu preset, adenylate kinase adk_open.pdb as the base) in a
 child process and reports its peak resident set size (``ru_maxrss`` of the child, what ``/usr/bin/time -v``
 calls "Maximum resident set size") plus the peaks of its anonymous memory (RssAnon: the process's own
@@ -39,10 +39,13 @@ def write_particles(folder: Path, n: int, seed: int = 0) -> Path:
     """folder/particles.mrcs (n noise images, written in chunks) and folder/particles.star (returned)."""
     stack_path = folder / "particles.mrcs"
     rng = np.random.default_rng(seed)
+    # One block of 4096 noise images written over and over: the content does not matter here, only the size.
+    block = rng.standard_normal((4096, BOX, BOX), dtype=np.float32)
     with mrcfile.new_mmap(stack_path, shape=(n, BOX, BOX), mrc_mode=2, overwrite=True) as mrc:
-        for start in range(0, n, 4096):
-            stop = min(start + 4096, n)
-            mrc.data[start:stop] = rng.standard_normal((stop - start, BOX, BOX), dtype=np.float32)
+        for start in range(0, n, len(block)):
+            stop = min(start + len(block), n)
+            mrc.data[start:stop] = block[:stop - start]
+            mrc.flush()  # written pages go to the file, not into this process's memory for long
         mrc.voxel_size = PIXEL_SIZE
     defocus = torch.as_tensor(8000.0 + 4000.0 * rng.random(n))
     ctf = CTFParams(defocus_u=defocus, defocus_v=defocus + 200.0, astigmatism_angle=torch.full((n,), 30.0),

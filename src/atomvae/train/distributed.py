@@ -87,8 +87,10 @@ def process_group(device: torch.device, timeout_minutes: float = 30.0) -> Iterat
         if not dist.is_available():
             raise InputError("torchrun", "this torch build has no torch.distributed")
         backend = "nccl" if device.type == "cuda" else "gloo"
+        # Binding the process to its GPU (torch >= 2.3) lets NCCL set up its communicator at once.
+        bind = device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes),
-                                **({"device_id": device} if device.type == "cuda" else {}))
+                                **({"device_id": device} if bind else {}))
         created = True
     try:
         yield device
