@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--stage1-lr", type=float, help="learning rate after the warm start (default: --lr)")
     parser.add_argument("--zero-d", action="store_true",
                         help="feed the pose head d = 0 everywhere (the old stage-1 input)")
+    parser.add_argument("--freeze-trunk", action="store_true",
+                        help="after the warm start train only the pose head and the amplitude")
     parser.add_argument("--report", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -160,7 +162,10 @@ def main() -> None:
         if step == args.warm_steps + 1 and step > 1:
             # a fresh Adam: moments from the regression's tiny gradients would turn the likelihood's
             # 1e4-times larger first gradients into huge steps
-            optimizer = torch.optim.Adam(model.trainable_parameters(1), lr=args.stage1_lr or args.lr)
+            parameters = model.trainable_parameters(1)
+            if args.freeze_trunk:
+                parameters = [*model.pose_head.parameters(), model.log_amplitude]
+            optimizer = torch.optim.Adam(parameters, lr=args.stage1_lr or args.lr)
         if args.supervised or step <= args.warm_steps:
             loss = supervised_loss(model, images[batch], rotations[batch])
         elif args.rws:
