@@ -127,6 +127,10 @@ def main() -> None:
                         help="initial bias of the pose head's sigma layer (sigma = softplus(b) + 1e-5; "
                              "default 0: 0.69)")
     parser.add_argument("--stage1-lr", type=float, help="learning rate after the warm start (default: --lr)")
+    parser.add_argument("--zero-d", action="store_true",
+                        help="feed the pose head d = 0 everywhere (the old stage-1 input)")
+    parser.add_argument("--freeze-trunk", action="store_true",
+                        help="after the warm start train only the pose head and the amplitude")
     parser.add_argument("--report", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -141,6 +145,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = AtomVAE(config, topology, coords, box=BOX, pixel_size=PIXEL_SIZE,
                     noise_sigma=args.model_sigma or noise_sigma)
+    if args.zero_d:
+        representation = model.decoder.representation
+        model.decoder.representation = lambda z: torch.zeros_like(representation(z))
     if args.sigma_bias is not None:
         with torch.no_grad():
             model.pose_head.sigma.bias.fill_(args.sigma_bias)
@@ -152,9 +159,13 @@ def main() -> None:
     started = time.process_time()
     for step in range(1, args.steps + 1):
         batch = torch.randint(0, args.images, (args.batch,), generator=generator)
-        if step == args.warm_steps + 1 and args.stage1_lr is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = args.stage1_lr
+        if step == args.warm_steps + 1 and step > 1:
+            # a fresh Adam: moments from the regression's tiny gradients would turn the likelihood's
+            # 1e4-times larger first gradients into huge steps
+            parameters = model.trainable_parameters(1)
+            if args.freeze_trunk:
+                parameters = [*model.pose_head.parameters(), model.log_amplitude]
+            optimizer = torch.optim.Adam(parameters, lr=args.stage1_lr or args.lr)
         if args.supervised or step <= args.warm_steps:
             loss = supervised_loss(model, images[batch], rotations[batch])
         elif args.rws:

@@ -52,7 +52,7 @@ def accept_negative_number_lists(parser: argparse.ArgumentParser) -> None:
 
 
 # One name per pose route, shared with `atomvae demo --help`.
-POSES_HELP = ("inferred (default): the amortised pose head learns each pose from its image (paper; the file "
+POSES_HELP = ("inferred: the amortised pose head learns each pose from its image (paper; the file "
               "needs no poses); given: the STAR file's poses, fixed; refine: the STAR file's poses as the "
               "start of a local refinement. Poses by projection matching: run `atomvae search-poses`, then "
               "train on its output with given or refine")
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in -o from its last checkpoint, with the run's own config")
     parser.add_argument("--poses", choices=POSE_MODES,
-                        help=POSES_HELP)
+                        help=f"{POSES_HELP} (default: the config's pose_mode, inferred in both presets)")
     parser.add_argument("--pose-center", type=_point,
                         help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
                              "centre of atoms); e.g. -1.5,2,3. For atomvae "
