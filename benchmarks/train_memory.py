@@ -2,10 +2,12 @@
 
 Writes a stack of N noise 64x64 float32 images (N x 16 KiB on disk) with a RELION .star beside it, then
 runs ``atomvae train`` on it for a few steps (cpu preset, adenylate kinase adk_open.pdb as the base) in a
-child process and reports its peak resident set size (``ru_maxrss`` of the child, what ``/usr/bin/time -v``
-calls "Maximum resident set size") plus the peaks of its anonymous memory (RssAnon: the process's own
-allocations) and of its file-backed resident pages (RssFile: pages of the memory-mapped stack, which the
-kernel may drop at any time), sampled every 50 ms from /proc.
+child process and reports its peak resident set size (VmHWM, read by the child itself from
+/proc/self/status when training ends: the high-water mark of its own address space since exec) plus the
+peaks of its anonymous memory (RssAnon: the process's own allocations) and of its file-backed resident
+pages (RssFile: shared libraries and pages of the memory-mapped stack), sampled every 50 ms from /proc
+once the child has started Python. (``ru_maxrss`` of the child is not used: Linux carries the parent's
+high-water mark into a vfork()ed child, and the parent has just written the stack.)
 
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/train_memory.py --particles 20000
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/train_memory.py --particles 200000 --steps 3
@@ -72,27 +74,42 @@ def _status_kib(pid: int, fields: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+# Runs atomvae's CLI, then prints the process's own peak RSS (kB) as the last line of stdout.
+_CHILD = ("import sys\nfrom atomvae.cli.main import main\ncode = main(sys.argv[1:])\n"
+          "print('VmHWM', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+          "sys.exit(code)\n")
+
+
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run ``command``; its wall time, peak RSS (ru_maxrss) and sampled peaks of RssAnon / RssFile, MiB."""
+    """Run ``atomvae <command>``: wall time, peak RSS (VmHWM), sampled peaks of RssAnon / RssFile, MiB."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen([sys.executable, "-c", _CHILD, *command], env=env, stdout=subprocess.PIPE,
+                               text=True)
     peaks = {"RssAnon": 0, "RssFile": 0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            for key, value in _status_kib(process.pid, tuple(peaks)).items():
-                peaks[key] = max(peaks[key], value)
+            try:  # only once the child runs Python (before exec, /proc shows the parent's memory)
+                with open(f"/proc/{process.pid}/cmdline", "rb") as cmdline:
+                    started_python = cmdline.read().split(b"\0")[1:2] == [b"-c"]
+            except OSError:
+                started_python = False
+            if started_python:
+                for key, value in _status_kib(process.pid, tuple(peaks)).items():
+                    peaks[key] = max(peaks[key], value)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(process.pid, 0)
+    output, _ = process.communicate()
     done.set()
     sampler.join()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return {"wall_s": time.perf_counter() - started, "max_rss_mib": usage.ru_maxrss / 1024,
+    if process.returncode != 0:
+        raise SystemExit(f"training failed with exit code {process.returncode}")
+    print(output, end="")
+    peak_kib = int(output.strip().splitlines()[-1].split()[1])
+    return {"wall_s": time.perf_counter() - started, "max_rss_mib": peak_kib / 1024,
             "peak_rss_anon_mib": peaks["RssAnon"] / 1024, "peak_rss_file_mib": peaks["RssFile"] / 1024}
 
 
@@ -110,7 +127,7 @@ def main() -> None:
         written = time.perf_counter() - t0
         config = folder / "memory.yaml"
         config.write_text("preset: cpu\ndata: {max_val_images: 64}\n")
-        command = [sys.executable, "-m", "atomvae", "train", str(star), PDB_small, "-o", str(folder / "run"),
+        command = ["train", str(star), PDB_small, "-o", str(folder / "run"),
                    "--config", str(config), "--max-steps", str(args.steps), "--no-progress"]
         result = measure(command, dict(os.environ))
         stack_mib = (folder / "particles.mrcs").stat().st_size / 2**20
