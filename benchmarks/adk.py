@@ -57,6 +57,7 @@ from atomvae.demo import (
     write_gt_ensemble,
 )
 from atomvae.errors import atomic_write_text
+from atomvae.evaluate.evaluation import score_ensemble
 from atomvae.evaluate.stereochemistry import stereochemistry_summary
 from atomvae.structure.io import read_ensemble
 from atomvae.train.run import base_structure_path
@@ -193,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 eval_cmd += ["--distance", spec, "--cutoff", str(cutoff)]
             run(atomvae_cmd(*eval_cmd), run_dir.with_suffix(".evaluate.log"))
             evaluation = json.loads(eval_json.read_text())
-            prior = score_prior_samples(run_dir / "samples_prior.dcd", sample_topology_path, gt_path,
-                                        gt_topology, base, args.n)
+            prior = score_ensemble(run_dir / "samples_prior.dcd", sample_topology_path, gt_path, gt_topology,
+                                   base, args.n)
             sample_topology, sample_coords = read_ensemble(samples, sample_topology_path)
             stereo = stereochemistry_summary(sample_coords, sample_topology).as_dict()
             results["runs"].append({"mode": mode, "seed": seed, "train_minutes": train_s / 60,
@@ -206,21 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(results))
     atomic_write_text(results_path.with_suffix(".md"), markdown_table(results))
     return 0
-
-
-def score_prior_samples(samples: Path, topology_path: Path, gt_path: Path, gt_topology: Path, base: Path,
-                        n: int) -> dict:
-    """EMD-RMSD (C-alpha) and recovered fraction of the prior's samples, against the same draw of the ground
-    truth as ``evaluate`` (same n, seed 0)."""
-    from atomvae.evaluate.emd_rmsd import compare_ensembles
-    from atomvae.structure.io import read_structure
-
-    topology, coords = read_ensemble(samples, topology_path)
-    gt_top, gt = read_ensemble(gt_path, gt_topology)
-    ca = topology.select("CA")
-    result = compare_ensembles(coords[:, ca], gt[:, gt_top.select("CA")], n, 0,
-                               base=read_structure(base).coords[ca])
-    return {"emd_rmsd": result.model.emd_rmsd, "recovered_fraction": result.recovered_fraction}
 
 
 def train(particles: Path, base: Path, run_dir: Path, poses: str, seed: int, args, center: str | None,

@@ -27,6 +27,7 @@ import time
 import warnings
 
 import numpy as np
+import roma
 import torch
 
 from atomvae.demo import ADK_BOX, ADK_PIXEL_SIZE, adk_inputs, docked_base
@@ -64,15 +65,6 @@ MODELS = (
     ImageModel("residue f0 learnt s", "residue", 1.5, True),
     ImageModel("residue f0 s1.5", "residue", 1.5, False),
 )
-
-
-def rotvec_to_matrix(v: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis-angle -> (..., 3, 3) by the matrix exponential of its skew matrix."""
-    zero = torch.zeros_like(v[..., 0])
-    skew = torch.stack(
-        [zero, -v[..., 2], v[..., 1], v[..., 2], zero, -v[..., 0], -v[..., 1], v[..., 0], zero], dim=-1
-    ).reshape(*v.shape[:-1], 3, 3)
-    return torch.linalg.matrix_exp(skew)
 
 
 def fit(
@@ -114,7 +106,7 @@ def fit(
     y = clean
 
     def objective():
-        rot = start_rot @ rotvec_to_matrix(rotvec)
+        rot = start_rot @ roma.rotvec_to_rotmat(rotvec)
         trans = start_trans + delta
         coords = frames_to_coordinates(rot, trans, local, residue)
         renders = render(

@@ -94,7 +94,7 @@ def test_residue_rendering_places_weighted_pseudo_atoms_on_the_base():
     model = _model()
     structure = read_structure(PDB_xsmall)
     local = local_coordinates(structure.coords, structure.topology).numpy()
-    positions, residue, mass = coarse_grained_density(local, structure.topology)
+    _positions, residue, mass = coarse_grained_density(local, structure.topology)
     centred = structure.coords - structure.coords.mean(axis=0)
     # The decoder's render set at the prior mean (zero-initialised delta) is the base's pseudo-atoms.
     decoded = model.decode(torch.zeros(1, model.config.latent_conf), atoms="render")[0]
@@ -108,7 +108,6 @@ def test_residue_rendering_places_weighted_pseudo_atoms_on_the_base():
     distance = np.linalg.norm(model.base_render_coords.numpy() - ca_of_residue, axis=1)
     backbone = np.r_[True, residue[1:] != residue[:-1]]  # the first pseudo-atom of each residue
     assert distance[backbone].max() < 1.5 and distance.max() < 7.0
-    del positions
 
 
 def test_per_image_amplitude_recovers_each_scale():
@@ -120,6 +119,8 @@ def test_per_image_amplitude_recovers_each_scale():
     images = plain * torch.tensor([0.5, 2.0, 7.0])[:, None, None]
     predicted = model.render_images(coords, rotation, shift, None, images)
     torch.testing.assert_close(predicted, images, rtol=1e-5, atol=1e-6)
+    # The global amplitude then takes no part in training (DDP would wait for its gradient).
+    assert all(p is not model.log_amplitude for stage in (1, 2) for p in model.trainable_parameters(stage))
     # Anti-correlated images: a blank prediction, not a negative scale.
     assert float(model.render_images(coords, rotation, shift, None, -images).abs().max()) == 0.0
 

@@ -92,23 +92,9 @@ class DemoConfig:
     progress: bool = True
 
 
-def _score_prior_samples(out: Path, topology, gt_dcd: Path, gt_top: Path, base: Path,
-                         config: DemoConfig) -> dict:
-    """EMD-RMSD (C-alpha) and recovered fraction of the prior's samples (``samples_prior.dcd``), drawn against
-    the same ground-truth structures as the main evaluation."""
-    from atomvae.evaluate.emd_rmsd import compare_ensembles
-
-    _top, prior = read_ensemble(out / "samples_prior.dcd", out / "samples_prior_topology.pdb")
-    gt_topology, gt = read_ensemble(gt_dcd, gt_top)
-    ca, gt_ca = topology.select("CA"), gt_topology.select("CA")
-    result = compare_ensembles(prior[:, ca], gt[:, gt_ca], config.n_eval, config.seed,
-                               base=read_structure(base).coords[ca])
-    return {"emd_rmsd": result.model.emd_rmsd, "recovered_fraction": result.recovered_fraction}
-
-
 def run_demo(config: DemoConfig) -> dict:
     """simulate -> train -> sample -> encode -> evaluate in ``config.out``; returns the evaluation summary."""
-    from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
+    from atomvae.evaluate.evaluation import EvaluateConfig, evaluate, score_ensemble
     from atomvae.simulate import SimulationConfig, simulate
     from atomvae.train.config import PRESETS
     from atomvae.train.inference import encode_to_file, read_posteriors, sample_structures
@@ -179,7 +165,8 @@ def run_demo(config: DemoConfig) -> dict:
         ensemble_source_topology=inputs.topology,
         notes=(f"atomvae demo: {config.n_particles} simulated particles (SNR {config.snr}), poses "
                f"{config.poses}, cpu preset with {config.epochs_stage2} stage-2 epochs.",)))
-    summary["prior_samples"] = _score_prior_samples(out, run.topology, gt_dcd, gt_top, base, config)
+    summary["prior_samples"] = score_ensemble(out / "samples_prior.dcd", out / "samples_prior_topology.pdb",
+                                              gt_dcd, gt_top, base, config.n_eval, config.seed)
     timings["end"] = time.perf_counter()
     names = list(timings)
     minutes = {a: (timings[b] - timings[a]) / 60 for a, b in zip(names, names[1:], strict=False)}

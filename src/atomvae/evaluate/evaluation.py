@@ -87,6 +87,19 @@ def _read(path: Path, topology_path: Path | None):
         return read_ensemble(path, topology_path)
 
 
+def score_ensemble(pred: Path, pred_topology: Path | None, gt: Path, gt_topology: Path | None, base: Path,
+                   n: int, seed: int = 0) -> dict:
+    """EMD-RMSD on C-alpha (A) and recovered fraction of one more ensemble (e.g. the prior's samples beside
+    the aggregate posterior's), against the same draw of ``n`` ground-truth structures as ``evaluate``
+    with the same ``n`` and ``seed``."""
+    pred_top, pred_coords = _read(pred, pred_topology)
+    gt_top, gt_coords = _read(gt, gt_topology)
+    ca = pred_top.select("CA")
+    result = compare_ensembles(pred_coords[:, ca], gt_coords[:, gt_top.select("CA")], n, seed,
+                               base=read_structure(base).coords[ca], pred_path=pred, gt_path=gt)
+    return {"emd_rmsd": result.model.emd_rmsd, "recovered_fraction": result.recovered_fraction}
+
+
 def read_truth_frames(truth_path: Path, particle_index: np.ndarray | None = None) -> np.ndarray:
     """Per particle (N,) the index of its true structure in the simulated ensemble, from truth.npz.
 

@@ -48,7 +48,7 @@ from atomvae.model.losses import (
 from atomvae.model.pose import PoseHead
 from atomvae.model.pose_modes import pose_mode as get_pose_mode
 from atomvae.physics.coarse_grain import coarse_grained_density
-from atomvae.physics.ctf import CTFParams, apply_ctf, phase_flip
+from atomvae.physics.ctf import CTFParams, phase_flip
 from atomvae.physics.render import render, render_projections
 from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
 
@@ -179,6 +179,18 @@ class AtomVAE(nn.Module):
             return self.config.render_sigma
         return (SIGMA_RATE * self.log_render_sigma).exp()
 
+    def _unit_renders(self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor,
+                      ctf: CTFParams | None) -> torch.Tensor:
+        """The image model before any amplitude: the render atoms (with their masses) at the current width,
+        then the CTF when given. Shapes as ``render_images``."""
+        sigma = self.render_sigma
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(coords.dtype)
+        mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
+        if ctf is None:
+            return render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
+        return render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma, weights=mass)
+
     def render_images(self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor,
                       ctf: CTFParams | None, images: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted images (..., H, W): coords (..., A, 3), rotation (..., 3, 3), shift (..., 2) A, ctf (B,)
@@ -188,14 +200,7 @@ class AtomVAE(nn.Module):
         least-squares scale onto ``images`` (broadcasting against the renders; clamped at 0, so an
         anti-correlated render predicts a blank image rather than a negative one).
         """
-        sigma = self.render_sigma
-        if isinstance(sigma, torch.Tensor):
-            sigma = sigma.to(coords.dtype)
-        mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
-        if ctf is None:
-            renders = render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
-        else:
-            renders = render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma, weights=mass)
+        renders = self._unit_renders(coords, rotation, shift, ctf)
         if self.config.amplitude == "per_image" and images is not None:
             scale = ((renders * images).sum(dim=(-2, -1), keepdim=True)
                      / renders.square().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-20))
@@ -204,14 +209,18 @@ class AtomVAE(nn.Module):
 
     def trainable_parameters(self, stage: int) -> Iterable[nn.Parameter]:
         """Stage 1: encoder trunk, pose head and the image model's amplitude and (learnt) width (structure
-        fixed). Stage 2: everything."""
+        fixed). Stage 2: everything. The global amplitude only where it is used (``config.amplitude``
+        "learnt"; "per_image" fits each render's scale in closed form)."""
+        unused = {id(self.log_amplitude)} if self.config.amplitude == "per_image" else set()
         if stage == 1:
             modules = (self.encoder, self.pose_head)
             image_model = [self.log_amplitude] + [p for p in (self.log_render_sigma,) if p is not None]
-            return [p for m in modules for p in m.parameters()] + image_model
-        if stage == 2:
-            return list(self.parameters())
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
+            params = [p for m in modules for p in m.parameters()] + image_model
+        elif stage == 2:
+            params = list(self.parameters())
+        else:
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        return [p for p in params if id(p) not in unused]
 
     # ------------------------------------------------------------------ objective
     def loss(self, images: torch.Tensor, ctf: CTFParams | None, *, stage: int, n_conf: int, n_pose: int,
@@ -339,12 +348,7 @@ class AtomVAE(nn.Module):
             z = standard_normal((batch, self.config.latent_conf), generator, images.device, torch.float32)
             coords = self.decoder(z, "render")  # (B, A_r, 3)
             rotation, shift = rotation.detach().to(coords.dtype), shift.detach().to(coords.dtype)
-            sigma = self.render_sigma
-            sigma = float(sigma) if isinstance(sigma, torch.Tensor) else sigma
-            mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
-            clean = render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
-            if ctf is not None:
-                clean = apply_ctf(clean, ctf, self.pixel_size)
+            clean = self._unit_renders(coords, rotation, shift, ctf)
             noise_var = self.noise_sigma.square()
             signal_var = (images.float().var(dim=(-2, -1)).mean() - noise_var).clamp_min(1e-3 * noise_var)
             scale = torch.sqrt(signal_var / clean.var(dim=(-2, -1)).mean().clamp_min(1e-30))
@@ -352,8 +356,7 @@ class AtomVAE(nn.Module):
             synthetic = scale * clean + self.noise_sigma * noise
         h = self.encoder(self.encoder_input(synthetic, ctf))
         mu, sigma_q = (_full(t) for t in self.conf_posterior(h))
-        return (torch.log(sigma_q) + 0.5 * ((z - mu) / sigma_q).square()).sum(dim=-1) \
-            + 0.5 * math.log(2 * math.pi) * z.shape[-1]
+        return -torch.distributions.Normal(mu, sigma_q).log_prob(z).sum(dim=-1)
 
     # ------------------------------------------------------------------ using a trained model
     def encoder_input(self, images: torch.Tensor, ctf: CTFParams | None) -> torch.Tensor:
@@ -418,12 +421,7 @@ class AtomVAE(nn.Module):
             shift = coords.new_zeros(batch, 2)
         elif shift is None:
             shift = coords.new_zeros(batch, 2)
-        sigma = self.render_sigma
-        sigma = float(sigma) if isinstance(sigma, torch.Tensor) else sigma
-        renders = render_projections(coords, rotation.to(coords.dtype), shift.to(coords.dtype),
-                                     self.box, self.pixel_size, sigma, self.render_mass)
-        if ctf is not None:
-            renders = apply_ctf(renders, ctf, self.pixel_size)
+        renders = self._unit_renders(coords, rotation.to(coords.dtype), shift.to(coords.dtype), ctf)
         images = images.to(renders.dtype)
         amplitude = None
         if poses_given:

@@ -62,12 +62,7 @@ def sample_structures(run: LoadedRun, n: int, seed: int = 0, chunk: int = 256,
 
 def read_posteriors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """``mu``, ``sigma`` (N, dim) of an ``atomvae encode`` file (InputError naming it otherwise)."""
-    mu = _read_latent_means(path, dim)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            sigma = data["sigma"]
-    except KeyError:
-        raise InputError(path, "no 'sigma' array (expected the output of atomvae encode)") from None
+    mu, sigma = _read_latents(path, dim, ("mu", "sigma"))
     finite = np.isfinite(sigma).all() and np.isfinite(mu).all()
     if sigma.shape != mu.shape or not finite or (sigma < 0).any():
         raise InputError(path, f"'sigma' must be finite, >= 0 and shaped like 'mu' {mu.shape}")
@@ -183,19 +178,25 @@ def interpolate_to_file(run_dir: str | Path, out_path: str | Path, steps: int = 
     return z_start, z_end
 
 
-def _read_latent_means(path: Path, dim: int) -> np.ndarray:
+def _read_latents(path: Path, dim: int, names: tuple[str, ...] = ("mu",)) -> list[np.ndarray]:
+    """The arrays ``names`` of an ``atomvae encode`` file, each (N, dim) (InputError naming the file)."""
     if not path.is_file():
         raise InputError(path, "latents file not found")
     try:
         with np.load(path, allow_pickle=False) as data:
-            mu = data["mu"]
-    except KeyError:
-        raise InputError(path, "no 'mu' array (expected the output of atomvae encode)") from None
+            arrays = [data[name] for name in names]
+    except KeyError as err:
+        raise InputError(path, f"no {err} array (expected the output of atomvae encode)") from None
     except (ValueError, OSError) as err:
         raise InputError(path, f"cannot read latents: {err}") from None
-    if mu.ndim != 2 or mu.shape[1] != dim:
-        raise InputError(path, f"'mu' must be (N, {dim}), got {mu.shape}")
-    return mu
+    for name, array in zip(names, arrays, strict=True):
+        if array.ndim != 2 or array.shape[1] != dim:
+            raise InputError(path, f"'{name}' must be (N, {dim}), got {array.shape}")
+    return arrays
+
+
+def _read_latent_means(path: Path, dim: int) -> np.ndarray:
+    return _read_latents(path, dim)[0]
 
 
 def _posterior_means_of_run_particles(run: LoadedRun, n_particles: int) -> np.ndarray:

@@ -488,11 +488,11 @@ class _SeedTrainer:
             if payload and payload["position"].stage == stage and payload["optimizer"] is not None:
                 optimizer.load_state_dict(payload["optimizer"])
             first_epoch = self.position.epoch if self.position.stage == stage else 0
-            # DistributedDataParallel over the stage's parameters with several processes; the model's own
-            # loss with one. Some parameters may get no gradient: the pose head with given poses, the
-            # global amplitude when each render's amplitude is profiled out (model.amplitude per_image).
+            # DistributedDataParallel over the stage's parameters with several processes (the pose head gets
+            # no gradient when poses are given); the model's own loss with one.
+            pose_head_unused = not pose_mode(self.config.pose_mode).uses_pose_head
             with distributed.data_parallel(self.model, "loss", self.model.trainable_parameters(stage),
-                                           find_unused_parameters=True) as loss_fn:
+                                           find_unused_parameters=pose_head_unused) as loss_fn:
                 for epoch in range(first_epoch, stage_config.epochs):
                     if not self._run_epoch(stage, epoch, loss_fn, optimizer, metrics, bar, max_steps, stop):
                         self.save(self.last, optimizer)  # stopped by max_steps or Ctrl-C
