@@ -102,24 +102,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--particles", type=int, default=20000)
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--gt-n", type=int, default=4096)
-    parser.add_argument("--modes", nargs="+", default=["inferred", "given"],
-                        choices=["inferred", "given", "amortised"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["inferred", "given"], choices=["inferred", "given", "amortised"]
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--config", type=Path, help="YAML overriding the cpu preset")
     parser.add_argument("--n", type=int, default=2048, help="structures per side of the EMD-RMSD")
     parser.add_argument("--skip-simulate", action="store_true")
-    parser.add_argument("--em-epochs", type=int, default=6,
-                        help="inferred mode: stage-2 epochs of the run learning states between searches")
-    parser.add_argument("--base", choices=("open", "closed"), default="open",
-                        help="base structure: adk_open.pdb (default) or adk_closed.pdb, docked")
-    parser.add_argument("--bfactor", type=float, default=20.0,
-                        help="simulator's atomic B-factor, A^2 (default 20; not written to the STAR file)")
+    parser.add_argument(
+        "--em-epochs",
+        type=int,
+        default=6,
+        help="inferred mode: stage-2 epochs of the run learning states between searches",
+    )
+    parser.add_argument(
+        "--base",
+        choices=("open", "closed"),
+        default="open",
+        help="base structure: adk_open.pdb (default) or adk_closed.pdb, docked",
+    )
+    parser.add_argument(
+        "--bfactor",
+        type=float,
+        default=20.0,
+        help="simulator's atomic B-factor, A^2 (default 20; not written to the STAR file)",
+    )
     parser.add_argument("--pixel-size", type=float, default=PIXEL_SIZE, help="A (the box keeps 96 A)")
     parser.add_argument("--oversample", type=int, default=2, help="simulator's sub-pixel oversampling")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="inferred mode: rounds of pose search (after the first, against learnt states)")
-    parser.add_argument("--n-references", type=int, default=4,
-                        help="inferred mode: learnt states searched against in rounds 2, 3, ...")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="inferred mode: rounds of pose search (after the first, against learnt states)",
+    )
+    parser.add_argument(
+        "--n-references",
+        type=int,
+        default=4,
+        help="inferred mode: learnt states searched against in rounds 2, 3, ...",
+    )
     args = parser.parse_args(argv)
 
     inputs = adk_inputs()  # the benchmark's data: MDAnalysisTests (PyPI)
@@ -133,26 +154,68 @@ def main(argv: list[str] | None = None) -> int:
     gflops = machine_reference()
     print(f"machine reference: batched matmul (256,64,1024)@(256,1024,64) float32 {gflops:.1f} GFLOP/s")
     box = round(BOX * PIXEL_SIZE / args.pixel_size)
-    results: dict = {"command": command, "matmul_gflops": gflops, "weights": WEIGHTS, "snr": args.snr,
-                     "particles": args.particles, "box": box, "pixel_size": args.pixel_size,
-                     "base": args.base, "bfactor": args.bfactor, "oversample": args.oversample, "runs": []}
+    results: dict = {
+        "command": command,
+        "matmul_gflops": gflops,
+        "weights": WEIGHTS,
+        "snr": args.snr,
+        "particles": args.particles,
+        "box": box,
+        "pixel_size": args.pixel_size,
+        "base": args.base,
+        "bfactor": args.bfactor,
+        "oversample": args.oversample,
+        "runs": [],
+    }
 
     # One results file per set of modes, so modes can run as separate processes side by side.
     results_path = out / f"adk_results_{'-'.join(args.modes)}"
     sim = out / "sim"
     if not args.skip_simulate:
-        results["simulate_s"] = run(atomvae_cmd(
-            "simulate", DCD, "--topology", PSF, "-n", str(args.particles), "--box", str(box),
-            "--pixel-size", str(args.pixel_size), "--snr", str(args.snr), "--weights", WEIGHTS, "--seed", "1",
-            "--bfactor", str(args.bfactor), "--oversample", str(args.oversample),
-            "--defocus-min", "10000", "--defocus-max", "25000", "--astigmatism", "500",
-            "--gt-n", "16", "--overwrite", "--no-progress", "-o", str(sim)), out / "simulate.log")
+        results["simulate_s"] = run(
+            atomvae_cmd(
+                "simulate",
+                DCD,
+                "--topology",
+                PSF,
+                "-n",
+                str(args.particles),
+                "--box",
+                str(box),
+                "--pixel-size",
+                str(args.pixel_size),
+                "--snr",
+                str(args.snr),
+                "--weights",
+                WEIGHTS,
+                "--seed",
+                "1",
+                "--bfactor",
+                str(args.bfactor),
+                "--oversample",
+                str(args.oversample),
+                "--defocus-min",
+                "10000",
+                "--defocus-max",
+                "25000",
+                "--astigmatism",
+                "500",
+                "--gt-n",
+                "16",
+                "--overwrite",
+                "--no-progress",
+                "-o",
+                str(sim),
+            ),
+            out / "simulate.log",
+        )
     truth = np.load(sim / "truth.npz")
 
     # Evaluation ensemble: an independent draw of gt_n frames from the same weights, as a DCD.
     topology, frames = read_ensemble(DCD, PSF)
-    gt_path, gt_topology = write_gt_ensemble(out / "gt_ensemble.dcd", topology, frames, truth["weights"],
-                                             args.gt_n, seed=12345)
+    gt_path, gt_topology = write_gt_ensemble(
+        out / "gt_ensemble.dcd", topology, frames, truth["weights"], args.gt_n, seed=12345
+    )
     if args.base == "open":
         base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
     else:
@@ -178,30 +241,66 @@ def main(argv: list[str] | None = None) -> int:
             sample_topology_path = base_structure_path(run_dir)
             latents = run_dir / "latents.npz"
             if not latents.exists():
-                run(atomvae_cmd("encode", str(run_dir), str(sim / "particles.star"), "-o", str(latents)),
-                    run_dir.with_suffix(".encode.log"))
+                run(
+                    atomvae_cmd("encode", str(run_dir), str(sim / "particles.star"), "-o", str(latents)),
+                    run_dir.with_suffix(".encode.log"),
+                )
             for path, extra in ((samples, ["--latents", str(latents)]), (run_dir / "samples_prior.dcd", [])):
                 if not path.exists():
-                    run(atomvae_cmd("sample", str(run_dir), "-n", str(args.n), "-o", str(path), "--seed", "0",
-                                    *extra), run_dir.with_suffix(".sample.log"))
+                    run(
+                        atomvae_cmd(
+                            "sample", str(run_dir), "-n", str(args.n), "-o", str(path), "--seed", "0", *extra
+                        ),
+                        run_dir.with_suffix(".sample.log"),
+                    )
             eval_json = run_dir / "evaluation.json"
-            eval_cmd = ["evaluate", str(samples), str(gt_path), "--pred-topology", str(sample_topology_path),
-                        "--gt-topology", str(gt_topology),
-                        "--base", str(base), "--n", str(args.n), "--atoms", "CA", "--json", str(eval_json),
-                        "-o", str(run_dir / "evaluation"), "--run", str(run_dir), "--truth",
-                        str(sim / "truth.npz"), "--ensemble-source", DCD, "--ensemble-source-topology", PSF]
+            eval_cmd = [
+                "evaluate",
+                str(samples),
+                str(gt_path),
+                "--pred-topology",
+                str(sample_topology_path),
+                "--gt-topology",
+                str(gt_topology),
+                "--base",
+                str(base),
+                "--n",
+                str(args.n),
+                "--atoms",
+                "CA",
+                "--json",
+                str(eval_json),
+                "-o",
+                str(run_dir / "evaluation"),
+                "--run",
+                str(run_dir),
+                "--truth",
+                str(sim / "truth.npz"),
+                "--ensemble-source",
+                DCD,
+                "--ensemble-source-topology",
+                PSF,
+            ]
             for spec, cutoff in DISTANCES:
                 eval_cmd += ["--distance", spec, "--cutoff", str(cutoff)]
             run(atomvae_cmd(*eval_cmd), run_dir.with_suffix(".evaluate.log"))
             evaluation = json.loads(eval_json.read_text())
-            prior = score_ensemble(run_dir / "samples_prior.dcd", sample_topology_path, gt_path, gt_topology,
-                                   base, args.n)
+            prior = score_ensemble(
+                run_dir / "samples_prior.dcd", sample_topology_path, gt_path, gt_topology, base, args.n
+            )
             sample_topology, sample_coords = read_ensemble(samples, sample_topology_path)
             stereo = stereochemistry_summary(sample_coords, sample_topology).as_dict()
-            results["runs"].append({"mode": mode, "seed": seed, "train_minutes": train_s / 60,
-                                    "evaluation": evaluation, "prior_samples": prior,
-                                    "stereochemistry_all_samples": stereo,
-                                    "pose_search": pose_report})
+            results["runs"].append(
+                {
+                    "mode": mode,
+                    "seed": seed,
+                    "train_minutes": train_s / 60,
+                    "evaluation": evaluation,
+                    "prior_samples": prior,
+                    "stereochemistry_all_samples": stereo,
+                    "pose_search": pose_report,
+                }
+            )
             atomic_write_text(results_path.with_suffix(".json"), json.dumps(results, indent=2, default=float))
 
     print(markdown_table(results))
@@ -209,12 +308,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train(particles: Path, base: Path, run_dir: Path, poses: str, seed: int, args, center: str | None,
-          epochs_stage2: int | None = None, init: Path | None = None) -> float:
+def train(
+    particles: Path,
+    base: Path,
+    run_dir: Path,
+    poses: str,
+    seed: int,
+    args,
+    center: str | None,
+    epochs_stage2: int | None = None,
+    init: Path | None = None,
+) -> float:
     """``atomvae train`` with the cpu preset (resumed if run_dir exists; weights started from ``init``'s
     best checkpoint when given); returns wall seconds."""
-    cmd = ["train", str(particles), str(base), "-o", str(run_dir), "--preset", "cpu", "--poses", poses,
-           "--seed", str(seed), "--no-progress"]
+    cmd = [
+        "train",
+        str(particles),
+        str(base),
+        "-o",
+        str(run_dir),
+        "--preset",
+        "cpu",
+        "--poses",
+        poses,
+        "--seed",
+        str(seed),
+        "--no-progress",
+    ]
     if center is not None:
         cmd += ["--pose-center", center]
     if epochs_stage2 is not None:
@@ -247,9 +367,11 @@ def pose_accuracy(search_npz: Path, truth: dict) -> dict:
     """Median error and fraction within 10 degrees of a search's poses, overall and per frame group."""
     found = np.load(search_npz)
     errors = pose_errors_by_group(torch.as_tensor(found["rotation"]), found["index"], truth)
-    report = {"median_error_deg": float(np.median(errors["all"])),
-              "within_10_deg": float((errors["all"] < 10).mean()),
-              "particles_per_reference": np.bincount(found["reference"]).tolist()}
+    report = {
+        "median_error_deg": float(np.median(errors["all"])),
+        "within_10_deg": float((errors["all"] < 10).mean()),
+        "particles_per_reference": np.bincount(found["reference"]).tolist(),
+    }
     for name in FRAME_GROUPS:
         report[f"within_10_deg_{name}"] = float((errors[name] < 10).mean())
     return report
@@ -265,20 +387,44 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
     seconds = 0.0
     poses = folder / "round1.star"
     if not poses.exists():
-        seconds += run(atomvae_cmd("search-poses", str(sim / "particles.star"), str(base), "-o", str(poses),
-                                   "--no-progress"), folder / "round1.log")
+        seconds += run(
+            atomvae_cmd(
+                "search-poses", str(sim / "particles.star"), str(base), "-o", str(poses), "--no-progress"
+            ),
+            folder / "round1.log",
+        )
     report["round1"] = pose_accuracy(poses.with_suffix(".npz"), truth)
     previous_run: Path | None = None
     for round_index in range(1, args.rounds):
         learn_run = folder / f"run_round{round_index}"
-        seconds += train(poses, base, learn_run, "given", seed, args, center=None,
-                         epochs_stage2=args.em_epochs, init=previous_run)
+        seconds += train(
+            poses,
+            base,
+            learn_run,
+            "given",
+            seed,
+            args,
+            center=None,
+            epochs_stage2=args.em_epochs,
+            init=previous_run,
+        )
         poses = folder / f"round{round_index + 1}.star"
         if not poses.exists():
-            seconds += run(atomvae_cmd("search-poses", str(sim / "particles.star"), str(base),
-                                       "-o", str(poses), "--references-from", str(learn_run),
-                                       "--n-references", str(args.n_references), "--no-progress"),
-                           folder / f"round{round_index + 1}.log")
+            seconds += run(
+                atomvae_cmd(
+                    "search-poses",
+                    str(sim / "particles.star"),
+                    str(base),
+                    "-o",
+                    str(poses),
+                    "--references-from",
+                    str(learn_run),
+                    "--n-references",
+                    str(args.n_references),
+                    "--no-progress",
+                ),
+                folder / f"round{round_index + 1}.log",
+            )
         report[f"round{round_index + 1}"] = pose_accuracy(poses.with_suffix(".npz"), truth)
         previous_run = learn_run
         print(f"  pose search: {json.dumps(report)}", flush=True)
@@ -286,21 +432,32 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| poses | seed | train min | EMD-RMSD (A) | base-only | floor | recovered "
-             "| recovered (prior) | "
-             + " | ".join(f"{spec} W1 / mode% pred vs gt" for spec, _ in DISTANCES) + " | plausible |",
-             "|" + "---|" * (9 + len(DISTANCES))]
+    lines = [
+        "| poses | seed | train min | EMD-RMSD (A) | base-only | floor | recovered "
+        "| recovered (prior) | "
+        + " | ".join(f"{spec} W1 / mode% pred vs gt" for spec, _ in DISTANCES)
+        + " | plausible |",
+        "|" + "---|" * (9 + len(DISTANCES)),
+    ]
     for r in results["runs"]:
         e = r["evaluation"]
         emd = e.get("emd_rmsd", float("nan"))
-        cells = [r["mode"], str(r["seed"]), f"{r['train_minutes']:.0f}", f"{emd:.2f}",
-                 f"{e.get('base_only', float('nan')):.2f}", f"{e.get('floor', float('nan')):.2f}",
-                 f"{e.get('recovered_fraction', float('nan')):.2f}",
-                 f"{(r.get('prior_samples') or {}).get('recovered_fraction', float('nan')):.2f}"]
+        cells = [
+            r["mode"],
+            str(r["seed"]),
+            f"{r['train_minutes']:.0f}",
+            f"{emd:.2f}",
+            f"{e.get('base_only', float('nan')):.2f}",
+            f"{e.get('floor', float('nan')):.2f}",
+            f"{e.get('recovered_fraction', float('nan')):.2f}",
+            f"{(r.get('prior_samples') or {}).get('recovered_fraction', float('nan')):.2f}",
+        ]
         for m in e.get("distances", []):
-            cells.append(f"{m.get('wasserstein_1', float('nan')):.2f} A / "
-                         f"{100 * m.get('pred_below', float('nan')):.0f}% vs "
-                         f"{100 * m.get('gt_below', float('nan')):.0f}%")
+            cells.append(
+                f"{m.get('wasserstein_1', float('nan')):.2f} A / "
+                f"{100 * m.get('pred_below', float('nan')):.0f}% vs "
+                f"{100 * m.get('gt_below', float('nan')):.0f}%"
+            )
         cells.append(f"{100 * r['stereochemistry_all_samples']['fraction_ok']:.1f}%")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -50,16 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     pred, gt = adk_ensembles(args.n, args.noise, args.seed)
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"ensembles: {pred.shape[0]} x {gt.shape[0]} structures of {pred.shape[1]} C-alpha atoms")
     for k in range(args.repeats):
         t0 = time.perf_counter()
         result = emd_rmsd(pred, gt)
         total = time.perf_counter() - t0
         other = total - result.rmsd_seconds - result.assignment_seconds
-        print(f"run {k + 1}: total {total:.2f} s = RMSD matrix {result.rmsd_seconds:.2f} s + assignment "
-              f"{result.assignment_seconds:.2f} s (+ {other:.2f} s other); EMD-RMSD {result.emd_rmsd:.3f} A")
+        print(
+            f"run {k + 1}: total {total:.2f} s = RMSD matrix {result.rmsd_seconds:.2f} s + assignment "
+            f"{result.assignment_seconds:.2f} s (+ {other:.2f} s other); EMD-RMSD {result.emd_rmsd:.3f} A"
+        )
     return 0
 
 

@@ -35,8 +35,10 @@ from atomvae.train.pose_search import PoseSearchConfig, base_references, search_
 
 def report(name: str, result, truth: dict, rows: np.ndarray, seconds: float) -> None:
     errors = pose_errors_by_group(result.rotation, rows, truth)
-    cells = [f"{group} {100 * (errors[group] < 10).mean():.0f}% (median {np.median(errors[group]):.1f})"
-             for group in FRAME_GROUPS]
+    cells = [
+        f"{group} {100 * (errors[group] < 10).mean():.0f}% (median {np.median(errors[group]):.1f})"
+        for group in FRAME_GROUPS
+    ]
     print(f"{name:<34} {seconds:5.0f} s  within 10 deg: " + ", ".join(cells), flush=True)
 
 
@@ -50,29 +52,45 @@ def describe_learnt_states(run_dir: Path, out: Path, frames_ca: np.ndarray, conf
 
     topology = load_run(run_dir).topology
     position = {atom: k for k, atom in enumerate(topology.select("CA"))}  # CA references: CA order
-    pairs = [[position[parse_atom_selection(atom, topology)] for atom in spec.split(",")]
-             for spec, _ in ADK_DISTANCES]
+    pairs = [
+        [position[parse_atom_selection(atom, topology)] for atom in spec.split(",")]
+        for spec, _ in ADK_DISTANCES
+    ]
     states = run_references(run_dir, out / "sim" / "particles.star", 4, config).double()
     print(f"states learnt by {run_dir} (the first is the base):")
     for state in states:
         d = [float((state[i] - state[j]).norm()) for i, j in pairs]
         to_frames = rmsd(state[None].expand(len(frames_ca), -1, -1), torch.as_tensor(frames_ca)).numpy()
-        print(f"  d1 {d[0]:.1f} A, d2 {d[1]:.1f} A; C-alpha RMSD to closed frame 8 {to_frames[8]:.2f} A; "
-              f"nearest frame {to_frames.argmin()} at {to_frames.min():.2f} A", flush=True)
+        print(
+            f"  d1 {d[0]:.1f} A, d2 {d[1]:.1f} A; C-alpha RMSD to closed frame 8 {to_frames[8]:.2f} A; "
+            f"nearest frame {to_frames.argmin()} at {to_frames.min():.2f} A",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/adk"))
     parser.add_argument("--particles", type=int, default=1500)
-    parser.add_argument("--mode-sets", nargs="*", default=["2:3,6", "1:3,5,7"],
-                        help="elastic-network references to try, each N_MODES:AMPLITUDES (A)")
-    parser.add_argument("--runs", nargs="*", type=Path, default=[],
-                        help="learning runs whose learnt states (search-poses --references-from) to describe")
+    parser.add_argument(
+        "--mode-sets",
+        nargs="*",
+        default=["2:3,6", "1:3,5,7"],
+        help="elastic-network references to try, each N_MODES:AMPLITUDES (A)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="learning runs whose learnt states (search-poses --references-from) to describe",
+    )
     args = parser.parse_args(argv)
     print("command:", " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(argv))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine reference: batched matmul "
-          f"(256,64,1024)@(256,1024,64) float32 {machine_reference():.1f} GFLOP/s")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine reference: batched matmul "
+        f"(256,64,1024)@(256,1024,64) float32 {machine_reference():.1f} GFLOP/s"
+    )
 
     metadata = read_particles(args.out / "sim" / "particles.star")
     rows = np.linspace(0, len(metadata) - 1, args.particles).round().astype(np.int64)
@@ -93,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     frames_ca = frames[:, topology.select("CA")]
     closing = frames_ca[8] - frames_ca[-1]
     mode1 = anm_modes(frames_ca[-1], 1)[0]
-    print(f"open->closed (frame 97 -> 8) C-alpha RMSD {np.sqrt((closing ** 2).sum(-1).mean()):.2f} A, "
-          f"of which ANM mode 1 of frame 97 carries {(closing * mode1).sum() / np.sqrt(len(mode1)):.2f} A")
+    print(
+        f"open->closed (frame 97 -> 8) C-alpha RMSD {np.sqrt((closing**2).sum(-1).mean()):.2f} A, "
+        f"of which ANM mode 1 of frame 97 carries {(closing * mode1).sum() / np.sqrt(len(mode1)):.2f} A"
+    )
     for run_dir in args.runs:
         describe_learnt_states(run_dir, args.out, frames_ca, config)
 

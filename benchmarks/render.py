@@ -77,8 +77,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("command:", shlex.join([sys.executable.split("/")[-1], *sys.argv]))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, box {BOX} px, pixel {PIXEL_SIZE} A,"
-          f" float32, batch {args.particles} particles x {args.renders_per_particle} renders")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, box {BOX} px, pixel {PIXEL_SIZE} A,"
+        f" float32, batch {args.particles} particles x {args.renders_per_particle} renders"
+    )
 
     generator = torch.Generator().manual_seed(args.seed)
     n_particles, per_particle = args.particles, args.renders_per_particle
@@ -89,8 +91,10 @@ def main() -> int:
         astigmatism_angle=360 * torch.rand(n_particles, generator=generator),
         bfactor=50.0,
     )
-    header = (f"{'A':>5} {'ceiling GF/s':>12} | {'fwd r/s':>8} {'frac':>5} {'fwd+bwd r/s':>11} {'frac':>5} |"
-              f" {'CTF fwd r/s':>11} {'frac':>5} {'CTF fwd+bwd r/s':>15} {'frac':>5}")
+    header = (
+        f"{'A':>5} {'ceiling GF/s':>12} | {'fwd r/s':>8} {'frac':>5} {'fwd+bwd r/s':>11} {'frac':>5} |"
+        f" {'CTF fwd r/s':>11} {'frac':>5} {'CTF fwd+bwd r/s':>15} {'frac':>5}"
+    )
     print(header)
     for n_atoms, coords_np in adk_structures().items():
         chunk = max(1, render_module.CHUNK_ATOMS // n_atoms)
@@ -116,8 +120,11 @@ def main() -> int:
             torch.autograd.grad((images * weights).sum(), inputs)
 
         matmuls = {batch: matmul_runner(n_atoms, batch) for batch in sorted({n_renders, chunk})}
-        cases = {(ctf_on, backward): functools.partial(forward_backward if backward else forward_only, ctf_on)
-                 for ctf_on in (False, True) for backward in (False, True)}
+        cases = {
+            (ctf_on, backward): functools.partial(forward_backward if backward else forward_only, ctf_on)
+            for ctf_on in (False, True)
+            for backward in (False, True)
+        }
         for fn in [*(run for run, _ in matmuls.values()), *cases.values()]:
             fn()  # warm-up: allocations, caches, lazy initialisation
         # Interleaved repeats: the ceiling and each case see the same background load.
@@ -133,8 +140,10 @@ def main() -> int:
             fwd, both = best[(ctf_on, False)], best[(ctf_on, True)]
             fwd_frac, both_frac = fwd * flops / 1e9 / ceiling, both * 3 * flops / 1e9 / ceiling
             fwd_width, both_width = (11, 15) if ctf_on else (8, 11)
-            row.append(f" {fwd:>{fwd_width}.0f} {fwd_frac:>5.0%} {both:>{both_width}.0f} {both_frac:>5.0%}"
-                       + ("" if ctf_on else " |"))
+            row.append(
+                f" {fwd:>{fwd_width}.0f} {fwd_frac:>5.0%} {both:>{both_width}.0f} {both_frac:>5.0%}"
+                + ("" if ctf_on else " |")
+            )
         print("".join(row), flush=True)
         print("      matmul GFLOP/s by batch: " + ", ".join(f"B={b}: {best[b]:.1f}" for b in matmuls))
     return 0

@@ -61,8 +61,14 @@ def make_data(n_images: int, n_residues: int, relative_noise: float, render_sigm
     return topology, coords, images.float(), rotations.float(), noise_sigma
 
 
-def rws_loss(model: AtomVAE, images: torch.Tensor, n_pose: int, generator: torch.Generator,
-             reparam: bool, weighting: str) -> torch.Tensor:
+def rws_loss(
+    model: AtomVAE,
+    images: torch.Tensor,
+    n_pose: int,
+    generator: torch.Generator,
+    reparam: bool,
+    weighting: str,
+) -> torch.Tensor:
     """Reweighted wake-sleep: the pose head fits its own importance-weighted samples (weights
     p(y|z) p(z) / q(z|y), or p(y|z) alone), the amplitude the importance-weighted bound."""
     h = model.encoder(images)
@@ -97,8 +103,10 @@ def analyse(predicted: torch.Tensor, truth: torch.Tensor, errors: torch.Tensor) 
     bad = errors > 90
     mirrored = truth[bad].transpose(-1, -2) @ torch.diag(torch.tensor([1.0, 1.0, -1.0])) @ predicted[bad]
     spread = (mirrored - mirrored.mean(0)).square().sum(dim=(-2, -1))
-    print(f"errors > 90 deg: {float(bad.float().mean()):.2f}; of those consistent with one mirror map: "
-          f"{float((spread < 0.5).float().mean()):.2f}")
+    print(
+        f"errors > 90 deg: {float(bad.float().mean()):.2f}; of those consistent with one mirror map: "
+        f"{float((spread < 0.5).float().mean()):.2f}"
+    )
 
 
 def main() -> None:
@@ -114,37 +122,57 @@ def main() -> None:
     parser.add_argument("--beta-pose", type=float, default=0.01)
     parser.add_argument("--model-sigma", type=float, help="likelihood noise sigma (default: the true one)")
     parser.add_argument("--encoder", default="256,128", help="encoder widths")
-    parser.add_argument("--rws", choices=("q", "q+reparam"),
-                        help="reweighted wake-sleep update of the pose head")
+    parser.add_argument(
+        "--rws", choices=("q", "q+reparam"), help="reweighted wake-sleep update of the pose head"
+    )
     parser.add_argument("--rws-weights", choices=("full", "lik"), default="full")
     parser.add_argument("--supervised", action="store_true", help="baseline: regress onto the true rotations")
-    parser.add_argument("--warm-steps", type=int, default=0,
-                        help="first regress onto the true rotations for this many steps (a warm start), "
-                             "then train stage 1")
-    parser.add_argument("--analyse", action="store_true",
-                        help="error deciles and the mirror check at the end")
-    parser.add_argument("--sigma-bias", type=float,
-                        help="initial bias of the pose head's sigma layer (sigma = softplus(b) + 1e-5; "
-                             "default 0: 0.69)")
+    parser.add_argument(
+        "--warm-steps",
+        type=int,
+        default=0,
+        help="first regress onto the true rotations for this many steps (a warm start), then train stage 1",
+    )
+    parser.add_argument(
+        "--analyse", action="store_true", help="error deciles and the mirror check at the end"
+    )
+    parser.add_argument(
+        "--sigma-bias",
+        type=float,
+        help="initial bias of the pose head's sigma layer (sigma = softplus(b) + 1e-5; default 0: 0.69)",
+    )
     parser.add_argument("--stage1-lr", type=float, help="learning rate after the warm start (default: --lr)")
-    parser.add_argument("--zero-d", action="store_true",
-                        help="feed the pose head d = 0 everywhere (the old stage-1 input)")
-    parser.add_argument("--freeze-trunk", action="store_true",
-                        help="after the warm start train only the pose head and the amplitude")
+    parser.add_argument(
+        "--zero-d", action="store_true", help="feed the pose head d = 0 everywhere (the old stage-1 input)"
+    )
+    parser.add_argument(
+        "--freeze-trunk",
+        action="store_true",
+        help="after the warm start train only the pose head and the amplitude",
+    )
     parser.add_argument("--report", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    topology, coords, images, rotations, noise_sigma = make_data(args.images, args.residues, args.noise,
-                                                                 args.render_sigma, args.seed)
+    topology, coords, images, rotations, noise_sigma = make_data(
+        args.images, args.residues, args.noise, args.render_sigma, args.seed
+    )
     widths = tuple(int(w) for w in args.encoder.split(","))
-    config = ModelConfig(image_size=BOX, latent_conf=2, encoder_widths=widths, decoder_width=32,
-                         decoder_blocks=1, decoded_dim=32, render_atoms="CA",
-                         render_sigma=args.render_sigma)
+    config = ModelConfig(
+        image_size=BOX,
+        latent_conf=2,
+        encoder_widths=widths,
+        decoder_width=32,
+        decoder_blocks=1,
+        decoded_dim=32,
+        render_atoms="CA",
+        render_sigma=args.render_sigma,
+    )
     torch.manual_seed(args.seed)
-    model = AtomVAE(config, topology, coords, box=BOX, pixel_size=PIXEL_SIZE,
-                    noise_sigma=args.model_sigma or noise_sigma)
+    model = AtomVAE(
+        config, topology, coords, box=BOX, pixel_size=PIXEL_SIZE, noise_sigma=args.model_sigma or noise_sigma
+    )
     if args.zero_d:
         representation = model.decoder.representation
         model.decoder.representation = lambda z: torch.zeros_like(representation(z))
@@ -169,24 +197,35 @@ def main() -> None:
         if args.supervised or step <= args.warm_steps:
             loss = supervised_loss(model, images[batch], rotations[batch])
         elif args.rws:
-            loss = rws_loss(model, images[batch], args.n_pose, generator, args.rws == "q+reparam",
-                            args.rws_weights)
+            loss = rws_loss(
+                model, images[batch], args.n_pose, generator, args.rws == "q+reparam", args.rws_weights
+            )
         else:
-            loss = model.loss(images[batch], None, stage=1, n_conf=1, n_pose=args.n_pose, weights=weights,
-                              generator=generator).total
+            loss = model.loss(
+                images[batch],
+                None,
+                stage=1,
+                n_conf=1,
+                n_pose=args.n_pose,
+                weights=weights,
+                generator=generator,
+            ).total
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % args.report == 0 or step == args.steps:
             encoded = model.encode(images)
             errors = rotation_angle_deg(encoded["rotation"], rotations)
-            print(f"step {step:5d}  loss {float(loss.detach()):10.1f}  "
-                  f"amplitude {float(model.amplitude.detach()):.3f}  "
-                  f"pose sigma {float(encoded['pose_sigma'][:, 2:].mean()):.3f}  "
-                  f"|v1| {float(encoded['pose_mu'][:, 2:5].norm(dim=-1).mean()):.2f}  "
-                  f"median error {float(errors.median()):6.1f} deg  "
-                  f"< 10 deg {float((errors < 10).float().mean()):.2f}  "
-                  f"cpu {time.process_time() - started:.0f} s", flush=True)
+            print(
+                f"step {step:5d}  loss {float(loss.detach()):10.1f}  "
+                f"amplitude {float(model.amplitude.detach()):.3f}  "
+                f"pose sigma {float(encoded['pose_sigma'][:, 2:].mean()):.3f}  "
+                f"|v1| {float(encoded['pose_mu'][:, 2:5].norm(dim=-1).mean()):.2f}  "
+                f"median error {float(errors.median()):6.1f} deg  "
+                f"< 10 deg {float((errors < 10).float().mean()):.2f}  "
+                f"cpu {time.process_time() - started:.0f} s",
+                flush=True,
+            )
     if args.analyse:
         analyse(encoded["rotation"], rotations, errors)
 

@@ -46,15 +46,28 @@ def write_particles(folder: Path, n: int, seed: int = 0) -> Path:
     with mrcfile.new_mmap(stack_path, shape=(n, BOX, BOX), mrc_mode=2, overwrite=True) as mrc:
         for start in range(0, n, len(block)):
             stop = min(start + len(block), n)
-            mrc.data[start:stop] = block[:stop - start]
+            mrc.data[start:stop] = block[: stop - start]
             mrc.flush()  # written pages go to the file, not into this process's memory for long
         mrc.voxel_size = PIXEL_SIZE
     defocus = torch.as_tensor(8000.0 + 4000.0 * rng.random(n))
-    ctf = CTFParams(defocus_u=defocus, defocus_v=defocus + 200.0, astigmatism_angle=torch.full((n,), 30.0),
-                    voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1, phase_shift=0.0,
-                    bfactor=0.0)
-    meta = ParticleMetadata(image_paths=(stack_path,), file_index=np.zeros(n, dtype=np.int64),
-                            image_index=np.arange(n), ctf=ctf, pixel_size=PIXEL_SIZE, box=BOX)
+    ctf = CTFParams(
+        defocus_u=defocus,
+        defocus_v=defocus + 200.0,
+        astigmatism_angle=torch.full((n,), 30.0),
+        voltage=300.0,
+        spherical_aberration=2.7,
+        amplitude_contrast=0.1,
+        phase_shift=0.0,
+        bfactor=0.0,
+    )
+    meta = ParticleMetadata(
+        image_paths=(stack_path,),
+        file_index=np.zeros(n, dtype=np.int64),
+        image_index=np.arange(n),
+        ctf=ctf,
+        pixel_size=PIXEL_SIZE,
+        box=BOX,
+    )
     names = [f"{i + 1:06d}@{stack_path.name}" for i in range(n)]
     star_path = folder / "particles.star"
     starfile.write(star_tables(meta, names), star_path, overwrite=True)
@@ -75,16 +88,19 @@ def _status_kib(pid: int, fields: tuple[str, ...]) -> dict[str, int]:
 
 
 # Runs atomvae's CLI, then prints the process's own peak RSS (kB) as the last line of stdout.
-_CHILD = ("import sys\nfrom atomvae.cli.main import main\ncode = main(sys.argv[1:])\n"
-          "print('VmHWM', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
-          "sys.exit(code)\n")
+_CHILD = (
+    "import sys\nfrom atomvae.cli.main import main\ncode = main(sys.argv[1:])\n"
+    "print('VmHWM', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
+    "sys.exit(code)\n"
+)
 
 
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run ``atomvae <command>``: wall time, peak RSS (VmHWM), sampled peaks of RssAnon / RssFile, MiB."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", _CHILD, *command], env=env, stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *command], env=env, stdout=subprocess.PIPE, text=True
+    )
     peaks = {"RssAnon": 0, "RssFile": 0}
     done = threading.Event()
 
@@ -109,8 +125,12 @@ def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
         raise SystemExit(f"training failed with exit code {process.returncode}")
     print(output, end="")
     peak_kib = int(output.strip().splitlines()[-1].split()[1])
-    return {"wall_s": time.perf_counter() - started, "max_rss_mib": peak_kib / 1024,
-            "peak_rss_anon_mib": peaks["RssAnon"] / 1024, "peak_rss_file_mib": peaks["RssFile"] / 1024}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "max_rss_mib": peak_kib / 1024,
+        "peak_rss_anon_mib": peaks["RssAnon"] / 1024,
+        "peak_rss_file_mib": peaks["RssFile"] / 1024,
+    }
 
 
 def main() -> None:
@@ -127,14 +147,26 @@ def main() -> None:
         written = time.perf_counter() - t0
         config = folder / "memory.yaml"
         config.write_text("preset: cpu\ndata: {max_val_images: 64}\n")
-        command = ["train", str(star), PDB_small, "-o", str(folder / "run"),
-                   "--config", str(config), "--max-steps", str(args.steps), "--no-progress"]
+        command = [
+            "train",
+            str(star),
+            PDB_small,
+            "-o",
+            str(folder / "run"),
+            "--config",
+            str(config),
+            "--max-steps",
+            str(args.steps),
+            "--no-progress",
+        ]
         result = measure(command, dict(os.environ))
         stack_mib = (folder / "particles.mrcs").stat().st_size / 2**20
-    print(f"particles {args.particles} ({BOX} px, stack {stack_mib:.0f} MiB, written in {written:.0f} s); "
-          f"{args.steps} steps in {result['wall_s']:.0f} s: peak RSS {result['max_rss_mib']:.0f} MiB "
-          f"(anonymous {result['peak_rss_anon_mib']:.0f} MiB, "
-          f"file-backed {result['peak_rss_file_mib']:.0f} MiB)")
+    print(
+        f"particles {args.particles} ({BOX} px, stack {stack_mib:.0f} MiB, written in {written:.0f} s); "
+        f"{args.steps} steps in {result['wall_s']:.0f} s: peak RSS {result['max_rss_mib']:.0f} MiB "
+        f"(anonymous {result['peak_rss_anon_mib']:.0f} MiB, "
+        f"file-backed {result['peak_rss_file_mib']:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

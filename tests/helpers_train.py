@@ -32,19 +32,36 @@ PIXEL_SIZE = 1.5  # A
 def tiny_config(**changes) -> TrainConfig:
     """A model small enough that a step takes milliseconds; 2 + 2 epochs."""
     config = TrainConfig(
-        model=ModelConfig(image_size=BOX, encoder_widths=(64, 32), decoder_width=32, decoder_blocks=2,
-                          decoded_dim=32, pose_width=16, render_atoms="CA", render_sigma=2.0),
+        model=ModelConfig(
+            image_size=BOX,
+            encoder_widths=(64, 32),
+            decoder_width=32,
+            decoder_blocks=2,
+            decoded_dim=32,
+            pose_width=16,
+            render_atoms="CA",
+            render_sigma=2.0,
+        ),
         stage1=StageConfig(epochs=2, n_pose=4, lr_decay_epochs=(1,)),
         stage2=StageConfig(epochs=2, n_pose=2, n_conf=2),
-        batch_size=8, device="cpu", checkpoint_every=5,
+        batch_size=8,
+        device="cpu",
+        checkpoint_every=5,
         data=DataConfig(val_fraction=0.1, n_calibration_images=16),
     )
     return replace(config, **changes)
 
 
-def write_particles(folder: Path, n: int = 48, seed: int = 0, noise: float = 0.05,
-                    box: int = BOX, with_poses: bool = True, base: Path = BASE_PDB,
-                    pixel_size: float = PIXEL_SIZE) -> Path:
+def write_particles(
+    folder: Path,
+    n: int = 48,
+    seed: int = 0,
+    noise: float = 0.05,
+    box: int = BOX,
+    with_poses: bool = True,
+    base: Path = BASE_PDB,
+    pixel_size: float = PIXEL_SIZE,
+) -> Path:
     """Write ``folder/particles.star`` + ``folder/particles.mrcs`` rendered from ``base``; returns the .star
     path. noise: standard deviation relative to the clean images'."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,9 +72,16 @@ def write_particles(folder: Path, n: int = 48, seed: int = 0, noise: float = 0.0
     rotation = random_rotations(n, generator=generator, dtype=torch.float64)
     shift = 2.0 * torch.randn(n, 2, generator=generator, dtype=torch.float64)
     defocus = 8000.0 + 4000.0 * torch.rand(n, generator=generator, dtype=torch.float64)
-    ctf = CTFParams(defocus_u=defocus, defocus_v=defocus + 200.0, astigmatism_angle=torch.full((n,), 30.0),
-                    voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1, phase_shift=0.0,
-                    bfactor=0.0)
+    ctf = CTFParams(
+        defocus_u=defocus,
+        defocus_v=defocus + 200.0,
+        astigmatism_angle=torch.full((n,), 30.0),
+        voltage=300.0,
+        spherical_aberration=2.7,
+        amplitude_contrast=0.1,
+        phase_shift=0.0,
+        bfactor=0.0,
+    )
     images = render(coords, rotation, shift, ctf.to(dtype=torch.float64), box, pixel_size, sigma=1.5)
     noise_pixels = torch.randn(images.shape, generator=generator, dtype=torch.float64)
     images = images + noise * images.std() * noise_pixels
@@ -66,9 +90,14 @@ def write_particles(folder: Path, n: int = 48, seed: int = 0, noise: float = 0.0
         mrc.set_data(images.float().numpy())
         mrc.voxel_size = pixel_size
     meta = ParticleMetadata(
-        image_paths=(stack_path,), file_index=np.zeros(n, dtype=np.int64), image_index=np.arange(n),
-        ctf=ctf, pixel_size=pixel_size, box=box,
-        rotation=rotation if with_poses else None, shift=shift if with_poses else None,
+        image_paths=(stack_path,),
+        file_index=np.zeros(n, dtype=np.int64),
+        image_index=np.arange(n),
+        ctf=ctf,
+        pixel_size=pixel_size,
+        box=box,
+        rotation=rotation if with_poses else None,
+        shift=shift if with_poses else None,
     )
     names = [f"{i + 1:06d}@{stack_path.name}" for i in range(n)]
     star_path = folder / "particles.star"

@@ -41,8 +41,25 @@ def trained_run(tmp_path_factory):
     config_path = folder / "tiny.yaml"
     save_config(tiny_config(), config_path)
     run_dir = folder / "run"
-    assert main(["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(config_path),
-                 "--max-steps", "4", "--seed", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(star),
+                str(BASE_PDB),
+                "-o",
+                str(run_dir),
+                "--config",
+                str(config_path),
+                "--max-steps",
+                "4",
+                "--seed",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     _, checkpoint = best_checkpoint_path(run_dir)
     payload = load_checkpoint(checkpoint)
     generator = torch.Generator().manual_seed(0)
@@ -59,8 +76,25 @@ def trained_run(tmp_path_factory):
 def analysis(trained_run):
     folder, star, run_dir = trained_run
     out = folder / "analysis"
-    assert main(["analyze", str(run_dir), "-o", str(out), "--states", "3", "--particles", str(star),
-                 "--traversal-steps", "5", "--rmsf-samples", "16"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(run_dir),
+                "-o",
+                str(out),
+                "--states",
+                "3",
+                "--particles",
+                str(star),
+                "--traversal-steps",
+                "5",
+                "--rmsf-samples",
+                "16",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -71,8 +105,9 @@ def test_kmeans_recovers_separated_clusters_numbered_by_size():
     rng = np.random.default_rng(1)
     true_centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 3.0]])
     sizes = [10, 40, 25]
-    points = np.concatenate([c + 0.3 * rng.standard_normal((n, 3)) for c, n in zip(true_centres, sizes,
-                                                                                      strict=True)])
+    points = np.concatenate(
+        [c + 0.3 * rng.standard_normal((n, 3)) for c, n in zip(true_centres, sizes, strict=True)]
+    )
     result = kmeans(points, 3, seed=4)
     assert result.counts.tolist() == [40, 25, 10]  # cluster 0 is the largest
     assert np.allclose(result.centres, true_centres[[1, 2, 0]], atol=0.2)
@@ -217,8 +252,27 @@ def test_analyze_clusters_the_latents_of_encode_or_of_the_runs_own_particles(tra
     latents = tmp_path / "latents.npz"
     assert main(["encode", str(run_dir), str(star), "-o", str(latents)]) == 0
     out = tmp_path / "from_latents"
-    assert main(["analyze", str(run_dir), "-o", str(out), "--states", "2", "--latents", str(latents),
-                 "--seed", "7", "--traversal-steps", "2", "--rmsf-samples", "4"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(run_dir),
+                "-o",
+                str(out),
+                "--states",
+                "2",
+                "--latents",
+                str(latents),
+                "--seed",
+                "7",
+                "--traversal-steps",
+                "2",
+                "--rmsf-samples",
+                "4",
+            ]
+        )
+        == 0
+    )
     with np.load(latents) as data:
         mu, index = data["mu"], data["index"]
     expected = kmeans(mu, 2, seed=7)
@@ -230,8 +284,25 @@ def test_analyze_clusters_the_latents_of_encode_or_of_the_runs_own_particles(tra
         assert np.array_equal(states["state"], expected.labels + 1)
     assert summary["rmsf"]["n_structures"] == 4
     own = tmp_path / "own"
-    assert main(["analyze", str(run_dir), "-o", str(own), "--states", "2", "--seed", "7",
-                 "--traversal-steps", "2", "--rmsf-samples", "4"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(run_dir),
+                "-o",
+                str(own),
+                "--states",
+                "2",
+                "--seed",
+                "7",
+                "--traversal-steps",
+                "2",
+                "--rmsf-samples",
+                "4",
+            ]
+        )
+        == 0
+    )
     own_summary = json.loads((own / "states.json").read_text())
     assert own_summary["latents"] == "encoded" and own_summary["n_particles"] == N_PARTICLES
     assert own_summary["particles"] == str(star.resolve())
@@ -242,8 +313,21 @@ def test_analyze_refuses_a_non_empty_folder_and_bad_options(trained_run, analysi
     _, star, run_dir = trained_run
     assert main(["analyze", str(run_dir), "-o", str(analysis)]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["analyze", str(run_dir), "-o", str(analysis.parent / "x"), "--states", "99",
-                 "--particles", str(star)]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                str(run_dir),
+                "-o",
+                str(analysis.parent / "x"),
+                "--states",
+                "99",
+                "--particles",
+                str(star),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("atomvae: error: --states:") and "\n" not in err.strip()
 
@@ -254,19 +338,24 @@ def test_analyze_refuses_a_non_empty_folder_and_bad_options(trained_run, analysi
 def test_export_state_keeps_relion_tables(trained_run, analysis, tmp_path):
     _, star, run_dir = trained_run
     out = tmp_path / "state2.star"
-    assert main(["export", str(run_dir), str(star), "-o", str(out), "--state", "2",
-                 "--analysis", str(analysis)]) == 0
+    assert (
+        main(["export", str(run_dir), str(star), "-o", str(out), "--state", "2", "--analysis", str(analysis)])
+        == 0
+    )
     with np.load(analysis / "states.npz") as states:
         expected = np.sort(states["index"][states["state"] == 2])
     original, subset = starfile.read(star, always_dict=True), starfile.read(out, always_dict=True)
     pd.testing.assert_frame_equal(subset["optics"], original["optics"])
-    pd.testing.assert_frame_equal(subset["particles"],
-                                  original["particles"].iloc[expected].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        subset["particles"], original["particles"].iloc[expected].reset_index(drop=True)
+    )
     # text-level copy: the header and every kept row are the original lines
     original_lines = star.read_text().splitlines()
     assert set(out.read_text().splitlines()) <= set(original_lines)
-    assert main(["export", str(run_dir), str(star), "-o", str(out), "--state", "2",
-                 "--analysis", str(analysis)]) == 2  # never overwrites without --overwrite
+    assert (
+        main(["export", str(run_dir), str(star), "-o", str(out), "--state", "2", "--analysis", str(analysis)])
+        == 2
+    )  # never overwrites without --overwrite
 
 
 def test_export_by_distance_selects_posterior_mean_distances(trained_run, tmp_path):
@@ -287,10 +376,38 @@ def test_export_by_distance_selects_posterior_mean_distances(trained_run, tmp_pa
     distances = np.linalg.norm(coords[:, a] - coords[:, b], axis=-1)
     threshold = float(np.median(distances))
     below, above = tmp_path / "below.star", tmp_path / "above.star"
-    assert main(["export", str(run_dir), str(star), "-o", str(below), "--distance", spec,
-                 "--below", f"{threshold!r}"]) == 0
-    assert main(["export", str(run_dir), str(star), "-o", str(above), "--distance", spec,
-                 "--above", f"{threshold!r}"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                str(star),
+                "-o",
+                str(below),
+                "--distance",
+                spec,
+                "--below",
+                f"{threshold!r}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                str(star),
+                "-o",
+                str(above),
+                "--distance",
+                spec,
+                "--above",
+                f"{threshold!r}",
+            ]
+        )
+        == 0
+    )
     original = starfile.read(star, always_dict=True)["particles"]
     names_below = starfile.read(below, always_dict=True)["particles"]["rlnImageName"].tolist()
     names_above = starfile.read(above, always_dict=True)["particles"]["rlnImageName"].tolist()
@@ -299,8 +416,15 @@ def test_export_by_distance_selects_posterior_mean_distances(trained_run, tmp_pa
 
 
 def _write_cs(path, n=7):
-    dtype = [("uid", "<u8"), ("blob/path", "S32"), ("blob/idx", "<u4"), ("blob/psize_A", "<f4"),
-             ("ctf/df1_A", "<f4"), ("alignments3D/pose", "<f4", (3,)), ("alignments3D/shift", "<f4", (2,))]
+    dtype = [
+        ("uid", "<u8"),
+        ("blob/path", "S32"),
+        ("blob/idx", "<u4"),
+        ("blob/psize_A", "<f4"),
+        ("ctf/df1_A", "<f4"),
+        ("alignments3D/pose", "<f4", (3,)),
+        ("alignments3D/shift", "<f4", (2,)),
+    ]
     data = np.zeros(n, dtype=dtype)
     data["uid"] = np.arange(n) * 1000 + 17
     data["blob/path"] = [f">J1/imported/stack_{i % 2}.mrc".encode() for i in range(n)]
@@ -335,9 +459,12 @@ def test_export_index_list_keeps_cryosparc_fields(trained_run, tmp_path):
 
 def test_relion_30_single_table_subset(tmp_path):
     source = tmp_path / "old.star"
-    source.write_text("\n# version 30001\n\ndata_\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n"
-                      "_rlnVoltage #3\n" + "".join(f"{i + 1:06d}@stack.mrcs {10000.5 + i:.6f} 300.0\n"
-                                                   for i in range(5)) + "\n")
+    source.write_text(
+        "\n# version 30001\n\ndata_\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n"
+        "_rlnVoltage #3\n"
+        + "".join(f"{i + 1:06d}@stack.mrcs {10000.5 + i:.6f} 300.0\n" for i in range(5))
+        + "\n"
+    )
     written, total = write_particle_subset(source, [4, 0], tmp_path / "new.star")
     assert (written, total) == (2, 5)
     table = starfile.read(tmp_path / "new.star")
@@ -371,8 +498,20 @@ def test_export_bad_input_is_one_line(trained_run, tmp_path, capsys, extra, mess
 def test_export_output_must_keep_the_format(trained_run, tmp_path, capsys):
     _, star, run_dir = trained_run
     (tmp_path / "rows.txt").write_text("1\n")
-    assert main(["export", str(run_dir), str(star), "-o", str(tmp_path / "out.cs"), "--latent-file",
-                 str(tmp_path / "rows.txt")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                str(star),
+                "-o",
+                str(tmp_path / "out.cs"),
+                "--latent-file",
+                str(tmp_path / "rows.txt"),
+            ]
+        )
+        == 2
+    )
     assert "must end in .star" in capsys.readouterr().err
 
 

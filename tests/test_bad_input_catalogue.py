@@ -32,8 +32,11 @@ N_PARTICLES = 24
 
 def _tree(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones included) with its content hash."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _error(capsys, argv: list, message: str, code: int = 2) -> str:
@@ -54,14 +57,40 @@ def world(tmp_path_factory):
     config = folder / "tiny.yaml"
     save_config(tiny_config(), config)
     run_dir = folder / "run"
-    assert main(["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(config),
-                 "--max-steps", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(star),
+                str(BASE_PDB),
+                "-o",
+                str(run_dir),
+                "--config",
+                str(config),
+                "--max-steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return {"folder": folder, "star": star, "config": config, "run": run_dir}
 
 
 def _train(world, out: Path, star=None, base=BASE_PDB, *extra) -> list:
-    return ["train", star or world["star"], base, "-o", out, "--config", world["config"], "--max-steps", "2",
-            "--no-progress", *extra]
+    return [
+        "train",
+        star or world["star"],
+        base,
+        "-o",
+        out,
+        "--config",
+        world["config"],
+        "--max-steps",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _edited_star(world, tmp_path: Path, edit) -> Path:
@@ -92,8 +121,11 @@ def test_nan_defocus_in_one_row_is_skipped_with_a_count(world, tmp_path, capsys)
 
     star = _edited_star(world, tmp_path, nan_defocus)
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match=r"1 of 24 particle\(s\) are not finite \(1 with NaN/Inf defocus; "
-                                         r"first: particle 6\); skipping them"):
+    with pytest.warns(
+        UserWarning,
+        match=r"1 of 24 particle\(s\) are not finite \(1 with NaN/Inf defocus; "
+        r"first: particle 6\); skipping them",
+    ):
         assert main([str(a) for a in _train(world, out, star)]) == 0
     info = yaml.safe_load((out / "run.yaml").read_text())
     assert info["n_particles"] == N_PARTICLES - 1
@@ -125,20 +157,40 @@ def test_nan_base_coordinate_is_an_error_naming_the_users_file(world, tmp_path, 
 def test_all_steps_non_finite_stops_with_an_error(world, tmp_path, capsys):
     # A noise level that underflows float32 makes every step's likelihood infinite.
     out = tmp_path / "run"
-    _error(capsys, ["train", world["star"], BASE_PDB, "-o", out, "--config", world["config"], "--no-progress",
-                    "--noise-sigma", "1e-46"], "had a non-finite loss, so nothing is being learnt")
+    _error(
+        capsys,
+        [
+            "train",
+            world["star"],
+            BASE_PDB,
+            "-o",
+            out,
+            "--config",
+            world["config"],
+            "--no-progress",
+            "--noise-sigma",
+            "1e-46",
+        ],
+        "had a non-finite loss, so nothing is being learnt",
+    )
     assert not (out / "best.yaml").exists()
 
 
 # ----------------------------------------------------------- 2. every input checked before the folder
 
 
-@pytest.mark.parametrize(("name", "keep", "message"), [
-    ("no_atoms.pdb", lambda line: line.startswith(("CRYST1", "END")), "no "),
-    ("calpha.pdb", lambda line: not line.startswith("ATOM") or line[12:16].strip() == "CA",
-     "only a C-alpha atom"),
-    ("empty.pdb", lambda line: False, "no "),
-])
+@pytest.mark.parametrize(
+    ("name", "keep", "message"),
+    [
+        ("no_atoms.pdb", lambda line: line.startswith(("CRYST1", "END")), "no "),
+        (
+            "calpha.pdb",
+            lambda line: not line.startswith("ATOM") or line[12:16].strip() == "CA",
+            "only a C-alpha atom",
+        ),
+        ("empty.pdb", lambda line: False, "no "),
+    ],
+)
 def test_bad_base_structure_is_refused_before_the_run_folder(world, tmp_path, capsys, name, keep, message):
     base = _edited_pdb(tmp_path, name, keep)
     out = tmp_path / "run"
@@ -184,11 +236,15 @@ def test_constant_images_are_refused_before_the_run_folder(world, tmp_path, caps
 
 def test_init_from_a_run_with_another_residue_count(world, tmp_path, capsys):
     last_residue = read_structure(BASE_PDB).topology.res_seq[-1]
-    nine = _edited_pdb(tmp_path, "nine.pdb",
-                       lambda line: not (line.startswith("ATOM") and int(line[22:26]) == last_residue))
+    nine = _edited_pdb(
+        tmp_path, "nine.pdb", lambda line: not (line.startswith("ATOM") and int(line[22:26]) == last_residue)
+    )
     out = tmp_path / "run"
-    _error(capsys, _train(world, out, None, nine, "--init", world["run"]),
-           "--init: its base structure has 10 residues")
+    _error(
+        capsys,
+        _train(world, out, None, nine, "--init", world["run"]),
+        "--init: its base structure has 10 residues",
+    )
     assert not out.exists()
 
 
@@ -213,8 +269,11 @@ def test_resume_with_another_particle_file_of_the_same_shape(world, tmp_path, ca
     shutil.copytree(world["run"], run)
     other = write_particles(tmp_path / "other", n=N_PARTICLES, seed=7)  # same count, box, pixel size
     before = _tree(run)
-    _error(capsys, ["train", other, BASE_PDB, "-o", run, "--resume", "--max-steps", "3", "--no-progress"],
-           "is not the particle file this run started with")
+    _error(
+        capsys,
+        ["train", other, BASE_PDB, "-o", run, "--resume", "--max-steps", "3", "--no-progress"],
+        "is not the particle file this run started with",
+    )
     assert _tree(run) == before
 
 
@@ -224,8 +283,22 @@ def test_resume_with_the_same_particles_moved_elsewhere(world, tmp_path, capsys)
     moved = tmp_path / "moved"
     shutil.copytree(world["star"].parent, moved)
     with pytest.warns(UserWarning, match="started with .* \\(same contents\\); continuing"):
-        assert main(["train", str(moved / "particles.star"), str(BASE_PDB), "-o", str(run), "--resume",
-                     "--max-steps", "3", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    str(moved / "particles.star"),
+                    str(BASE_PDB),
+                    "-o",
+                    str(run),
+                    "--resume",
+                    "--max-steps",
+                    "3",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
 
 
 def test_duplicated_particles_are_an_error(world, tmp_path, capsys):
@@ -254,15 +327,21 @@ def test_sample_never_replaces_the_runs_base_structure(world, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
     before = _tree(run)
-    _error(capsys, ["sample", run, "-n", "2", "-o", run / "base.pdb", "--overwrite"],
-           "is an input of this command")
+    _error(
+        capsys,
+        ["sample", run, "-n", "2", "-o", run / "base.pdb", "--overwrite"],
+        "is an input of this command",
+    )
     assert _tree(run) == before
 
 
 def test_sample_dcd_checks_its_topology_companion(world, tmp_path, capsys):
     (tmp_path / "s_topology.pdb").write_text("precious")
-    _error(capsys, ["sample", world["run"], "-n", "2", "-o", tmp_path / "s.dcd"],
-           "s_topology.pdb: already exists")
+    _error(
+        capsys,
+        ["sample", world["run"], "-n", "2", "-o", tmp_path / "s.dcd"],
+        "s_topology.pdb: already exists",
+    )
     assert not (tmp_path / "s.dcd").exists()
 
 
@@ -294,8 +373,11 @@ def test_evaluate_never_replaces_a_report_or_its_inputs(world, tmp_path, capsys)
     _error(capsys, ["evaluate", gt, gt, "--n", "2", "-o", report], "report.html: already exists")
     assert (report / "report.html").read_text() == "precious"
     before = gt.read_bytes()
-    _error(capsys, ["evaluate", gt, gt, "--n", "2", "-o", tmp_path / "new", "--json", gt, "--overwrite"],
-           "is an input of this command")
+    _error(
+        capsys,
+        ["evaluate", gt, gt, "--n", "2", "-o", tmp_path / "new", "--json", gt, "--overwrite"],
+        "is an input of this command",
+    )
     assert gt.read_bytes() == before and not (tmp_path / "new").exists()
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
@@ -316,12 +398,15 @@ def test_unwritable_output_folder_is_refused_before_work(world, tmp_path, capsys
     _error(capsys, ["sample", world["run"], "-n", "2", "-o", blocker / "x.pdb"], "is not a folder")
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--n-particles", "0"], "--n-particles: must be a"),
-    (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--steps", "1"], "--steps: need at least 2 steps"),
-    (["encode", "{run}", "{star}", "-o", "{tmp}/x.npz", "--batch-size", "0"], "--batch-size: must be a"),
-    (["sample", "{run}", "-n", "0", "-o", "{tmp}/x.pdb"], "-n: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--n-particles", "0"], "--n-particles: must be a"),
+        (["interpolate", "{run}", "-o", "{tmp}/x.pdb", "--steps", "1"], "--steps: need at least 2 steps"),
+        (["encode", "{run}", "{star}", "-o", "{tmp}/x.npz", "--batch-size", "0"], "--batch-size: must be a"),
+        (["sample", "{run}", "-n", "0", "-o", "{tmp}/x.pdb"], "-n: must be a positive integer"),
+    ],
+)
 def test_zero_counts_are_one_line_before_work(world, tmp_path, capsys, argv, message):
     argv = [a.format(run=world["run"], tmp=tmp_path, star=world["star"]) for a in argv]
     _error(capsys, argv, message)
@@ -331,8 +416,24 @@ def test_zero_counts_are_one_line_before_work(world, tmp_path, capsys, argv, mes
 def test_simulate_into_the_current_folder_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "keep.txt").write_text("precious")
-    _error(capsys, ["simulate", BASE_PDB, "-n", "2", "--box", "16", "--pixel-size", "2", "-o", ".",
-                    "--overwrite", "--no-progress"], "is the current folder")
+    _error(
+        capsys,
+        [
+            "simulate",
+            BASE_PDB,
+            "-n",
+            "2",
+            "--box",
+            "16",
+            "--pixel-size",
+            "2",
+            "-o",
+            ".",
+            "--overwrite",
+            "--no-progress",
+        ],
+        "is the current folder",
+    )
     assert _tree(tmp_path) == {"keep.txt": hashlib.sha256(b"precious").hexdigest()}
 
 
@@ -365,11 +466,20 @@ def test_cryodrgn_stack_is_usable_from_the_command_line(world, tmp_path, capsys)
     """A bare .mrcs with its ctf.pkl beside it (cryoDRGN's layout) encodes like the STAR file."""
     tables = starfile.read(world["star"], always_dict=True)
     particles, optics = tables["particles"], tables["optics"].iloc[0]
-    ctf = np.stack([np.full(N_PARTICLES, BOX), np.full(N_PARTICLES, PIXEL_SIZE), particles["rlnDefocusU"],
-                    particles["rlnDefocusV"], particles["rlnDefocusAngle"],
-                    np.full(N_PARTICLES, optics["rlnVoltage"]),
-                    np.full(N_PARTICLES, optics["rlnSphericalAberration"]),
-                    np.full(N_PARTICLES, optics["rlnAmplitudeContrast"]), particles["rlnPhaseShift"]], axis=1)
+    ctf = np.stack(
+        [
+            np.full(N_PARTICLES, BOX),
+            np.full(N_PARTICLES, PIXEL_SIZE),
+            particles["rlnDefocusU"],
+            particles["rlnDefocusV"],
+            particles["rlnDefocusAngle"],
+            np.full(N_PARTICLES, optics["rlnVoltage"]),
+            np.full(N_PARTICLES, optics["rlnSphericalAberration"]),
+            np.full(N_PARTICLES, optics["rlnAmplitudeContrast"]),
+            particles["rlnPhaseShift"],
+        ],
+        axis=1,
+    )
     stack = tmp_path / "particles.mrcs"
     shutil.copy(world["star"].parent / "particles.mrcs", stack)
     with open(tmp_path / "ctf.pkl", "wb") as f:
@@ -386,8 +496,9 @@ def test_cryodrgn_stack_is_usable_from_the_command_line(world, tmp_path, capsys)
 def test_missing_stack_does_not_suggest_an_option_that_does_not_exist(world, tmp_path, capsys):
     star = tmp_path / "p.star"
     shutil.copy(world["star"], star)  # without its stack
-    line = _error(capsys, ["train", star, BASE_PDB, "-o", tmp_path / "run"],
-                  "image stack particles.mrcs not found")
+    line = _error(
+        capsys, ["train", star, BASE_PDB, "-o", tmp_path / "run"], "image stack particles.mrcs not found"
+    )
     assert "--datadir" not in line
 
 
@@ -396,8 +507,9 @@ def test_optics_image_size_disagreeing_with_the_stack(world, tmp_path, capsys):
         tables["optics"]["rlnImageSize"] = 64
 
     star = _edited_star(world, tmp_path, image_size_64)
-    _error(capsys, _train(world, tmp_path / "run", star),
-           "rlnImageSize 64 disagrees with the 32-pixel images")
+    _error(
+        capsys, _train(world, tmp_path / "run", star), "rlnImageSize 64 disagrees with the 32-pixel images"
+    )
 
 
 def test_all_negative_defocus(world, tmp_path, capsys):
@@ -431,12 +543,28 @@ def test_evaluate_with_missing_residues_is_an_error_unless_allowed(tmp_path, cap
     write_ensemble(gt, structure.topology, coords)
     keep = np.flatnonzero(structure.topology.residue_index < 7)
     write_ensemble(pred, structure.topology.subset(keep), coords[:, keep])
-    _error(capsys, ["evaluate", pred, gt, "--n", "2", "-o", tmp_path / "e"],
-           "3 of its 10 CA atoms have no partner in")
+    _error(
+        capsys,
+        ["evaluate", pred, gt, "--n", "2", "-o", tmp_path / "e"],
+        "3 of its 10 CA atoms have no partner in",
+    )
     assert not (tmp_path / "e").exists()
     with pytest.warns(UserWarning, match="compares only 7 CA atoms in common"):
-        assert main(["evaluate", str(pred), str(gt), "--n", "2", "-o", str(tmp_path / "e"),
-                     "--allow-missing-atoms"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(pred),
+                    str(gt),
+                    "--n",
+                    "2",
+                    "-o",
+                    str(tmp_path / "e"),
+                    "--allow-missing-atoms",
+                ]
+            )
+            == 0
+        )
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["atoms_note"].startswith("ONLY 7 CA atoms")
 
@@ -462,8 +590,18 @@ def test_kill_after_an_epochs_validation_leaves_no_duplicate_row(world, tmp_path
             raise Killed  # like kill -9: nothing after the row is written
 
     monkeypatch.setattr(MetricsLogger, "log", log_then_die)
-    argv = ["train", str(world["star"]), str(BASE_PDB), "-o", str(out), "--config", str(config),
-            "--max-steps", "5", "--no-progress"]
+    argv = [
+        "train",
+        str(world["star"]),
+        str(BASE_PDB),
+        "-o",
+        str(out),
+        "--config",
+        str(config),
+        "--max-steps",
+        "5",
+        "--no-progress",
+    ]
     with pytest.raises(Killed):
         main(argv)
     monkeypatch.undo()
@@ -489,8 +627,11 @@ def test_simulate_checks_free_space_before_rendering(tmp_path, capsys, monkeypat
     almost_full = shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: almost_full)
     out = tmp_path / "sim"
-    _error(capsys, ["simulate", BASE_PDB, "-n", "4", "--box", "16", "--pixel-size", "2", "-o", out,
-                    "--no-progress"], "but only 0 MiB are free")
+    _error(
+        capsys,
+        ["simulate", BASE_PDB, "-n", "4", "--box", "16", "--pixel-size", "2", "-o", out, "--no-progress"],
+        "but only 0 MiB are free",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -502,8 +643,12 @@ def test_a_write_that_fails_mid_run_is_one_line_and_leaves_nothing(tmp_path, cap
 
     monkeypatch.setattr(atomvae.simulate.starfile, "write", no_space)
     out = tmp_path / "sim"
-    _error(capsys, ["simulate", BASE_PDB, "-n", "2", "--box", "16", "--pixel-size", "2", "-o", out,
-                    "--no-progress"], "particles.star: No space left on device", code=1)
+    _error(
+        capsys,
+        ["simulate", BASE_PDB, "-n", "2", "--box", "16", "--pixel-size", "2", "-o", out, "--no-progress"],
+        "particles.star: No space left on device",
+        code=1,
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -511,8 +656,9 @@ def test_warnings_print_as_one_line():
     """atomvae's warnings (skipped particles, a moved particle file) read like its errors on the terminal."""
     from atomvae.cli.main import _one_line_warning
 
-    line = _one_line_warning("p.star: 1 of 24 particle(s) are not finite", UserWarning,
-                             "/x/atomvae/data/validate.py", 10)
+    line = _one_line_warning(
+        "p.star: 1 of 24 particle(s) are not finite", UserWarning, "/x/atomvae/data/validate.py", 10
+    )
     assert line == "atomvae: warning: p.star: 1 of 24 particle(s) are not finite\n"
     assert "DeprecationWarning" in _one_line_warning("old", DeprecationWarning, "/x/numpy/core.py", 3)
 
@@ -524,8 +670,11 @@ def test_evaluate_names_a_base_structure_that_lacks_residues(tmp_path, capsys):
     write_ensemble(gt, structure.topology, coords)
     keep = np.flatnonzero(structure.topology.residue_index < 8)
     write_ensemble(base, structure.topology.subset(keep), structure.coords[keep])
-    line = _error(capsys, ["evaluate", gt, gt, "--base", base, "--n", "2", "-o", tmp_path / "e"],
-                  "2 of its 10 CA atoms have no partner in")
+    line = _error(
+        capsys,
+        ["evaluate", gt, gt, "--base", base, "--n", "2", "-o", tmp_path / "e"],
+        "2 of its 10 CA atoms have no partner in",
+    )
     label = structure.topology.residue_label(8)
     assert f"no partner in {base} (first: residue {label})" in line
 
@@ -534,6 +683,19 @@ def test_search_poses_never_replaces_its_input_star(world, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(world["star"].parent, data)
     before = _tree(data)
-    _error(capsys, ["search-poses", data / "particles.star", BASE_PDB, "-o", data / "particles.star",
-                    "--overwrite", "--image-size", "32", "--no-progress"], "is an input of this command")
+    _error(
+        capsys,
+        [
+            "search-poses",
+            data / "particles.star",
+            BASE_PDB,
+            "-o",
+            data / "particles.star",
+            "--overwrite",
+            "--image-size",
+            "32",
+            "--no-progress",
+        ],
+        "is an input of this command",
+    )
     assert _tree(data) == before

@@ -39,8 +39,15 @@ def test_checkpoint_round_trip(tmp_path):
     model, optimizer = _tiny_model_and_optimizer()
     path = tmp_path / "ckpt" / "last.pt"
     position = Position(stage=2, epoch=3, step_in_epoch=7, global_step=41)
-    save_checkpoint(path, model=model, optimizer=optimizer, position=position,
-                    model_init={"box": 64, "pixel_size": 1.5, "noise_sigma": 0.7}, seed=5, metrics={"x": 1.0})
+    save_checkpoint(
+        path,
+        model=model,
+        optimizer=optimizer,
+        position=position,
+        model_init={"box": 64, "pixel_size": 1.5, "noise_sigma": 0.7},
+        seed=5,
+        metrics={"x": 1.0},
+    )
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left behind
     payload = load_checkpoint(path)
     assert payload["position"] == position and payload["seed"] == 5
@@ -67,10 +74,13 @@ def test_rng_states_restore_exactly():
     assert [random.random() for _ in range(4)] == expected[2]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"not a checkpoint at all", "cannot read checkpoint"),
-    (None, "not an atomvae checkpoint"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a checkpoint at all", "cannot read checkpoint"),
+        (None, "not an atomvae checkpoint"),
+    ],
+)
 def test_corrupt_checkpoints_are_input_errors(tmp_path, content, message):
     path = tmp_path / "last.pt"
     if content is None:
@@ -115,14 +125,17 @@ def test_split_is_fixed_by_seed_and_disjoint():
 
 # ------------------------------------------------------------------------------------ resume equality
 
+
 def _final_state(run_dir):
     payload = load_checkpoint(run_dir / "seed_0" / "checkpoints" / "last.pt")
     return payload["position"], payload["model"], payload["optimizer"]
 
 
 def _train_records(run_dir):
-    return [{k: v for k, v in r.items() if k != "images_per_s"}
-            for r in read_metrics(run_dir / "seed_0" / "metrics.jsonl")]
+    return [
+        {k: v for k, v in r.items() if k != "images_per_s"}
+        for r in read_metrics(run_dir / "seed_0" / "metrics.jsonl")
+    ]
 
 
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):

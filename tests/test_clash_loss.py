@@ -70,4 +70,5 @@ def test_neighbour_orientation_gradient():
     six_d = torch.randn(2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
     bonded = torch.tensor([True, True, False, True, False])
     assert torch.autograd.gradcheck(
-        lambda x: neighbour_orientation(six_d_to_rotation(x), reference, bonded), (six_d,))
+        lambda x: neighbour_orientation(six_d_to_rotation(x), reference, bonded), (six_d,)
+    )

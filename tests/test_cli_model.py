@@ -24,8 +24,20 @@ def trained_run(tmp_path_factory):
     config_path = folder / "tiny.yaml"
     save_config(tiny_config(), config_path)
     run_dir = folder / "run"
-    argv = ["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(config_path),
-            "--max-steps", "8", "--seed", "3", "--no-progress"]
+    argv = [
+        "train",
+        str(star),
+        str(BASE_PDB),
+        "-o",
+        str(run_dir),
+        "--config",
+        str(config_path),
+        "--max-steps",
+        "8",
+        "--seed",
+        "3",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     return folder, star, run_dir
 
@@ -111,15 +123,60 @@ def test_interpolate_automatic_and_between_points(trained_run):
     np.save(start, np.zeros(32))
     np.save(end, np.full(32, 2.0))
     between = folder / "between.pdb"
-    assert main(["interpolate", str(run_dir), "-o", str(between), "--steps", "3",
-                 "--from", str(start), "--to", str(end)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                str(run_dir),
+                "-o",
+                str(between),
+                "--steps",
+                "3",
+                "--from",
+                str(start),
+                "--to",
+                str(end),
+            ]
+        )
+        == 0
+    )
     coords = read_ensemble(between)[1]
     midpoint = folder / "mid.pdb"
-    assert main(["interpolate", str(run_dir), "-o", str(midpoint), "--steps", "2",
-                 "--from", ",".join(["1"] * 32), "--to", ",".join(["1"] * 32)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                str(run_dir),
+                "-o",
+                str(midpoint),
+                "--steps",
+                "2",
+                "--from",
+                ",".join(["1"] * 32),
+                "--to",
+                ",".join(["1"] * 32),
+            ]
+        )
+        == 0
+    )
     negative = folder / "negative.pdb"
-    assert main(["interpolate", str(run_dir), "-o", str(negative), "--steps", "2",
-                 "--from", ",".join(["-1"] * 32), "--to", ",".join(["-1.5e-1"] * 32)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                str(run_dir),
+                "-o",
+                str(negative),
+                "--steps",
+                "2",
+                "--from",
+                ",".join(["-1"] * 32),
+                "--to",
+                ",".join(["-1.5e-1"] * 32),
+            ]
+        )
+        == 0
+    )
     assert read_ensemble(negative)[1].shape == (2, n_atoms, 3)
     # The middle of the line from 0 to 2 is the point 1.
     assert np.allclose(coords[1], read_ensemble(midpoint)[1][0], atol=2e-3)
@@ -196,8 +253,22 @@ def test_search_poses_against_a_runs_learnt_states(trained_run, tmp_path):
     assert first == pytest.approx(rmsd_to_base.max(), abs=1e-4)
 
     out = tmp_path / "searched.star"
-    argv = ["search-poses", str(star), str(BASE_PDB), "-o", str(out), "--references-from", str(run_dir),
-            "--n-references", "2", "--rotations", "500", "--image-size", "32", "--no-progress"]
+    argv = [
+        "search-poses",
+        str(star),
+        str(BASE_PDB),
+        "-o",
+        str(out),
+        "--references-from",
+        str(run_dir),
+        "--n-references",
+        "2",
+        "--rotations",
+        "500",
+        "--image-size",
+        "32",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     found = np.load(out.with_suffix(".npz"))
     assert set(found["reference"].tolist()) <= {0, 1, 2} and len(found["score"]) == 24
@@ -213,15 +284,29 @@ def test_init_starts_from_another_runs_weights(trained_run, tmp_path, capsys):
     config_path = tmp_path / "tiny.yaml"
     save_config(tiny_config(), config_path)
     out = tmp_path / "warm"
-    argv = ["train", str(star), str(BASE_PDB), "-o", str(out), "--config", str(config_path), "--init",
-            str(run_dir), "--max-steps", "1", "--seed", "5", "--no-progress"]
+    argv = [
+        "train",
+        str(star),
+        str(BASE_PDB),
+        "-o",
+        str(out),
+        "--config",
+        str(config_path),
+        "--init",
+        str(run_dir),
+        "--max-steps",
+        "1",
+        "--seed",
+        "5",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     source = load_checkpoint(best_checkpoint_path(run_dir)[1], map_location="cpu")["model"]
     warm = load_checkpoint(out / "seed_5" / "checkpoints" / "last.pt", map_location="cpu")["model"]
     # one Adam step (lr 3e-4) away from the source's weights, where the same run without --init is not
     cold_out = tmp_path / "cold"
     cold_argv = [a if a != str(out) else str(cold_out) for a in argv]
-    cold_argv = cold_argv[:cold_argv.index("--init")] + cold_argv[cold_argv.index("--init") + 2:]
+    cold_argv = cold_argv[: cold_argv.index("--init")] + cold_argv[cold_argv.index("--init") + 2 :]
     assert main(cold_argv) == 0
     cold = load_checkpoint(cold_out / "seed_5" / "checkpoints" / "last.pt", map_location="cpu")["model"]
     for key in source:
@@ -232,8 +317,20 @@ def test_init_starts_from_another_runs_weights(trained_run, tmp_path, capsys):
     # a model of another shape is refused with one line
     other = tmp_path / "other.yaml"
     save_config(tiny_config(model=replace(tiny_config().model, decoder_width=16)), other)
-    argv = ["train", str(star), str(BASE_PDB), "-o", str(tmp_path / "bad"), "--config", str(other), "--init",
-            str(run_dir), "--max-steps", "1", "--no-progress"]
+    argv = [
+        "train",
+        str(star),
+        str(BASE_PDB),
+        "-o",
+        str(tmp_path / "bad"),
+        "--config",
+        str(other),
+        "--init",
+        str(run_dir),
+        "--max-steps",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     assert "--init: its model does not fit" in capsys.readouterr().err
 

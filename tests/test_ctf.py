@@ -207,9 +207,11 @@ def test_phase_flip_undoes_contrast_reversals_and_is_an_involution():
 
     generator = torch.Generator().manual_seed(8)
     images = torch.randn(3, 32, 32, generator=generator, dtype=torch.float64)
-    params = CTFParams(defocus_u=torch.tensor([8000.0, 15000.0, 25000.0], dtype=torch.float64),
-                       defocus_v=torch.tensor([8200.0, 15000.0, 24000.0], dtype=torch.float64),
-                       astigmatism_angle=torch.tensor([10.0, 0.0, 70.0], dtype=torch.float64))
+    params = CTFParams(
+        defocus_u=torch.tensor([8000.0, 15000.0, 25000.0], dtype=torch.float64),
+        defocus_v=torch.tensor([8200.0, 15000.0, 24000.0], dtype=torch.float64),
+        astigmatism_angle=torch.tensor([10.0, 0.0, 70.0], dtype=torch.float64),
+    )
     torch.testing.assert_close(phase_flip(phase_flip(images, params, 1.5), params, 1.5), images)
     # A phase-flipped CTF-modulated image has a non-negative transfer: |CTF| (periodic convolution; the
     # Nyquist column, where the astigmatic CTF is not Hermitian, is left out).

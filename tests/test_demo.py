@@ -64,12 +64,20 @@ def test_gt_ensemble_draws_frames_in_proportion_to_the_weights(adk_frames, tmp_p
 
 
 def test_tiny_demo_writes_its_outputs_and_consistent_numbers(tmp_path):
-    config = DemoConfig(out=tmp_path / "demo", n_particles=96, epochs_stage2=1, gt_n=64, n_eval=32,
-                        progress=False)
+    config = DemoConfig(
+        out=tmp_path / "demo", n_particles=96, epochs_stage2=1, gt_n=64, n_eval=32, progress=False
+    )
     summary = run_demo(config)
     out = config.out
-    for path in ("samples.pdb", "samples.dcd", "evaluation.json", "demo.json", "evaluation/report.html",
-                 "run/config.yaml", "particles/particles.star"):
+    for path in (
+        "samples.pdb",
+        "samples.dcd",
+        "evaluation.json",
+        "demo.json",
+        "evaluation/report.html",
+        "run/config.yaml",
+        "particles/particles.star",
+    ):
         assert (out / path).is_file(), path
     evaluation = json.loads((out / "evaluation.json").read_text())
     model, base, floor = evaluation["emd_rmsd"], evaluation["base_only"], evaluation["floor"]

@@ -35,9 +35,15 @@ def _free_port() -> int:
 
 def _torchrun_worker(rank: int, world_size: int, port: int, function, args: tuple) -> None:
     """One process as torchrun would start it: its environment, then ``function(*args)``."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     torch.set_num_threads(1)
     function(*args)
 
@@ -50,8 +56,12 @@ def _config():
     # Stage 1 of one epoch (6 steps of 8 images, the last one of 3: an uneven split over 2 ranks), then
     # stage 2; the heavy-atom clash term on the first 4 images of each batch.
     config = tiny_config()
-    return replace(config, stage1=replace(config.stage1, epochs=1), stage2=replace(config.stage2, epochs=1),
-                   loss=replace(config.loss, heavy_clash=0.5, heavy_clash_images=4))
+    return replace(
+        config,
+        stage1=replace(config.stage1, epochs=1),
+        stage2=replace(config.stage2, epochs=1),
+        loss=replace(config.loss, heavy_clash=0.5, heavy_clash_images=4),
+    )
 
 
 def _train(star, run_dir, max_steps, resume=False):
@@ -65,8 +75,10 @@ def _state(run_dir):
 def _losses(run_dir):
     with open(run_dir / "seed_0" / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
-    return ({r["step"]: r["loss"] for r in records if r["kind"] == "train"},
-            [r["val_log_likelihood"] for r in records if r["kind"] == "val"])
+    return (
+        {r["step"]: r["loss"] for r in records if r["kind"] == "train"},
+        [r["val_log_likelihood"] for r in records if r["kind"] == "val"],
+    )
 
 
 def test_shards_interleave_and_weight_the_global_batch():
@@ -81,8 +93,9 @@ def test_shards_interleave_and_weight_the_global_batch():
 def test_batch_noise_rows_are_the_single_process_draws():
     whole = torch.randn(6, 3, 2, generator=torch.Generator().manual_seed(5))
     rows = torch.tensor([1, 3, 5])
-    part = BatchNoiseRows(torch.Generator().manual_seed(5), 6, rows).standard_normal((3, 3, 2), "cpu",
-                                                                                   torch.float32)
+    part = BatchNoiseRows(torch.Generator().manual_seed(5), 6, rows).standard_normal(
+        (3, 3, 2), "cpu", torch.float32
+    )
     torch.testing.assert_close(part, whole[rows])
 
 
@@ -97,8 +110,9 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     losses_one, val_one = _losses(one)
     losses_two, val_two = _losses(two)
     assert sorted(losses_two) == list(range(1, 9))
-    np.testing.assert_allclose([losses_two[s] for s in range(1, 9)], [losses_one[s] for s in range(1, 9)],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [losses_two[s] for s in range(1, 9)], [losses_one[s] for s in range(1, 9)], rtol=1e-5
+    )
     np.testing.assert_allclose(val_two, val_one, rtol=1e-5)
     state_one, state_two = _state(one), _state(two)
     assert state_two["position"] == state_one["position"]
@@ -112,8 +126,9 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     assert read_run_info(two)["world_size"] == 1
     losses_one, _ = _losses(one)
     losses_two, _ = _losses(two)
-    np.testing.assert_allclose([losses_two[s] for s in range(1, 12)], [losses_one[s] for s in range(1, 12)],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [losses_two[s] for s in range(1, 12)], [losses_one[s] for s in range(1, 12)], rtol=1e-5
+    )
     for name, value in _state(one)["model"].items():
         torch.testing.assert_close(_state(two)["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -132,8 +147,12 @@ def test_weighted_shard_gradients_sum_to_the_global_batch_gradient(tmp_path):
     source = ParticleSource(tmp_path, ParticleDataset(read_particles(write_particles(tmp_path, n=7))))
     structure = read_structure(BASE_PDB)
     torch.manual_seed(0)
-    model = build_model(config, structure.topology, structure.coords,
-                        {"box": source.box, "pixel_size": source.pixel_size, "noise_sigma": 1.0})
+    model = build_model(
+        config,
+        structure.topology,
+        structure.coords,
+        {"box": source.box, "pixel_size": source.pixel_size, "noise_sigma": 1.0},
+    )
     with torch.no_grad():  # a decoder far from the base, so that atoms clash
         for parameter in model.decoder.parameters():
             parameter.add_(0.3 * torch.randn(parameter.shape))
@@ -143,8 +162,15 @@ def test_weighted_shard_gradients_sum_to_the_global_batch_gradient(tmp_path):
     def gradients(indices, generator, loss_weights, scale):
         batch = source.load(indices, torch.device("cpu"))
         model.zero_grad()
-        out = model.loss(batch["image"], batch["ctf"], stage=2, n_conf=2, n_pose=2, weights=loss_weights,
-                         generator=generator)
+        out = model.loss(
+            batch["image"],
+            batch["ctf"],
+            stage=2,
+            n_conf=2,
+            n_pose=2,
+            weights=loss_weights,
+            generator=generator,
+        )
         (out.total * scale).backward()
         return out, [p.grad.clone() for p in model.parameters()]
 
@@ -166,8 +192,9 @@ def _encode_and_search(run_dir, star, out_dir, search_config):
     from atomvae.train.pose_search import search_poses_to_file
 
     encode_to_file(run_dir, star, out_dir / "latents.npz")
-    search_poses_to_file(star, BASE_PDB, out_dir / "poses.star", config=search_config,
-                         image_size=32, progress=False)
+    search_poses_to_file(
+        star, BASE_PDB, out_dir / "poses.star", config=search_config, image_size=32, progress=False
+    )
 
 
 def test_encode_and_search_poses_split_particles_over_processes(tmp_path):
@@ -178,8 +205,14 @@ def test_encode_and_search_poses_split_particles_over_processes(tmp_path):
     search = PoseSearchConfig(n_rotations=200, search_box=16, top_k=2, local_rounds=1, batch_size=3)
     star = write_particles(tmp_path / "data", n=7)
     run_dir = tmp_path / "run"
-    train(replace(tiny_config(), data=replace(tiny_config().data, n_calibration_images=4)), star, BASE_PDB,
-          run_dir, max_steps=1, show_progress=False)
+    train(
+        replace(tiny_config(), data=replace(tiny_config().data, n_calibration_images=4)),
+        star,
+        BASE_PDB,
+        run_dir,
+        max_steps=1,
+        show_progress=False,
+    )
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _encode_and_search(run_dir, star, one, search)

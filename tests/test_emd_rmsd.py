@@ -113,8 +113,13 @@ def _topology(chain, residues, atoms_per_res=("N", "CA", "C", "O", "CB"), first_
         res_index += [r] * len(atoms_per_res)
     n_res = len(residues)
     return Topology(
-        atom_name=names, element=[n[0] for n in names], residue_index=res_index, res_name=list(residues),
-        res_seq=np.arange(first_seq, first_seq + n_res), ins_code=[""] * n_res, chain_id=[chain] * n_res,
+        atom_name=names,
+        element=[n[0] for n in names],
+        residue_index=res_index,
+        res_name=list(residues),
+        res_seq=np.arange(first_seq, first_seq + n_res),
+        ins_code=[""] * n_res,
+        chain_id=[chain] * n_res,
         bonded_to_next=[True] * (n_res - 1) + [False],
     )
 

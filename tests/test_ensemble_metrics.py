@@ -20,8 +20,7 @@ from helpers_train import BASE_PDB
 
 
 def test_coverage_and_matching_from_an_rmsd_matrix():
-    rmsd = np.array([[0.5, 3.0, 4.0],
-                     [2.5, 1.0, 5.0]])  # 2 predictions (rows) x 3 true structures (columns)
+    rmsd = np.array([[0.5, 3.0, 4.0], [2.5, 1.0, 5.0]])  # 2 predictions (rows) x 3 true structures (columns)
     result = coverage_matching(rmsd, threshold=2.0)
     assert result.cov_recall == pytest.approx(2 / 3)  # GT 0 and 1 have a prediction within 2 A, GT 2 not
     assert result.mat_recall == pytest.approx((0.5 + 1.0 + 4.0) / 3)
@@ -54,22 +53,26 @@ def test_phi_psi_and_angles_agree_with_gemmi():
     chain = st[0][0]
     for value_phi, value_psi, r in zip(phi[0], psi[0], residues, strict=True):
         before, here, after = chain[int(r) - 1], chain[int(r)], chain[int(r) + 1]
-        phi_gemmi = gemmi.calculate_dihedral(before["C"][0].pos, here["N"][0].pos, here["CA"][0].pos,
-                                             here["C"][0].pos)
-        psi_gemmi = gemmi.calculate_dihedral(here["N"][0].pos, here["CA"][0].pos, here["C"][0].pos,
-                                             after["N"][0].pos)
+        phi_gemmi = gemmi.calculate_dihedral(
+            before["C"][0].pos, here["N"][0].pos, here["CA"][0].pos, here["C"][0].pos
+        )
+        psi_gemmi = gemmi.calculate_dihedral(
+            here["N"][0].pos, here["CA"][0].pos, here["C"][0].pos, after["N"][0].pos
+        )
         assert value_phi == pytest.approx(np.degrees(phi_gemmi), abs=1e-3)
         assert value_psi == pytest.approx(np.degrees(psi_gemmi), abs=1e-3)
     angles = backbone_angles(structure.coords[None], structure.topology)
-    n_ca_c = [np.degrees(gemmi.calculate_angle(res["N"][0].pos, res["CA"][0].pos, res["C"][0].pos))
-              for res in chain]
+    n_ca_c = [
+        np.degrees(gemmi.calculate_angle(res["N"][0].pos, res["CA"][0].pos, res["C"][0].pos)) for res in chain
+    ]
     assert np.allclose(angles["N-CA-C"][0], n_ca_c, atol=1e-3)
 
 
 def test_ramachandran_outliers_and_distorted_angles_are_counted():
     # beta, alpha-helix and left-handed alpha are allowed; phi near 0 and phi > 0 with psi near -90 are not
-    outliers = ramachandran_outliers(np.array([-120.0, -63.0, 60.0, 0.0, 100.0]),
-                                     np.array([130.0, -41.0, 45.0, 0.0, -90.0]))
+    outliers = ramachandran_outliers(
+        np.array([-120.0, -63.0, 60.0, 0.0, 100.0]), np.array([130.0, -41.0, 45.0, 0.0, -90.0])
+    )
     assert outliers.tolist() == [False, False, False, True, True]
     rng = np.random.default_rng(0)  # random backbones: a good part is outside the allowed region
     phi, psi = rng.uniform(-180, 180, 20000), rng.uniform(-180, 180, 20000)
@@ -97,8 +100,9 @@ def test_evaluate_reports_coverage_and_rmsf(tmp_path):
     gt_path, pred_path = tmp_path / "gt.pdb", tmp_path / "pred.pdb"
     write_ensemble(gt_path, structure.topology, gt)
     write_ensemble(pred_path, structure.topology, _rigidly_moved(gt, 5))  # the truth in other frames
-    summary = evaluate(EvaluateConfig(pred=pred_path, gt=gt_path, n=12, cov_threshold=0.1,
-                                      out_dir=tmp_path / "eval"))
+    summary = evaluate(
+        EvaluateConfig(pred=pred_path, gt=gt_path, n=12, cov_threshold=0.1, out_dir=tmp_path / "eval")
+    )
     assert summary["coverage"]["cov_recall"] == 1.0 and summary["coverage"]["cov_precision"] == 1.0
     assert summary["coverage"]["mat_recall"] < 0.01 and summary["coverage"]["threshold"] == 0.1
     assert summary["rmsf"]["pearson_r"] == pytest.approx(1.0, abs=1e-4)

@@ -38,8 +38,10 @@ def render(R: np.ndarray, shift_xy: np.ndarray = np.zeros(2)) -> np.ndarray:
 
 def random_angles(n, seed):
     rng = np.random.default_rng(seed)
-    return np.stack([rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))),
-                     rng.uniform(-180, 180, n)], axis=-1)
+    return np.stack(
+        [rng.uniform(-180, 180, n), np.degrees(np.arccos(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)],
+        axis=-1,
+    )
 
 
 def test_matches_scipy_inverse_zyz():
@@ -67,8 +69,11 @@ def test_torch_in_torch_out_batched_and_differentiable():
     angles = torch.tensor(random_angles(12, 2), dtype=torch.float64).view(3, 4, 3).requires_grad_(True)
     R = relion_to_matrix(angles[..., 0], angles[..., 1], angles[..., 2])
     assert isinstance(R, torch.Tensor) and R.shape == (3, 4, 3, 3) and R.dtype == torch.float64
-    np.testing.assert_allclose(R.detach().numpy(), relion_to_matrix(*angles.detach().numpy().reshape(-1, 3).T)
-                               .reshape(3, 4, 3, 3), atol=1e-12)
+    np.testing.assert_allclose(
+        R.detach().numpy(),
+        relion_to_matrix(*angles.detach().numpy().reshape(-1, 3).T).reshape(3, 4, 3, 3),
+        atol=1e-12,
+    )
     assert torch.autograd.gradcheck(lambda a: relion_to_matrix(a[..., 0], a[..., 1], a[..., 2]), (angles,))
     mixed = relion_to_matrix(10.0, torch.tensor([20.0, 30.0]), np.array(40.0))
     assert isinstance(mixed, torch.Tensor) and mixed.dtype == torch.float32 and mixed.shape == (2, 3, 3)

@@ -85,8 +85,9 @@ def test_frames_to_coordinates_gradcheck_float64():
     rot = torch.randn(2, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     trans = torch.randn(2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     local = torch.randn(9, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda r, t, x: frames_to_coordinates(r, t, x, residue_index),
-                                    (rot, trans, local))
+    assert torch.autograd.gradcheck(
+        lambda r, t, x: frames_to_coordinates(r, t, x, residue_index), (rot, trans, local)
+    )
 
 
 def test_backbone_frames_gradcheck_float64(adk):
@@ -97,9 +98,12 @@ def test_backbone_frames_gradcheck_float64(adk):
 
 def test_rigid_compose_apply_inverse():
     gen = torch.Generator().manual_seed(3)
+
     def draw():
-        return Rigid(random_rotations(5, gen, dtype=torch.float64),
-                     torch.randn(5, 3, generator=gen, dtype=torch.float64))
+        return Rigid(
+            random_rotations(5, gen, dtype=torch.float64),
+            torch.randn(5, 3, generator=gen, dtype=torch.float64),
+        )
 
     a, b = draw(), draw()
     x = torch.randn(5, 3, generator=gen, dtype=torch.float64)

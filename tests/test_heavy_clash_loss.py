@@ -67,13 +67,20 @@ def test_matches_brute_force_over_all_atom_pairs(chunk):
     np.testing.assert_allclose(value.numpy(), expected, rtol=1e-10)
     # Per pair min(d0, reference distance): a reference where some pairs are closer than d0.
     reference = coords[0] * 0.8
-    value = heavy_atom_clash_penalty(padded(coords, fill), torch.as_tensor(mask), pairs, 2.5,
-                                     reference=padded(reference, np.zeros(3)), chunk=chunk)
+    value = heavy_atom_clash_penalty(
+        padded(coords, fill),
+        torch.as_tensor(mask),
+        pairs,
+        2.5,
+        reference=padded(reference, np.zeros(3)),
+        chunk=chunk,
+    )
     np.testing.assert_allclose(value.numpy(), brute_force(coords, 2.5, reference), rtol=1e-10)
     assert float(value[0]) < float(expected[0])
     # Leading dimensions are kept.
-    shaped = heavy_atom_clash_penalty(padded(coords, fill).reshape(3, 1, -1, 3), torch.as_tensor(mask), pairs,
-                                      2.5, chunk=chunk)
+    shaped = heavy_atom_clash_penalty(
+        padded(coords, fill).reshape(3, 1, -1, 3), torch.as_tensor(mask), pairs, 2.5, chunk=chunk
+    )
     assert shaped.shape == (3, 1)
 
 
@@ -127,7 +134,8 @@ def test_gradient_matches_finite_differences():
     x = padded(coords, rng.normal(size=(2, 1, 3))).requires_grad_()
     assert float(heavy_atom_clash_penalty(x.detach(), torch.as_tensor(mask), pairs, 2.5).min()) > 0
     assert torch.autograd.gradcheck(
-        lambda y: heavy_atom_clash_penalty(y, torch.as_tensor(mask), pairs, 2.5, reference=reference), (x,))
+        lambda y: heavy_atom_clash_penalty(y, torch.as_tensor(mask), pairs, 2.5, reference=reference), (x,)
+    )
 
 
 def test_config_fields_round_trip_and_validate(tmp_path):
@@ -152,8 +160,15 @@ def test_model_loss_logs_the_term_and_old_checkpoints_still_load():
     from atomvae.structure.io import read_structure
 
     structure = read_structure(PDB_xsmall)
-    config = ModelConfig(image_size=16, encoder_widths=(16,), decoder_width=16, decoder_blocks=1,
-                         decoded_dim=16, pose_width=8, render_atoms="CA")
+    config = ModelConfig(
+        image_size=16,
+        encoder_widths=(16,),
+        decoder_width=16,
+        decoder_blocks=1,
+        decoded_dim=16,
+        pose_width=8,
+        render_atoms="CA",
+    )
     torch.manual_seed(0)
     model = AtomVAE(config, structure.topology, structure.coords, box=16, pixel_size=3.0, noise_sigma=1.0)
     # The padded set places every atom exactly where the "all" set does.
@@ -170,8 +185,9 @@ def test_model_loss_logs_the_term_and_old_checkpoints_still_load():
     rotation = torch.eye(3).expand(4, 3, 3)
     shift = torch.zeros(4, 2)
     common = dict(stage=2, n_conf=2, n_pose=1, pose_mode="given", given_rotation=rotation, given_shift=shift)
-    off = model.loss(images, None, weights=LossWeights(), generator=torch.Generator().manual_seed(0),
-                     **common)
+    off = model.loss(
+        images, None, weights=LossWeights(), generator=torch.Generator().manual_seed(0), **common
+    )
     weights = LossWeights(heavy_clash=10.0, heavy_clash_images=2)
     on = model.loss(images, None, weights=weights, generator=torch.Generator().manual_seed(0), **common)
     assert off.terms["heavy_clash"] == 0.0 and on.terms["heavy_clash"] > 0

@@ -92,9 +92,18 @@ def train_two_state_model(seed: int, steps: int = 1500) -> tuple[AtomVAE, torch.
     separation_nats = 100.0
     noise_sigma = math.sqrt(float((images - other).square().sum(dim=(-2, -1)).mean()) / (2 * separation_nats))
 
-    config = ModelConfig(image_size=BOX, latent_conf=1, encoder_widths=(128, 64), decoder_width=64,
-                         decoder_blocks=2, decoded_dim=64, pose_width=16, render_atoms="CA",
-                         render_sigma=RENDER_SIGMA, delta_translation_scale=5.0)
+    config = ModelConfig(
+        image_size=BOX,
+        latent_conf=1,
+        encoder_widths=(128, 64),
+        decoder_width=64,
+        decoder_blocks=2,
+        decoded_dim=64,
+        pose_width=16,
+        render_atoms="CA",
+        render_sigma=RENDER_SIGMA,
+        delta_translation_scale=5.0,
+    )
     weights = LossWeights(beta_conf=3.0, backbone=1.0)
     torch.manual_seed(seed)
     model = AtomVAE(config, topology, base_coords, box=BOX, pixel_size=PIXEL_SIZE, noise_sigma=noise_sigma)
@@ -104,9 +113,18 @@ def train_two_state_model(seed: int, steps: int = 1500) -> tuple[AtomVAE, torch.
     images, rotations, shifts = images.float(), rotations.float(), shifts.float()
     for _ in range(steps):
         batch = torch.randint(0, n_images, (32,), generator=generator)
-        out = model.loss(images[batch], None, stage=2, n_conf=8, n_pose=1, weights=weights,
-                         given_rotation=rotations[batch], given_shift=shifts[batch], pose_mode="given",
-                         generator=generator)
+        out = model.loss(
+            images[batch],
+            None,
+            stage=2,
+            n_conf=8,
+            n_pose=1,
+            weights=weights,
+            given_rotation=rotations[batch],
+            given_shift=shifts[batch],
+            pose_mode="given",
+            generator=generator,
+        )
         optimizer.zero_grad()
         out.total.backward()
         optimizer.step()

@@ -77,8 +77,9 @@ def test_kl_closed_form_matches_monte_carlo_estimate():
     closed = kl_diagonal_normal(mu, sigma)
     assert abs(closed - estimate) < 4 * standard_error
     # and against torch's own closed form
-    reference = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma),
-                                                  torch.distributions.Normal(0.0, 1.0)).sum()
+    reference = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, sigma), torch.distributions.Normal(0.0, 1.0)
+    ).sum()
     torch.testing.assert_close(closed, reference)
 
 
@@ -118,10 +119,15 @@ def test_backbone_continuity_hand_computed_and_skips_breaks():
 
 def test_backbone_continuity_gradient_matches_finite_differences():
     generator = torch.Generator().manual_seed(4)
-    c_atoms = (3.8 * torch.arange(6, dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0, 0.0])
-               + 0.5 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
-    n_atoms = (c_atoms.detach() + torch.tensor([2.5, 0.3, -0.2], dtype=torch.float64)
-               + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    c_atoms = (
+        3.8 * torch.arange(6, dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0, 0.0])
+        + 0.5 * torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    ).requires_grad_()
+    n_atoms = (
+        c_atoms.detach()
+        + torch.tensor([2.5, 0.3, -0.2], dtype=torch.float64)
+        + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    ).requires_grad_()
     bonded = torch.tensor([True, True, False, True, True, False])
     assert torch.autograd.gradcheck(lambda c, n: backbone_continuity(c, n, bonded), (c_atoms, n_atoms))
 
@@ -134,10 +140,15 @@ def test_bond_outliers_hand_computed_and_gradient():
     assert got.item() == pytest.approx(0.05**2 + 0.2**2, rel=1e-9)
     assert bond_outliers(c_atoms, n_atoms, torch.zeros(5, dtype=torch.bool)).item() == 0.0
     generator = torch.Generator().manual_seed(6)
-    c = (3.8 * torch.arange(6, dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0, 0.0])
-         + 0.5 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
-    n = (c.detach() + torch.tensor([1.2, 0.3, -0.2], dtype=torch.float64)
-         + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)).requires_grad_()
+    c = (
+        3.8 * torch.arange(6, dtype=torch.float64)[:, None] * torch.tensor([1.0, 0.0, 0.0])
+        + 0.5 * torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    ).requires_grad_()
+    n = (
+        c.detach()
+        + torch.tensor([1.2, 0.3, -0.2], dtype=torch.float64)
+        + 0.3 * torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    ).requires_grad_()
     assert torch.autograd.gradcheck(lambda c, n: bond_outliers(c, n, torch.ones(6, dtype=torch.bool)), (c, n))
 
 

@@ -64,12 +64,16 @@ def test_mode_proportions_paper_style_quadrants():
     d = np.array([[5.0, 30.0], [5.0, 40.0], [8.0, 40.0], [8.0, 41.0], [6.0, 36.9]])
     got = mode_proportions(d, [6.5, 37.0], ["x", "y"])
     assert got == {
-        "x < 6.5, y < 37": pytest.approx(0.4), "x < 6.5, y >= 37": pytest.approx(0.2),
-        "x >= 6.5, y < 37": pytest.approx(0.0), "x >= 6.5, y >= 37": pytest.approx(0.4),
+        "x < 6.5, y < 37": pytest.approx(0.4),
+        "x < 6.5, y >= 37": pytest.approx(0.2),
+        "x >= 6.5, y < 37": pytest.approx(0.0),
+        "x >= 6.5, y >= 37": pytest.approx(0.4),
     }
     assert sum(got.values()) == pytest.approx(1.0)
-    assert mode_proportions(d[:, :1], [6.5], ["x"]) == {"x < 6.5": pytest.approx(0.6),
-                                                        "x >= 6.5": pytest.approx(0.4)}
+    assert mode_proportions(d[:, :1], [6.5], ["x"]) == {
+        "x < 6.5": pytest.approx(0.6),
+        "x >= 6.5": pytest.approx(0.4),
+    }
 
 
 def test_shared_bins_cover_both_samples():

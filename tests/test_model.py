@@ -28,8 +28,15 @@ def base():
 
 
 def small_config(**changes) -> ModelConfig:
-    fields = dict(image_size=BOX, encoder_widths=(64, 32), decoder_width=32, decoder_blocks=2, decoded_dim=32,
-                  pose_width=16, render_atoms="backbone")
+    fields = dict(
+        image_size=BOX,
+        encoder_widths=(64, 32),
+        decoder_width=32,
+        decoder_blocks=2,
+        decoded_dim=32,
+        pose_width=16,
+        render_atoms="backbone",
+    )
     fields.update(changes)
     return ModelConfig(**fields)
 
@@ -41,8 +48,11 @@ def make_model(base, seed: int = 0, **changes) -> AtomVAE:
 
 
 def batch_ctf(n: int) -> CTFParams:
-    return CTFParams(defocus_u=torch.full((n,), 9000.0), defocus_v=torch.full((n,), 9500.0),
-                     astigmatism_angle=torch.full((n,), 20.0))
+    return CTFParams(
+        defocus_u=torch.full((n,), 9000.0),
+        defocus_v=torch.full((n,), 9500.0),
+        astigmatism_angle=torch.full((n,), 20.0),
+    )
 
 
 def perturb_decoder(model: AtomVAE, seed: int, scale: float = 0.3) -> None:
@@ -98,8 +108,9 @@ def test_decoder_returns_base_exactly_at_init(base):
     assert decoded.shape == (5, base[0].n_atoms, 3) and decoded.dtype == torch.float32
     expected = torch.as_tensor(base[1], dtype=torch.float32) - torch.as_tensor(base[1]).mean(0).float()
     torch.testing.assert_close(decoded, expected.expand_as(decoded), atol=1e-5, rtol=0)
-    torch.testing.assert_close(model.to_base_frame(decoded[0]), torch.as_tensor(base[1], dtype=torch.float32),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        model.to_base_frame(decoded[0]), torch.as_tensor(base[1], dtype=torch.float32), atol=1e-4, rtol=0
+    )
     samples = model.sample(4, generator=generator)
     torch.testing.assert_close(samples, expected.expand(4, -1, -1), atol=1e-5, rtol=0)
     render_atoms = model.decode(z, atoms="render")
@@ -120,14 +131,19 @@ def test_delta_frames_act_in_the_residue_frame(base):
         model.decoder.to_frames.bias.copy_(bias.flatten())
     decoded = model.decode(torch.zeros(1, model.config.latent_conf))[0].double()
     base_model_frame = model.base_coords.double()
-    rot_z = torch.tensor([[math.cos(0.3), -math.sin(0.3), 0.0], [math.sin(0.3), math.cos(0.3), 0.0],
-                          [0.0, 0.0, 1.0]], dtype=torch.float64)
+    rot_z = torch.tensor(
+        [[math.cos(0.3), -math.sin(0.3), 0.0], [math.sin(0.3), math.cos(0.3), 0.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
     base_rot = model.decoder.base_rot.double()
     base_trans = model.decoder.base_trans.double()
     residue = torch.as_tensor(base[0].residue_index)
     local = ((base_model_frame - base_trans[residue]).unsqueeze(-2) @ base_rot[residue]).squeeze(-2)
-    expected = (base_rot[residue] @ (rot_z @ local.unsqueeze(-1))).squeeze(-1) + base_trans[residue] \
+    expected = (
+        (base_rot[residue] @ (rot_z @ local.unsqueeze(-1))).squeeze(-1)
+        + base_trans[residue]
         + (base_rot[residue] @ t_local.double()).reshape(-1, 3)
+    )
     torch.testing.assert_close(decoded, expected, atol=1e-4, rtol=0)
 
 
@@ -140,8 +156,18 @@ def test_loss_shapes_dtypes_and_finite(base, stage, pose_mode):
     images = torch.randn(batch, BOX, BOX, generator=generator)
     rotation = random_rotations(batch, generator=generator)
     shift = torch.randn(batch, 2, generator=generator)
-    out = model.loss(images, batch_ctf(batch), stage=stage, n_conf=3, n_pose=2, weights=LossWeights(),
-                     given_rotation=rotation, given_shift=shift, pose_mode=pose_mode, generator=generator)
+    out = model.loss(
+        images,
+        batch_ctf(batch),
+        stage=stage,
+        n_conf=3,
+        n_pose=2,
+        weights=LossWeights(),
+        given_rotation=rotation,
+        given_shift=shift,
+        pose_mode=pose_mode,
+        generator=generator,
+    )
     assert out.total.shape == () and out.total.dtype == torch.float32 and torch.isfinite(out.total)
     assert out.per_image_log_likelihood.shape == (batch,) and not out.per_image_log_likelihood.requires_grad
     assert set(out.terms) >= {"nll", "kl_conf", "kl_pose", "backbone", "centering", "total"}
@@ -164,8 +190,9 @@ def test_encode_shapes(base):
     assert (encoded["sigma_conf"] > 0).all()
     assert encoded["rotation"].shape == (4, 3, 3) and encoded["shift"].shape == (4, 2)
     eye = torch.eye(3).expand(4, 3, 3)
-    torch.testing.assert_close(encoded["rotation"] @ encoded["rotation"].transpose(-1, -2), eye,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        encoded["rotation"] @ encoded["rotation"].transpose(-1, -2), eye, atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("pose_mode", ["inferred", "refine"])
@@ -177,18 +204,35 @@ def test_stage2_starts_where_stage1_ended(base, pose_mode):
     model = make_model(base, render_atoms="CA").double()
     with torch.no_grad():  # a pose head that reads d, as after training
         for parameter in model.pose_head.parameters():
-            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3),
-                                             dtype=parameter.dtype))
+            parameter.add_(
+                0.3
+                * torch.randn(
+                    parameter.shape, generator=torch.Generator().manual_seed(3), dtype=parameter.dtype
+                )
+            )
     rotation = random_rotations(4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     shift = torch.zeros(4, 2, dtype=torch.float64)
     images = render_projections(model.base_render_coords, rotation, shift, BOX, PIXEL_SIZE)
     d = model.decoder.representation(torch.randn(4, model.config.latent_conf, dtype=torch.float64))
     assert d.square().mean().sqrt().item() > 0.5  # what stage 2 feeds the pose head is far from zero
-    outputs = [model.loss(images, None, stage=stage, n_conf=1, n_pose=3, weights=LossWeights(),
-                          given_rotation=rotation, given_shift=shift, pose_mode=pose_mode,
-                          generator=torch.Generator().manual_seed(5)) for stage in (1, 2)]
-    torch.testing.assert_close(outputs[0].per_image_log_likelihood, outputs[1].per_image_log_likelihood,
-                               atol=1e-6, rtol=1e-9)
+    outputs = [
+        model.loss(
+            images,
+            None,
+            stage=stage,
+            n_conf=1,
+            n_pose=3,
+            weights=LossWeights(),
+            given_rotation=rotation,
+            given_shift=shift,
+            pose_mode=pose_mode,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for stage in (1, 2)
+    ]
+    torch.testing.assert_close(
+        outputs[0].per_image_log_likelihood, outputs[1].per_image_log_likelihood, atol=1e-6, rtol=1e-9
+    )
     assert outputs[0].terms["kl_pose"] == pytest.approx(outputs[1].terms["kl_pose"], rel=1e-9)
 
 
@@ -210,7 +254,8 @@ def test_encode_returns_the_poses_the_model_uses(base):
     torch.testing.assert_close(inferred["rotation"], latent_to_pose(mu_p, model.config.shift_scale)[0])
     refined = model.encode(images, "refine", given_rotation=rotation, given_shift=shift)
     expected_rotation, expected_shift = latent_to_pose_correction(
-        mu_p, rotation, shift, model.config.refine_rotation_scale, model.config.refine_shift_scale)
+        mu_p, rotation, shift, model.config.refine_rotation_scale, model.config.refine_shift_scale
+    )
     torch.testing.assert_close(refined["rotation"], expected_rotation)
     torch.testing.assert_close(refined["shift"], expected_shift)
     assert not torch.allclose(refined["rotation"], rotation)  # the correction is applied
@@ -242,15 +287,26 @@ def test_per_image_log_likelihood_equals_direct_computation(base):
     shift = torch.randn(batch, 2, generator=generator, dtype=torch.float64)
     ctf = batch_ctf(batch).to(dtype=torch.float64)
     with torch.no_grad():
-        images = render(model.base_render_coords, rotation, shift, ctf, BOX, PIXEL_SIZE) \
-            + 0.3 * torch.randn(batch, BOX, BOX, generator=generator, dtype=torch.float64)
-        out = model.loss(images, ctf, stage=2, n_conf=n_conf, n_pose=1, weights=LossWeights(),
-                         given_rotation=rotation, given_shift=shift, pose_mode="given",
-                         generator=torch.Generator().manual_seed(7))
+        images = render(model.base_render_coords, rotation, shift, ctf, BOX, PIXEL_SIZE) + 0.3 * torch.randn(
+            batch, BOX, BOX, generator=generator, dtype=torch.float64
+        )
+        out = model.loss(
+            images,
+            ctf,
+            stage=2,
+            n_conf=n_conf,
+            n_pose=1,
+            weights=LossWeights(),
+            given_rotation=rotation,
+            given_shift=shift,
+            pose_mode="given",
+            generator=torch.Generator().manual_seed(7),
+        )
         replay = torch.Generator().manual_seed(7)
         mu, sigma = model.conf_posterior(model.encoder(images))
-        z = mu[:, None] + sigma[:, None] * torch.randn(batch, n_conf, mu.shape[-1], generator=replay,
-                                                       dtype=torch.float64)
+        z = mu[:, None] + sigma[:, None] * torch.randn(
+            batch, n_conf, mu.shape[-1], generator=replay, dtype=torch.float64
+        )
         expected = []
         for b in range(batch):
             log_liks = []
@@ -280,8 +336,9 @@ def test_structure_losses_gradcheck_through_decoder(base):
 
     def structure_loss(latent):
         rot, trans = model.decoder.frames(model.decoder.representation(latent))
-        bond = backbone_continuity(model.decoder.atoms(rot, trans, "C"), model.decoder.atoms(rot, trans, "N"),
-                                   model.bonded_to_next)
+        bond = backbone_continuity(
+            model.decoder.atoms(rot, trans, "C"), model.decoder.atoms(rot, trans, "N"), model.bonded_to_next
+        )
         return bond + model.decoder.center_of_mass(rot, trans).square().sum(-1)
 
     assert torch.autograd.gradcheck(structure_loss, (z,))
@@ -295,12 +352,14 @@ def test_pose_latents_to_pose():
     # refine: a zero latent is exactly the given pose; a non-zero one turns it in the image frame
     given_rotation = random_rotations(3, generator=torch.Generator().manual_seed(8))
     given_shift = torch.randn(3, 2)
-    same_rotation, same_shift = latent_to_pose_correction(torch.zeros(3, 8), given_rotation, given_shift,
-                                                          0.1, 1.0)
+    same_rotation, same_shift = latent_to_pose_correction(
+        torch.zeros(3, 8), given_rotation, given_shift, 0.1, 1.0
+    )
     torch.testing.assert_close(same_rotation, given_rotation)
     torch.testing.assert_close(same_shift, given_shift)
-    turned, _ = latent_to_pose_correction(torch.tensor([0.0, 0, 0, 1, 0, 0, 0, 0]), given_rotation[0],
-                                          given_shift[0], 0.1, 1.0)
+    turned, _ = latent_to_pose_correction(
+        torch.tensor([0.0, 0, 0, 1, 0, 0, 0, 0]), given_rotation[0], given_shift[0], 0.1, 1.0
+    )
     angle = torch.arccos(((turned @ given_rotation[0].T).trace() - 1) / 2)
     assert angle.item() == pytest.approx(math.atan(0.1), abs=1e-5)
 
@@ -312,8 +371,17 @@ def test_stage1_renders_the_base_structure_at_the_given_pose(base):
     rotation = random_rotations(2, generator=generator, dtype=torch.float64)
     shift = torch.randn(2, 2, generator=generator, dtype=torch.float64)
     images = render_projections(model.base_render_coords, rotation, shift, BOX, PIXEL_SIZE)
-    out = model.loss(images, None, stage=1, n_conf=1, n_pose=1, weights=LossWeights(),
-                     given_rotation=rotation, given_shift=shift, pose_mode="given")
+    out = model.loss(
+        images,
+        None,
+        stage=1,
+        n_conf=1,
+        n_pose=1,
+        weights=LossWeights(),
+        given_rotation=rotation,
+        given_shift=shift,
+        pose_mode="given",
+    )
     perfect = -BOX * BOX * (math.log(0.5) + 0.5 * math.log(2 * math.pi))
     torch.testing.assert_close(out.per_image_log_likelihood, torch.full((2,), perfect, dtype=torch.float64))
 
@@ -354,8 +422,9 @@ def test_sleep_phase_teaches_the_encoder_only(base):
     decoder_grads = [p.grad for p in model.decoder.parameters() if p.grad is not None]
     assert not decoder_grads  # nothing flows into the decoder
     assert all(p.grad is not None for p in model.conf_posterior.parameters())
-    optimizer = torch.optim.Adam(list(model.encoder.parameters()) + list(model.conf_posterior.parameters()),
-                                 lr=1e-3)
+    optimizer = torch.optim.Adam(
+        list(model.encoder.parameters()) + list(model.conf_posterior.parameters()), lr=1e-3
+    )
     first = float(loss.detach())
     for _ in range(120):
         optimizer.zero_grad()

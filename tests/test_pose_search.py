@@ -66,8 +66,14 @@ def test_anm_modes_are_orthonormal_internal_motions():
 def test_displaced_references_move_by_the_asked_rmsd():
     structure = read_structure(BASE_PDB)
     ca_index = structure.topology.select("CA")
-    refs = displaced_references(structure.coords, structure.topology.residue_index,
-                                structure.coords[ca_index], n_modes=2, amplitudes=(1.5, 3.0), cutoff=15.0)
+    refs = displaced_references(
+        structure.coords,
+        structure.topology.residue_index,
+        structure.coords[ca_index],
+        n_modes=2,
+        amplitudes=(1.5, 3.0),
+        cutoff=15.0,
+    )
     assert refs.shape == (1 + 2 * 2 * 2, len(structure.coords), 3)
     assert np.array_equal(refs[0], structure.coords)
     ca_rmsd = np.sqrt(((refs[:, ca_index] - structure.coords[ca_index]) ** 2).sum(-1).mean(-1))
@@ -83,16 +89,23 @@ def test_scores_match_brute_force_normalised_cross_correlation():
     box, pixel = 16, 2.0
     images = torch.randn(3, box, box, generator=gen, dtype=torch.float64).float()
     templates = torch.randn(5, box, box, generator=gen, dtype=torch.float64).float()
-    ctf = CTFParams(defocus_u=torch.tensor([9000.0, 12000.0, 15000.0]),
-                    defocus_v=torch.tensor([9500.0, 12000.0, 14000.0]),
-                    astigmatism_angle=torch.tensor([0.0, 30.0, 60.0]), voltage=300.0,
-                    spherical_aberration=2.7, amplitude_contrast=0.1, phase_shift=0.0, bfactor=0.0)
+    ctf = CTFParams(
+        defocus_u=torch.tensor([9000.0, 12000.0, 15000.0]),
+        defocus_v=torch.tensor([9500.0, 12000.0, 14000.0]),
+        astigmatism_angle=torch.tensor([0.0, 30.0, 60.0]),
+        voltage=300.0,
+        spherical_aberration=2.7,
+        amplitude_contrast=0.1,
+        phase_shift=0.0,
+        bfactor=0.0,
+    )
     scorer = _Scorer(box, pixel, resolution=5.0)
     filtered, power = scorer.filtered_images(images, ctf)
     template_power = torch.fft.rfft2(templates).abs().square().flatten(1)
     scores = scorer.global_scores(filtered, power, templates.flatten(1), template_power)
-    shifted, shifts = scorer.shifted_scores(filtered, power, templates[None].expand(3, -1, -1, -1),
-                                            max_shift=0.0)
+    shifted, shifts = scorer.shifted_scores(
+        filtered, power, templates[None].expand(3, -1, -1, -1), max_shift=0.0
+    )
     c = ctf_2d(ctf, box, pixel, rfft=True)
     for i in range(3):
         for t in range(5):
@@ -112,9 +125,16 @@ def test_shift_search_finds_a_whole_pixel_shift_with_the_render_sign_convention(
     rotation = super_fibonacci_rotations(7, torch.float32)[3:4]
     true_shift = torch.tensor([[3.0, -4.5]])  # 2 and -3 pixels
     image = render_projections(coords, rotation, true_shift, box, pixel, 1.5)
-    ctf = CTFParams(defocus_u=torch.tensor([10000.0]), defocus_v=torch.tensor([10000.0]),
-                    astigmatism_angle=torch.tensor([0.0]), voltage=300.0, spherical_aberration=2.7,
-                    amplitude_contrast=0.1, phase_shift=0.0, bfactor=0.0)
+    ctf = CTFParams(
+        defocus_u=torch.tensor([10000.0]),
+        defocus_v=torch.tensor([10000.0]),
+        astigmatism_angle=torch.tensor([0.0]),
+        voltage=300.0,
+        spherical_aberration=2.7,
+        amplitude_contrast=0.1,
+        phase_shift=0.0,
+        bfactor=0.0,
+    )
     scorer = _Scorer(box, pixel, resolution=3.5)
     filtered, power = scorer.filtered_images(image, ctf)
     template = render_projections(coords, rotation, torch.zeros(1, 2), box, pixel, 1.5)
@@ -126,8 +146,16 @@ def test_search_recovers_the_poses_of_rendered_particles_and_writes_a_star_file(
     # the whole adenylate kinase (a 10-residue fragment is too close to a rod: its views are ambiguous)
     star = write_particles(tmp_path / "data", n=12, seed=3, noise=1.0, base=ADK_OPEN, pixel_size=2.5)
     out = tmp_path / "searched.star"
-    config = PoseSearchConfig(n_rotations=2000, search_box=16, resolution=8.0, top_k=8, local_rounds=6,
-                              atoms="CA", sigma=2.0, batch_size=8)
+    config = PoseSearchConfig(
+        n_rotations=2000,
+        search_box=16,
+        resolution=8.0,
+        top_k=8,
+        local_rounds=6,
+        atoms="CA",
+        sigma=2.0,
+        batch_size=8,
+    )
     result = search_poses_to_file(star, ADK_OPEN, out, config=config, image_size=32, progress=False)
     truth = read_particles(star)
     errors = pose_errors_deg(result.rotation, truth.rotation)
@@ -151,4 +179,3 @@ def test_search_config_rejects_nonsense():
         PoseSearchConfig(search_box=15)
     with pytest.raises(ValueError):
         PoseSearchConfig(n_rotations=0)
-

@@ -63,13 +63,19 @@ def test_matches_brute_force_3d_projection(box, pixel_size, sigma):
 def test_unit_mass_and_axis_convention():
     pixel_size, box = 0.5, 32
     coords = torch.tensor([[[2 * pixel_size, -3 * pixel_size, 7.0]]], dtype=torch.float64)
-    image = render_projections(coords, torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 2), box,
-                               pixel_size)[0]
+    image = render_projections(
+        coords, torch.eye(3, dtype=torch.float64)[None], torch.zeros(1, 2), box, pixel_size
+    )[0]
     assert image.sum().item() == pytest.approx(1.0, abs=1e-9)
     peak = divmod(int(image.argmax()), box)
     assert peak == (box // 2 - 3, box // 2 + 2)  # (row = y, column = x), centre pixel box // 2
-    shifted = render_projections(coords, torch.eye(3, dtype=torch.float64)[None],
-                                 torch.tensor([[pixel_size, 0.0]], dtype=torch.float64), box, pixel_size)[0]
+    shifted = render_projections(
+        coords,
+        torch.eye(3, dtype=torch.float64)[None],
+        torch.tensor([[pixel_size, 0.0]], dtype=torch.float64),
+        box,
+        pixel_size,
+    )[0]
     assert divmod(int(shifted.argmax()), box) == (box // 2 - 3, box // 2 + 3)  # +shift_x moves right
 
 
@@ -90,7 +96,10 @@ def test_gradcheck_coordinates_rotation_shift(pixel_size):
     coords, rotation, shift = _random_case(2, 6, seed=11, spread=3.0)
     inputs = tuple(t.clone().requires_grad_(True) for t in (coords, rotation, shift))
     assert torch.autograd.gradcheck(
-        lambda c, r, s: render_projections(c, r, s, 12, pixel_size), inputs, atol=1e-7, rtol=1e-5,
+        lambda c, r, s: render_projections(c, r, s, 12, pixel_size),
+        inputs,
+        atol=1e-7,
+        rtol=1e-5,
         fast_mode=True,  # random projections of the Jacobian: seconds instead of a backward per pixel
     )
     # The full Jacobian on a tiny case.
@@ -107,10 +116,12 @@ def test_gradcheck_of_the_autograd_function_with_chunks():
     with torch.no_grad():
         positions[0, 0] = torch.tensor([30.0, -2.0])
     one = torch.tensor(1.0, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda p: function(p, 14, 1.5, one, 2, None), (positions,), atol=1e-7,
-                                    fast_mode=True)
-    assert torch.autograd.gradcheck(lambda p: function(p, 5, 3.0, one, 2, None), (positions[:3, :3],),
-                                    atol=1e-7)
+    assert torch.autograd.gradcheck(
+        lambda p: function(p, 14, 1.5, one, 2, None), (positions,), atol=1e-7, fast_mode=True
+    )
+    assert torch.autograd.gradcheck(
+        lambda p: function(p, 5, 3.0, one, 2, None), (positions[:3, :3],), atol=1e-7
+    )
 
 
 def test_weights_are_masses():
@@ -131,12 +142,17 @@ def test_gradcheck_weighted_positions_and_width(pixel_size):
     sigma = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     inputs = (coords.clone().requires_grad_(True), shift.clone().requires_grad_(True), sigma)
     assert torch.autograd.gradcheck(
-        lambda c, s, w: render_projections(c, rotation, s, 12, pixel_size, w, weights=weights), inputs,
-        atol=1e-7, rtol=1e-5, fast_mode=True)
+        lambda c, s, w: render_projections(c, rotation, s, 12, pixel_size, w, weights=weights),
+        inputs,
+        atol=1e-7,
+        rtol=1e-5,
+        fast_mode=True,
+    )
     small = (coords[:1, :3].clone().requires_grad_(True), shift[:1].clone().requires_grad_(True), sigma)
     assert torch.autograd.gradcheck(
         lambda c, s, w: render_projections(c, rotation[:1], s, 7, pixel_size * 2, w, weights=weights[:3]),
-        small)
+        small,
+    )
 
 
 def test_broadcasts_leading_dims_and_chunking_does_not_matter(monkeypatch):

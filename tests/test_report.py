@@ -60,10 +60,29 @@ def test_evaluate_json_matches_library_and_known_proportions(ensembles, capsys):
     folder = ensembles
     cut = _cutoff_between_modes()
     out = folder / "out"
-    argv = ["evaluate", str(folder / "pred.pdb"), str(folder / "gt.pdb"), "--n", "8", "--seed", "5",
-            "--base", str(BASE_PDB), "--distance", "A:1:CA,A:10:CA", "--cutoff", f"{cut}",
-            "--distance", "A:1:CA,A:5:CA", "--cutoff", "1000", "--json", str(folder / "e.json"),
-            "-o", str(out)]
+    argv = [
+        "evaluate",
+        str(folder / "pred.pdb"),
+        str(folder / "gt.pdb"),
+        "--n",
+        "8",
+        "--seed",
+        "5",
+        "--base",
+        str(BASE_PDB),
+        "--distance",
+        "A:1:CA,A:10:CA",
+        "--cutoff",
+        f"{cut}",
+        "--distance",
+        "A:1:CA,A:5:CA",
+        "--cutoff",
+        "1000",
+        "--json",
+        str(folder / "e.json"),
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "EMD-RMSD (CA, N = 8, 10 atoms)" in printed and "report:" in printed
@@ -91,10 +110,14 @@ def test_evaluate_json_matches_library_and_known_proportions(ensembles, capsys):
     gap = abs(np.linalg.norm(gt[0, ca[0]] - gt[0, ca[9]]) - np.linalg.norm(gt[7, ca[0]] - gt[7, ca[9]]))
     assert d1["wasserstein_1"] == pytest.approx(0.25 * gap, abs=0.05)
     props = summary["mode_proportions"]
-    assert props["ground truth"] == pytest.approx({f"d1 < {cut:g}, d2 < 1000": 0.5,
-                                                   f"d1 < {cut:g}, d2 >= 1000": 0.0,
-                                                   f"d1 >= {cut:g}, d2 < 1000": 0.5,
-                                                   f"d1 >= {cut:g}, d2 >= 1000": 0.0})
+    assert props["ground truth"] == pytest.approx(
+        {
+            f"d1 < {cut:g}, d2 < 1000": 0.5,
+            f"d1 < {cut:g}, d2 >= 1000": 0.0,
+            f"d1 >= {cut:g}, d2 < 1000": 0.5,
+            f"d1 >= {cut:g}, d2 >= 1000": 0.0,
+        }
+    )
     assert props["prediction"][f"d1 >= {cut:g}, d2 < 1000"] == pytest.approx(0.25)
 
     # Mode B pulls residues 8-10 6 A away from residue 7: its 7-8 peptide bond is broken.
@@ -112,8 +135,24 @@ def test_evaluate_json_matches_library_and_known_proportions(ensembles, capsys):
 
 def test_floor_and_recovered_fraction(ensembles):
     folder = ensembles
-    assert main(["evaluate", str(folder / "pred.pdb"), str(folder / "gt.pdb"), "--n", "4", "--base",
-                 str(BASE_PDB), "--json", str(folder / "f.json"), "-o", str(folder / "f")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(folder / "pred.pdb"),
+                str(folder / "gt.pdb"),
+                "--n",
+                "4",
+                "--base",
+                str(BASE_PDB),
+                "--json",
+                str(folder / "f.json"),
+                "-o",
+                str(folder / "f"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((folder / "f.json").read_text())
     top, pred = read_ensemble(folder / "pred.pdb")
     _, gt = read_ensemble(folder / "gt.pdb")
@@ -124,16 +163,29 @@ def test_floor_and_recovered_fraction(ensembles):
     assert summary["recovered_fraction"] == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--n", "9"], "pred.pdb: the predicted ensemble holds 8 structures, fewer than the 9"),
-    (["--distance", "A:1:CA,A:99:CA"], "pred.pdb: atom selection 'A:99:CA': no residue 99"),
-    (["--distance", "A:1:CA,A:2:CA", "--cutoff", "3", "--cutoff", "4"], "2 --cutoff values for 1"),
-    (["--distance", "A:1:CA"], "--distance 'A:1:CA': expected two atoms"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--n", "9"], "pred.pdb: the predicted ensemble holds 8 structures, fewer than the 9"),
+        (["--distance", "A:1:CA,A:99:CA"], "pred.pdb: atom selection 'A:99:CA': no residue 99"),
+        (["--distance", "A:1:CA,A:2:CA", "--cutoff", "3", "--cutoff", "4"], "2 --cutoff values for 1"),
+        (["--distance", "A:1:CA"], "--distance 'A:1:CA': expected two atoms"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(ensembles, capsys, extra, message):
     folder = ensembles
-    code = main(["evaluate", str(folder / "pred.pdb"), str(folder / "gt.pdb"), "--n", "8",
-                 "-o", str(folder / "bad"), *extra])
+    code = main(
+        [
+            "evaluate",
+            str(folder / "pred.pdb"),
+            str(folder / "gt.pdb"),
+            "--n",
+            "8",
+            "-o",
+            str(folder / "bad"),
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("atomvae: error: ") and err.count("\n") == 1
@@ -143,19 +195,44 @@ def test_bad_input_is_one_line_and_exit_code_2(ensembles, capsys, extra, message
 def test_write_report_and_summary_text(tmp_path):
     fig = Figure()
     fig.subplots().plot([0, 1], [1, 0])
-    section = ReportSection("Numbers & <things>", rows=[("a", "1 < 2")], paragraphs=["x"],
-                            figures=[ReportFigure("line", fig, "a line")])
-    written = write_report(tmp_path / "r", "title", [section], {"emd_rmsd": float("nan"), "n": 3},
-                           inputs=[("prediction", "p.pdb")], notes=["made by <demo>"])
+    section = ReportSection(
+        "Numbers & <things>",
+        rows=[("a", "1 < 2")],
+        paragraphs=["x"],
+        figures=[ReportFigure("line", fig, "a line")],
+    )
+    written = write_report(
+        tmp_path / "r",
+        "title",
+        [section],
+        {"emd_rmsd": float("nan"), "n": 3},
+        inputs=[("prediction", "p.pdb")],
+        notes=["made by <demo>"],
+    )
     html = written["html"].read_text()
     assert "<p>made by &lt;demo&gt;</p>" in html and "p.pdb" in html
     assert "Numbers &amp; &lt;things&gt;" in html and "1 &lt; 2" in html
     assert written["line"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(written["json"].read_text()) == {"emd_rmsd": None, "n": 3}  # NaN -> null
-    distance = {"label": "d", "wasserstein_1": 0.5, "pred_mean": 1.0, "gt_mean": 1.5, "cutoff": 1.2,
-                "pred_below": 0.25, "gt_below": 0.5}
-    text = summary_text({"emd_rmsd": 1.23456, "n": 4, "atoms": "CA", "n_atoms_compared": 10,
-                         "base_only": 2.0, "distances": [distance]})
+    distance = {
+        "label": "d",
+        "wasserstein_1": 0.5,
+        "pred_mean": 1.0,
+        "gt_mean": 1.5,
+        "cutoff": 1.2,
+        "pred_below": 0.25,
+        "gt_below": 0.5,
+    }
+    text = summary_text(
+        {
+            "emd_rmsd": 1.23456,
+            "n": 4,
+            "atoms": "CA",
+            "n_atoms_compared": 10,
+            "base_only": 2.0,
+            "distances": [distance],
+        }
+    )
     assert "1.235 A" in text and "base only 2.000" in text and "pred 25.0% / GT 50.0%" in text
 
 
@@ -167,8 +244,25 @@ def run_with_latents(tmp_path_factory):
     star = write_particles(folder / "data", n=16)
     save_config(tiny_config(), folder / "tiny.yaml")
     run_dir = folder / "run"
-    assert main(["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(folder / "tiny.yaml"),
-                 "--max-steps", "8", "--seed", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(star),
+                str(BASE_PDB),
+                "-o",
+                str(run_dir),
+                "--config",
+                str(folder / "tiny.yaml"),
+                "--max-steps",
+                "8",
+                "--seed",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["encode", str(run_dir), str(star), "-o", str(folder / "latents.npz")]) == 0
     top, gt = _two_mode_ensemble(4, 4, seed=1)
     write_ensemble(folder / "gt.pdb", top, gt)
@@ -179,10 +273,31 @@ def run_with_latents(tmp_path_factory):
 def test_evaluate_with_run_latents_truth_and_conditional(run_with_latents, capsys):
     folder, run_dir, star = run_with_latents
     out = folder / "report"
-    argv = ["evaluate", str(folder / "gt.pdb"), str(folder / "gt.pdb"), "--n", "4", "--run", str(run_dir),
-            "--latents", str(folder / "latents.npz"), "--particles", str(star), "--truth",
-            str(folder / "truth.npz"), "--ensemble-source", str(folder / "gt.pdb"),
-            "--distance", "A:1:CA,A:10:CA", "--posterior-samples", "3", "--seed", "7", "-o", str(out)]
+    argv = [
+        "evaluate",
+        str(folder / "gt.pdb"),
+        str(folder / "gt.pdb"),
+        "--n",
+        "4",
+        "--run",
+        str(run_dir),
+        "--latents",
+        str(folder / "latents.npz"),
+        "--particles",
+        str(star),
+        "--truth",
+        str(folder / "truth.npz"),
+        "--ensemble-source",
+        str(folder / "gt.pdb"),
+        "--distance",
+        "A:1:CA,A:10:CA",
+        "--posterior-samples",
+        "3",
+        "--seed",
+        "7",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "conditional A:1:CA-A:10:CA: Pearson r" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -201,8 +316,9 @@ def test_evaluate_with_run_latents_truth_and_conditional(run_with_latents, capsy
     frames = np.load(folder / "truth.npz")["frame"][latents.index]
     truth = np.linalg.norm(gt[frames, ca[0]] - gt[frames, ca[9]], axis=-1)
     run_ca = run.topology.atom_index("CA")
-    samples = posterior_distances(lambda z: run.model.decode(z, "all"), latents,
-                                  np.array([[run_ca[0], run_ca[9]]]), 3, 7)
+    samples = posterior_distances(
+        lambda z: run.model.decode(z, "all"), latents, np.array([[run_ca[0], run_ca[9]]]), 3, 7
+    )
     expected = conditional_distance_correlation(samples[:, :, 0], truth)
     assert np.isfinite(expected)
     assert summary["conditional"]["pearson_r"]["A:1:CA-A:10:CA"] == pytest.approx(expected, rel=1e-9)
@@ -213,8 +329,9 @@ def test_evaluate_with_run_latents_truth_and_conditional(run_with_latents, capsy
     subset = json.loads((folder / "subset" / "summary.json").read_text())["conditional"]
     keep = np.sort(np.random.default_rng(7).choice(16, size=5, replace=False))
     part = Latents(mu=latents.mu[keep], sigma=latents.sigma[keep], index=latents.index[keep])
-    samples = posterior_distances(lambda z: run.model.decode(z, "all"), part,
-                                  np.array([[run_ca[0], run_ca[9]]]), 3, 7)
+    samples = posterior_distances(
+        lambda z: run.model.decode(z, "all"), part, np.array([[run_ca[0], run_ca[9]]]), 3, 7
+    )
     expected = conditional_distance_correlation(samples[:, :, 0], truth[keep])
     assert subset["n_particles"] == 5
     assert subset["pearson_r"]["A:1:CA-A:10:CA"] == pytest.approx(expected, rel=1e-9, nan_ok=True)
@@ -226,8 +343,20 @@ def test_run_options_need_a_run_and_truth_must_fit(run_with_latents, capsys):
     assert main([*base, "--truth", str(folder / "truth.npz")]) == 2
     assert "need --run" in capsys.readouterr().err
     np.savez(folder / "short_truth.npz", frame=np.zeros(3, dtype=int))
-    assert main([*base, "--run", str(run_dir), "--latents", str(folder / "latents.npz"),
-                 "--truth", str(folder / "short_truth.npz")]) == 2
+    assert (
+        main(
+            [
+                *base,
+                "--run",
+                str(run_dir),
+                "--latents",
+                str(folder / "latents.npz"),
+                "--truth",
+                str(folder / "short_truth.npz"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "short_truth.npz: holds 3 particles but the latents refer to particle 15" in err
 
@@ -236,11 +365,22 @@ def test_training_curves_plot_every_numeric_key():
     from atomvae.evaluate.plots import training_curves_figure
 
     rng = np.random.default_rng(0)
-    records = [{"kind": "train", "step": s, "stage": 1 if s < 300 else 2, "epoch": s // 100, "finite": True,
-                "loss": float(100 * np.exp(-s / 200) + rng.normal()), "kl_conf": 0.1 * s, "note": "text"}
-               for s in range(1, 501)]
-    records += [{"kind": "val", "step": s, "stage": 2, "val_log_likelihood": -float(s)}
-                for s in (300, 400, 500)]
+    records = [
+        {
+            "kind": "train",
+            "step": s,
+            "stage": 1 if s < 300 else 2,
+            "epoch": s // 100,
+            "finite": True,
+            "loss": float(100 * np.exp(-s / 200) + rng.normal()),
+            "kl_conf": 0.1 * s,
+            "note": "text",
+        }
+        for s in range(1, 501)
+    ]
+    records += [
+        {"kind": "val", "step": s, "stage": 2, "val_log_likelihood": -float(s)} for s in (300, 400, 500)
+    ]
     fig = training_curves_figure(records)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["loss", "kl_conf", "val_log_likelihood"]
@@ -271,8 +411,15 @@ def test_library_call_with_notes_and_without_report(ensembles, tmp_path):
     from atomvae.evaluate.evaluation import EvaluateConfig, evaluate
 
     folder = ensembles
-    config = EvaluateConfig(pred=folder / "pred.pdb", gt=folder / "gt.pdb", n=3, seed=2,
-                            out_dir=tmp_path / "none", write_report=False, notes=("made by a test",))
+    config = EvaluateConfig(
+        pred=folder / "pred.pdb",
+        gt=folder / "gt.pdb",
+        n=3,
+        seed=2,
+        out_dir=tmp_path / "none",
+        write_report=False,
+        notes=("made by a test",),
+    )
     summary = evaluate(config)
     assert summary["about"] == ["made by a test"] and "report" not in summary
     assert not (tmp_path / "none").exists()

@@ -142,6 +142,7 @@ def test_random_rotations_are_rotations_and_reproducible():
     R = random_rotations(1000, torch.Generator().manual_seed(4), dtype=torch.float64)
     assert R.shape == (1000, 3, 3) and R.dtype == torch.float64
     _assert_rotation(R, 1e-12)
+
     def draw(seed):
         return random_rotations(1000, torch.Generator().manual_seed(seed), dtype=torch.float64)
 

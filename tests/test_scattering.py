@@ -117,8 +117,10 @@ def test_phase_contrast_low_frequency_keeps_density_sign():
     shift = torch.zeros(1, 2, dtype=torch.float64)
     # Pure amplitude contrast, no defocus: the CTF is the constant Q, so the image is Q * phase.
     ctf = CTFParams(
-        defocus_u=torch.zeros(1, dtype=torch.float64), defocus_v=torch.zeros(1, dtype=torch.float64),
-        spherical_aberration=0.0, amplitude_contrast=0.1,
+        defocus_u=torch.zeros(1, dtype=torch.float64),
+        defocus_v=torch.zeros(1, dtype=torch.float64),
+        spherical_aberration=0.0,
+        amplitude_contrast=0.1,
     )
     image = scattering.phase_contrast_images(coords, eye, shift, a, b, ctf, 16, 1.0, oversample=2)
     phase = scattering.projected_potential(coords, eye, shift, a, b, 16, 1.0, 0.0, 1)

@@ -20,15 +20,23 @@ def adk():
 def _small_topology():
     """Chain A: 51 GLY, 52 ALA, 52A SER (insertion), 53 GLY; chain B: 1 GLY."""
     bb = ["N", "CA", "C", "O"]
-    residues = [("A", "GLY", 51, "", bb), ("A", "ALA", 52, "", [*bb, "CB"]),
-                ("A", "SER", 52, "A", [*bb, "CB", "OG"]), ("A", "GLY", 53, "", bb), ("B", "GLY", 1, "", bb)]
+    residues = [
+        ("A", "GLY", 51, "", bb),
+        ("A", "ALA", 52, "", [*bb, "CB"]),
+        ("A", "SER", 52, "A", [*bb, "CB", "OG"]),
+        ("A", "GLY", 53, "", bb),
+        ("B", "GLY", 1, "", bb),
+    ]
     names = [n for r in residues for n in r[4]]
     return Topology(
-        atom_name=names, element=[n[0] for n in names],
+        atom_name=names,
+        element=[n[0] for n in names],
         residue_index=np.repeat(np.arange(len(residues)), [len(r[4]) for r in residues]),
-        res_name=[r[1] for r in residues], res_seq=[r[2] for r in residues],
+        res_name=[r[1] for r in residues],
+        res_seq=[r[2] for r in residues],
         ins_code=[r[3] for r in residues],
-        chain_id=[r[0] for r in residues], bonded_to_next=[True, True, True, False, False],
+        chain_id=[r[0] for r in residues],
+        bonded_to_next=[True, True, True, False, False],
     )
 
 
@@ -47,8 +55,10 @@ def test_parse_atom_selection_finds_the_atom(adk):
 def test_parse_atom_selection_errors_say_what_exists(adk):
     top = adk.topology
     gly = int(top.res_seq[np.nonzero(top.res_name == "GLY")[0][0]])
-    expected = (rf"sel.txt: atom selection 'A:{gly}:CB': residue found but no atom CB in GLY; "
-                r"its atoms are N CA C O")
+    expected = (
+        rf"sel.txt: atom selection 'A:{gly}:CB': residue found but no atom CB in GLY; "
+        r"its atoms are N CA C O"
+    )
     with pytest.raises(InputError, match=expected):
         parse_atom_selection(f"A:{gly}:CB", top, source="sel.txt")
     with pytest.raises(InputError, match=r"no chain B; chains are A"):

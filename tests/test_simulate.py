@@ -230,10 +230,29 @@ def test_sigterm_mid_run_leaves_no_temporary_folder(ensemble, tmp_path):
     import time
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "atomvae", "simulate", str(ensemble), "-n", "200000", "--box", "32",
-           "--pixel-size", "3", "-o", str(out), "--snr", "0.1", "--gt-n", "4", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "atomvae",
+        "simulate",
+        str(ensemble),
+        "-n",
+        "200000",
+        "--box",
+        "32",
+        "--pixel-size",
+        "3",
+        "-o",
+        str(out),
+        "--snr",
+        "0.1",
+        "--gt-n",
+        "4",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".killed.*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -151,7 +151,7 @@ def test_reading_a_stack_does_not_leave_its_pages_resident(tmp_path, monkeypatch
     stack = ParticleStack([write_mrcs(tmp_path / "a.mrcs", images)])
     before = _file_backed_rss_mib()
     for start in range(0, 2048, 256):
-        np.testing.assert_array_equal(stack[start:start + 256].numpy(), images[start:start + 256])
+        np.testing.assert_array_equal(stack[start : start + 256].numpy(), images[start : start + 256])
     order = np.random.default_rng(4).permutation(2048)[:512]
     np.testing.assert_array_equal(stack[order].numpy(), images[order])  # random access, after a release
     assert _file_backed_rss_mib() - before < 8.0

@@ -17,20 +17,30 @@ from atomvae.structure.io import element_from_name, read_ensemble, read_structur
 from atomvae.structure.topology import Topology
 
 
-def _atom(serial, name, res_name, chain, res_seq, xyz, icode=" ", altloc=" ", occ=1.0, element="",
-          record="ATOM"):
+def _atom(
+    serial, name, res_name, chain, res_seq, xyz, icode=" ", altloc=" ", occ=1.0, element="", record="ATOM"
+):
     padded = f" {name:<3}" if len(name) < 4 else name
     x, y, z = xyz
-    return (f"{record:<6}{serial:>5} {padded}{altloc}{res_name:>3} {chain}{res_seq:>4}{icode}   "
-            f"{x:8.3f}{y:8.3f}{z:8.3f}{occ:6.2f}{0.0:6.2f}          {element:>2}")
+    return (
+        f"{record:<6}{serial:>5} {padded}{altloc}{res_name:>3} {chain}{res_seq:>4}{icode}   "
+        f"{x:8.3f}{y:8.3f}{z:8.3f}{occ:6.2f}{0.0:6.2f}          {element:>2}"
+    )
 
 
 def _residue_atoms(k, names, z=0.0):
     """Backbone-like positions for the k-th residue along x: C(k) to N(k+1) is 1.49 A."""
     x = 3.8 * k
-    table = {"N": (x, 0, z), "CA": (x + 1, 1.1, z), "C": (x + 2.4, 0.5, z), "O": (x + 2.6, -0.7, z),
-             "CB": (x + 1, 2.0, z + 1), "OG": (x + 1, 2.5, z + 2.2), "H": (x - 0.5, -0.8, z),
-             "HA": (x + 1, 1.4, z - 1)}
+    table = {
+        "N": (x, 0, z),
+        "CA": (x + 1, 1.1, z),
+        "C": (x + 2.4, 0.5, z),
+        "O": (x + 2.6, -0.7, z),
+        "CB": (x + 1, 2.0, z + 1),
+        "OG": (x + 1, 2.5, z + 2.2),
+        "H": (x - 0.5, -0.8, z),
+        "HA": (x + 1, 1.4, z - 1),
+    }
     return [(n, table[n]) for n in names]
 
 
@@ -47,10 +57,15 @@ def fixture_pdb_text() -> str:
         lines.append(_atom(serial, *args, **kwargs))
         serial += 1
 
-    chain_a = [("ALA", 1, " ", ["N", "H", "CA", "HA", "C", "O", "CB"]), ("SER", 2, " ", None),
-               ("GLY", 3, " ", ["N", "CA", "C", "O"]), ("GLY", 3, "A", ["N", "CA", "C", "O"]),
-               ("GLY", 4, " ", ["N", "C", "O"]), ("ALA", 5, " ", ["N", "CA", "C", "O", "CB"]),
-               ("ALA", 8, " ", ["N", "CA", "C", "O", "CB"])]
+    chain_a = [
+        ("ALA", 1, " ", ["N", "H", "CA", "HA", "C", "O", "CB"]),
+        ("SER", 2, " ", None),
+        ("GLY", 3, " ", ["N", "CA", "C", "O"]),
+        ("GLY", 3, "A", ["N", "CA", "C", "O"]),
+        ("GLY", 4, " ", ["N", "C", "O"]),
+        ("ALA", 5, " ", ["N", "CA", "C", "O", "CB"]),
+        ("ALA", 8, " ", ["N", "CA", "C", "O", "CB"]),
+    ]
     for k, (res_name, seq, icode, names) in enumerate(chain_a):
         if res_name == "SER":
             for name, xyz in _residue_atoms(k, ["N", "CA", "C", "O"]):
@@ -96,7 +111,7 @@ def test_reads_protein_heavy_atoms_resolving_altlocs_and_dropping_broken_residue
     assert top.n_atoms == 5 + 6 + 4 + 4 + 5 + 5 + 3 * 5
     assert set(top.element.tolist()) == {"C", "N", "O"}
     assert not any(name.startswith("H") for name in top.atom_name)
-    assert top.atom_name[top.residue_start[0]:top.residue_start[1]].tolist() == ["N", "CA", "C", "O", "CB"]
+    assert top.atom_name[top.residue_start[0] : top.residue_start[1]].tolist() == ["N", "CA", "C", "O", "CB"]
     # Altloc B (occupancy 0.7) wins for every atom of SER2.
     ser = slice(top.residue_start[1], top.residue_start[2])
     assert top.atom_name[ser].tolist() == ["N", "CA", "C", "O", "CB", "OG"]
@@ -121,8 +136,16 @@ def test_ensemble_write_read_round_trip(fixture_pdb, tmp_path, suffix):
     out = tmp_path / f"ensemble{suffix}"
     assert write_ensemble(out, top, coords) == [out]
     back_top, back = read_ensemble(out)
-    for field in ("atom_name", "element", "residue_index", "res_name", "res_seq", "ins_code", "chain_id",
-                  "bonded_to_next"):
+    for field in (
+        "atom_name",
+        "element",
+        "residue_index",
+        "res_name",
+        "res_seq",
+        "ins_code",
+        "chain_id",
+        "bonded_to_next",
+    ):
         np.testing.assert_array_equal(getattr(back_top, field), getattr(top, field), err_msg=field)
     np.testing.assert_allclose(back, coords, atol=6e-4)  # 3 decimals in PDB
     # The first model read as a single structure.
@@ -166,8 +189,11 @@ def test_models_with_different_atoms_are_refused(fixture_pdb, tmp_path):
     with pytest.raises(InputError, match=r"bad\.pdb: model 2 has different atoms from model 1: 41 atoms"):
         read_ensemble(bad)
     # A model that lists more (a water, a hydrogen) but has the same protein heavy atoms is fine.
-    extra = [_atom(900, "H", "ALA", "A", 1, (0.1, 0.2, 0.3), element="H"),
-             *model, _atom(901, "O", "HOH", "A", 101, (20.0, 20.0, 20.0), element="O", record="HETATM")]
+    extra = [
+        _atom(900, "H", "ALA", "A", 1, (0.1, 0.2, 0.3), element="H"),
+        *model,
+        _atom(901, "O", "HOH", "A", 101, (20.0, 20.0, 20.0), element="O", record="HETATM"),
+    ]
     ok = tmp_path / "ok.pdb"
     lines = ["MODEL        1", *model, "ENDMDL", "MODEL        2", *extra, "ENDMDL", "END"]
     ok.write_text("\n".join(lines) + "\n")
@@ -239,8 +265,9 @@ def test_bad_input_messages(tmp_path):
     (tmp_path / "empty.pdb").write_text("REMARK nothing here\nEND\n")
     with pytest.raises(InputError, match="empty.pdb: no"):
         read_structure(tmp_path / "empty.pdb")
-    (tmp_path / "water.pdb").write_text(_atom(1, "O", "HOH", "A", 1, (0, 0, 0), element="O",
-                                              record="HETATM") + "\nEND\n")
+    (tmp_path / "water.pdb").write_text(
+        _atom(1, "O", "HOH", "A", 1, (0, 0, 0), element="O", record="HETATM") + "\nEND\n"
+    )
     with pytest.raises(InputError, match="water.pdb: no protein residues"):
         read_structure(tmp_path / "water.pdb")
     (tmp_path / "traj.dcd").write_bytes(b"\0" * 16)
@@ -258,8 +285,16 @@ def test_bad_input_messages(tmp_path):
         write_ensemble(tmp_path / "keep.pdb", structure.topology, bad)
     assert (tmp_path / "keep.pdb").read_text() == "old"
     top = structure.topology
-    long_chains = Topology(top.atom_name, top.element, top.residue_index, top.res_name, top.res_seq,
-                           top.ins_code, np.full(top.n_residues, "LONG"), top.bonded_to_next)
+    long_chains = Topology(
+        top.atom_name,
+        top.element,
+        top.residue_index,
+        top.res_name,
+        top.res_seq,
+        top.ins_code,
+        np.full(top.n_residues, "LONG"),
+        top.bonded_to_next,
+    )
     with pytest.raises(InputError, match=r"long.pdb: cannot write as PDB \(chain name too long.*write .cif"):
         write_ensemble(tmp_path / "long.pdb", long_chains, structure.coords)
     assert not (tmp_path / "long.pdb").exists()

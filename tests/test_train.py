@@ -86,8 +86,9 @@ def test_preset_named_in_the_file_or_on_the_command_line(tmp_path):
     parse = build_parser().parse_args
     from_file = build_config(parse(["train", "p.star", "b.pdb", "-o", "r", "--config", str(path)]))
     assert from_file == replace(PRESETS["paper"], batch_size=16)
-    flag_wins = build_config(parse(["train", "p.star", "b.pdb", "-o", "r", "--config", str(path),
-                                    "--preset", "cpu"]))
+    flag_wins = build_config(
+        parse(["train", "p.star", "b.pdb", "-o", "r", "--config", str(path), "--preset", "cpu"])
+    )
     assert flag_wins == replace(PRESETS["cpu"], batch_size=16)
     assert build_config(parse(["train", "p.star", "b.pdb", "-o", "r"])) == PRESETS["cpu"]
     path.write_text("preset: fast\n")
@@ -107,11 +108,30 @@ def test_command_line_overrides_config_file_overrides_preset(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("batch_size: 16\nstage2: {n_conf: 5}\ndata: {val_fraction: 0.2}\n")
     args = build_parser().parse_args(
-        ["train", "p.star", "b.pdb", "-o", "run", "--preset", "cpu", "--config", str(path),
-         "--val-fraction", "0.3", "--epochs-stage1", "4", "--poses", "refine", "--pose-center", "1,2,3.5"])
+        [
+            "train",
+            "p.star",
+            "b.pdb",
+            "-o",
+            "run",
+            "--preset",
+            "cpu",
+            "--config",
+            str(path),
+            "--val-fraction",
+            "0.3",
+            "--epochs-stage1",
+            "4",
+            "--poses",
+            "refine",
+            "--pose-center",
+            "1,2,3.5",
+        ]
+    )
     config = build_config(args)
     negative = build_parser().parse_args(
-        ["train", "p.star", "b.pdb", "-o", "run", "--pose-center", "-1.5,-2,3e-1"])
+        ["train", "p.star", "b.pdb", "-o", "run", "--pose-center", "-1.5,-2,3e-1"]
+    )
     assert build_config(negative).data.pose_center == (-1.5, -2.0, 0.3)
     cpu = PRESETS["cpu"]
     assert config.batch_size == 16 and config.stage2.n_conf == 5 and config.stage2.n_pose == cpu.stage2.n_pose
@@ -123,6 +143,7 @@ def test_command_line_overrides_config_file_overrides_preset(tmp_path):
 
 
 # ------------------------------------------------------------------------- loop on a tiny particle set
+
 
 def _records(run_dir, seed):
     return read_metrics(run_dir / f"seed_{seed}" / "metrics.jsonl")
@@ -147,8 +168,14 @@ def test_train_says_which_pose_route_it_takes(tmp_path, capsys):
     posed = write_particles(tmp_path / "posed", n=24)
     train(tiny_config(), posed, BASE_PDB, tmp_path / "run_posed", max_steps=1, show_progress=False)
     assert "poses are not used" in capsys.readouterr().err
-    train(tiny_config(pose_mode="given"), posed, BASE_PDB, tmp_path / "run_given", max_steps=1,
-          show_progress=False)
+    train(
+        tiny_config(pose_mode="given"),
+        posed,
+        BASE_PDB,
+        tmp_path / "run_given",
+        max_steps=1,
+        show_progress=False,
+    )
     assert capsys.readouterr().err == ""
 
 

@@ -48,8 +48,11 @@ def adk_inputs() -> AdkInputs:
     try:
         from MDAnalysisTests import datafiles
     except ImportError:
-        raise InputError("MDAnalysisTests", "the demo's data come from the MDAnalysisTests package; install "
-                                            "it with: pip install 'atomvae[md]'") from None
+        raise InputError(
+            "MDAnalysisTests",
+            "the demo's data come from the MDAnalysisTests package; install "
+            "it with: pip install 'atomvae[md]'",
+        ) from None
     return AdkInputs(Path(datafiles.DCD), Path(datafiles.PSF), Path(datafiles.PDB_small))
 
 
@@ -66,8 +69,9 @@ def docked_base(base_pdb: Path, frames: np.ndarray, frame: int, out: Path) -> Pa
     return out
 
 
-def write_gt_ensemble(out_dcd: Path, topology, frames: np.ndarray, weights: np.ndarray, n: int,
-                      seed: int) -> tuple[Path, Path]:
+def write_gt_ensemble(
+    out_dcd: Path, topology, frames: np.ndarray, weights: np.ndarray, n: int, seed: int
+) -> tuple[Path, Path]:
     """An evaluation ensemble of ``n`` frames drawn from ``weights`` (independently of the particles), as
     a DCD (compact: 12 bytes per atom). Returns the DCD and the topology PDB written beside it."""
     rng = np.random.default_rng(seed)
@@ -113,30 +117,52 @@ def run_demo(config: DemoConfig) -> dict:
     sim = out / "particles"
     step("simulate")
     if not (sim / "truth.npz").is_file():  # simulate writes its folder atomically: present = complete
-        simulate(SimulationConfig(
-            ensemble=inputs.trajectory, topology=inputs.topology, output=sim, n_particles=config.n_particles,
-            box=ADK_BOX, pixel_size=ADK_PIXEL_SIZE, snr=config.snr, weights=ADK_WEIGHTS, seed=config.seed + 1,
-            gt_n=16, overwrite=False, progress=config.progress))
+        simulate(
+            SimulationConfig(
+                ensemble=inputs.trajectory,
+                topology=inputs.topology,
+                output=sim,
+                n_particles=config.n_particles,
+                box=ADK_BOX,
+                pixel_size=ADK_PIXEL_SIZE,
+                snr=config.snr,
+                weights=ADK_WEIGHTS,
+                seed=config.seed + 1,
+                gt_n=16,
+                overwrite=False,
+                progress=config.progress,
+            )
+        )
     truth = np.load(sim / "truth.npz")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MDAnalysis chatter about DCD readers
         topology, frames = read_ensemble(inputs.trajectory, inputs.topology)
-    gt_dcd, gt_top = write_gt_ensemble(out / "gt_ensemble.dcd", topology, frames, truth["weights"],
-                                       config.gt_n, seed=config.seed + 2)
+    gt_dcd, gt_top = write_gt_ensemble(
+        out / "gt_ensemble.dcd", topology, frames, truth["weights"], config.gt_n, seed=config.seed + 2
+    )
     base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
 
     step("train")
     run_dir = out / "run"
     train_config = PRESETS["cpu"]
     train_config = dataclasses.replace(
-        train_config, pose_mode=config.poses, seed=config.seed,
+        train_config,
+        pose_mode=config.poses,
+        seed=config.seed,
         stage1=dataclasses.replace(train_config.stage1, epochs=config.epochs_stage1),
         stage2=dataclasses.replace(train_config.stage2, epochs=config.epochs_stage2),
         data=dataclasses.replace(train_config.data, pose_center=tuple(float(c) for c in truth["center"])),
     )
     resume = (run_dir / "config.yaml").is_file()
-    train(train_config, sim / "particles.star", base, run_dir, resume=resume, show_progress=config.progress,
-          argv=["atomvae", "demo"])
+    train(
+        train_config,
+        sim / "particles.star",
+        base,
+        run_dir,
+        resume=resume,
+        show_progress=config.progress,
+        argv=["atomvae", "demo"],
+    )
 
     step("encode")
     encode_to_file(run_dir, sim / "particles.star", run_dir / "latents.npz", overwrite=True)  # rerun: redo
@@ -146,8 +172,9 @@ def run_demo(config: DemoConfig) -> dict:
     # (the paper's) are scored beside them below.
     run = load_run(run_dir)
     posterior = read_posteriors(run_dir / "latents.npz", run.model.config.latent_conf)
-    samples = run.model.to_base_frame(sample_structures(run, config.n_eval, seed=config.seed,
-                                                        posterior=posterior))
+    samples = run.model.to_base_frame(
+        sample_structures(run, config.n_eval, seed=config.seed, posterior=posterior)
+    )
     samples = samples.detach().double().numpy()
     write_ensemble(out / "samples.dcd", run.topology, samples)  # all samples, compact, for evaluation
     write_ensemble(out / "samples.pdb", run.topology, samples[:64])  # a viewable subset
@@ -157,22 +184,53 @@ def run_demo(config: DemoConfig) -> dict:
     step("evaluate")
     distances = tuple(spec for spec, _ in ADK_DISTANCES)
     cutoffs = tuple(cutoff for _, cutoff in ADK_DISTANCES)
-    summary = evaluate(EvaluateConfig(
-        pred=out / "samples.dcd", pred_topology=base_structure_path(run_dir), gt=gt_dcd, gt_topology=gt_top,
-        n=config.n_eval, atoms="CA", seed=config.seed, base=base, distances=distances, cutoffs=cutoffs,
-        out_dir=out / "evaluation", json_path=out / "evaluation.json", run=run_dir,
-        truth=sim / "truth.npz", ensemble_source=inputs.trajectory,
-        ensemble_source_topology=inputs.topology,
-        notes=(f"atomvae demo: {config.n_particles} simulated particles (SNR {config.snr}), poses "
-               f"{config.poses}, cpu preset with {config.epochs_stage2} stage-2 epochs.",)))
-    summary["prior_samples"] = score_ensemble(out / "samples_prior.dcd", out / "samples_prior_topology.pdb",
-                                              gt_dcd, gt_top, base, config.n_eval, config.seed)
+    summary = evaluate(
+        EvaluateConfig(
+            pred=out / "samples.dcd",
+            pred_topology=base_structure_path(run_dir),
+            gt=gt_dcd,
+            gt_topology=gt_top,
+            n=config.n_eval,
+            atoms="CA",
+            seed=config.seed,
+            base=base,
+            distances=distances,
+            cutoffs=cutoffs,
+            out_dir=out / "evaluation",
+            json_path=out / "evaluation.json",
+            run=run_dir,
+            truth=sim / "truth.npz",
+            ensemble_source=inputs.trajectory,
+            ensemble_source_topology=inputs.topology,
+            notes=(
+                f"atomvae demo: {config.n_particles} simulated particles (SNR {config.snr}), poses "
+                f"{config.poses}, cpu preset with {config.epochs_stage2} stage-2 epochs.",
+            ),
+        )
+    )
+    summary["prior_samples"] = score_ensemble(
+        out / "samples_prior.dcd",
+        out / "samples_prior_topology.pdb",
+        gt_dcd,
+        gt_top,
+        base,
+        config.n_eval,
+        config.seed,
+    )
     timings["end"] = time.perf_counter()
     names = list(timings)
     minutes = {a: (timings[b] - timings[a]) / 60 for a, b in zip(names, names[1:], strict=False)}
-    atomic_write_text(out / "demo.json", json.dumps({"config": {k: str(v) for k, v in
-                                                                dataclasses.asdict(config).items()},
-                                                     "minutes": minutes, "evaluation": summary},
-                                                    indent=2, default=float))
+    atomic_write_text(
+        out / "demo.json",
+        json.dumps(
+            {
+                "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+                "minutes": minutes,
+                "evaluation": summary,
+            },
+            indent=2,
+            default=float,
+        ),
+    )
     summary["minutes"] = minutes
     return summary

@@ -36,7 +36,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else "".join(path.suffixes),
+        prefix=f".{path.name}.",
+        suffix=suffix if suffix is not None else "".join(path.suffixes),
         dir=path.parent,
     )
     os.close(fd)
@@ -96,8 +97,9 @@ def check_writable_folder(path: str | os.PathLike, output: str | os.PathLike | N
         os.unlink(probe)
 
 
-def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Iterable = (),
-                      companions: Iterable = ()) -> Path:
+def check_output_file(
+    path: str | os.PathLike, overwrite: bool, inputs: Iterable = (), companions: Iterable = ()
+) -> Path:
     """An output file the command is about to write: one line (``InputError``) before any work when it
     names a folder, one of the command's ``inputs`` (never replaced, even with ``overwrite``), an
     existing file without ``overwrite``, or a place that cannot be written. ``companions``: further
@@ -108,8 +110,11 @@ def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Iterable
             raise InputError(target, "is a folder; give a file name for the output")
         for source in inputs:
             if source is not None and _same_file(target, Path(source)):
-                raise InputError(target, "is an input of this command; write the output elsewhere "
-                                         "(it is never replaced, even with --overwrite)")
+                raise InputError(
+                    target,
+                    "is an input of this command; write the output elsewhere "
+                    "(it is never replaced, even with --overwrite)",
+                )
         if target.exists() and not overwrite:
             raise InputError(target, "already exists; pass --overwrite to replace it")
     check_writable_folder(path.parent, path)

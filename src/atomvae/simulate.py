@@ -281,15 +281,21 @@ def _check_output_location(config: SimulationConfig) -> None:
     output = config.output.resolve()
     cwd = Path.cwd().resolve()
     if output == cwd or output in cwd.parents:
-        raise InputError(config.output, "is the current folder (or contains it); simulate replaces its "
-                                        "output folder as a whole: name a new folder")
+        raise InputError(
+            config.output,
+            "is the current folder (or contains it); simulate replaces its "
+            "output folder as a whole: name a new folder",
+        )
     inputs = [config.ensemble, config.topology]
     if config.weights is not None and Path(config.weights).is_file():
         inputs.append(Path(config.weights))
     for source in inputs:
         if source is not None and output in Path(source).resolve().parents:
-            raise InputError(config.output, f"holds the input {source}; simulate replaces its output folder "
-                                            "as a whole: name a new folder")
+            raise InputError(
+                config.output,
+                f"holds the input {source}; simulate replaces its output folder "
+                "as a whole: name a new folder",
+            )
     check_writable_folder(output.parent, config.output)
 
 
@@ -305,8 +311,11 @@ def _check_free_space(config: SimulationConfig, output: Path) -> None:
     needed = config.n_particles * (4 * config.box**2 + METADATA_BYTES_PER_PARTICLE) + (1 << 20)
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise InputError(config.output, f"needs about {needed / 2**20:.0f} MiB but only {free / 2**20:.0f} "
-                                        f"MiB are free on the file system of {folder}")
+        raise InputError(
+            config.output,
+            f"needs about {needed / 2**20:.0f} MiB but only {free / 2**20:.0f} "
+            f"MiB are free on the file system of {folder}",
+        )
 
 
 def _reserve(path: Path, n_bytes: int, output: Path) -> None:
@@ -318,8 +327,9 @@ def _reserve(path: Path, n_bytes: int, output: Path) -> None:
         with open(path, "r+b") as f:
             os.posix_fallocate(f.fileno(), 0, n_bytes)
     except OSError as err:
-        raise InputError(output, f"cannot reserve {n_bytes / 2**20:.0f} MiB for particles.mrcs: "
-                                 f"{err.strerror or err}") from None
+        raise InputError(
+            output, f"cannot reserve {n_bytes / 2**20:.0f} MiB for particles.mrcs: {err.strerror or err}"
+        ) from None
 
 
 def _move_into_place(tmp: Path, output: Path) -> None:

@@ -30,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
     parser.add_argument("--particles", type=int, default=d.n_particles, help="particles to simulate")
     parser.add_argument("--snr", type=float, default=d.snr, help=f"signal-to-noise ratio (default {d.snr})")
-    parser.add_argument("--poses", choices=POSE_MODES, default=d.poses,
-                        help=f"as for atomvae train (default here {d.poses}: the simulated poses): "
-                             f"{POSES_HELP}")
+    parser.add_argument(
+        "--poses",
+        choices=POSE_MODES,
+        default=d.poses,
+        help=f"as for atomvae train (default here {d.poses}: the simulated poses): {POSES_HELP}",
+    )
     parser.add_argument("--epochs-stage1", type=int, default=d.epochs_stage1)
     parser.add_argument("--epochs-stage2", type=int, default=d.epochs_stage2)
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -42,18 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from atomvae.demo import run_demo
 
-    config = DemoConfig(out=args.out, n_particles=args.particles, snr=args.snr, poses=args.poses,
-                        epochs_stage1=args.epochs_stage1, epochs_stage2=args.epochs_stage2, seed=args.seed,
-                        progress=not args.no_progress)
+    config = DemoConfig(
+        out=args.out,
+        n_particles=args.particles,
+        snr=args.snr,
+        poses=args.poses,
+        epochs_stage1=args.epochs_stage1,
+        epochs_stage2=args.epochs_stage2,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     summary = run_demo(config)
     out = config.out.resolve()
     print()
-    print(f"EMD-RMSD (C-alpha, N = {summary['n']}): model {summary['emd_rmsd']:.2f} A; base structure only "
-          f"{summary.get('base_only', float('nan')):.2f} A; finite-sample floor "
-          f"{summary.get('floor', float('nan')):.2f} A; recovered fraction "
-          f"{summary.get('recovered_fraction', float('nan')):.2f} "
-          "(samples of the particles' aggregate posterior; "
-          f"the prior's: {summary['prior_samples']['recovered_fraction']:.2f})")
+    print(
+        f"EMD-RMSD (C-alpha, N = {summary['n']}): model {summary['emd_rmsd']:.2f} A; base structure only "
+        f"{summary.get('base_only', float('nan')):.2f} A; finite-sample floor "
+        f"{summary.get('floor', float('nan')):.2f} A; recovered fraction "
+        f"{summary.get('recovered_fraction', float('nan')):.2f} "
+        "(samples of the particles' aggregate posterior; "
+        f"the prior's: {summary['prior_samples']['recovered_fraction']:.2f})"
+    )
     print(f"report:   {out / 'evaluation' / 'report.html'}")
     print(f"samples:  {out / 'samples.pdb'} (64 structures), {out / 'samples.dcd'} (all)")
     print(f"run:      {out / 'run'}")

@@ -23,15 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="latents.npz")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output (files of the run folder and inputs never are)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (files of the run folder and inputs never are)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from atomvae.train.inference import encode_to_file
 
-    result = encode_to_file(args.run_dir, args.particles, args.output, device=args.device,
-                            batch_size=args.batch_size, overwrite=args.overwrite)
+    result = encode_to_file(
+        args.run_dir,
+        args.particles,
+        args.output,
+        device=args.device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
     if result is None:  # a rank other than 0 under torchrun: rank 0 wrote the file and reports
         return 0
     print(f"encoded {len(result['index'])} particles to {args.output}")

@@ -44,52 +44,113 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("gt", type=Path, help="ground-truth ensemble: multi-model PDB/mmCIF or trajectory")
     parser.add_argument("--pred-topology", type=Path, help="topology for a PRED trajectory (.pdb, .psf, ...)")
     parser.add_argument("--gt-topology", type=Path, help="topology for a GT trajectory (.pdb, .psf, ...)")
-    parser.add_argument("--n", type=int, default=2048,
-                        help="structures drawn from each ensemble (default 2048)")
-    parser.add_argument("--atoms", choices=("CA", "backbone", "heavy"), default="CA",
-                        help="atoms compared by EMD-RMSD (default CA)")
+    parser.add_argument(
+        "--n", type=int, default=2048, help="structures drawn from each ensemble (default 2048)"
+    )
+    parser.add_argument(
+        "--atoms",
+        choices=("CA", "backbone", "heavy"),
+        default="CA",
+        help="atoms compared by EMD-RMSD (default CA)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    parser.add_argument("--cov-threshold", type=float, default=2.0, metavar="ANGSTROM",
-                        help="RMSD threshold of the coverage metrics COV-R / COV-P (default 2)")
+    parser.add_argument(
+        "--cov-threshold",
+        type=float,
+        default=2.0,
+        metavar="ANGSTROM",
+        help="RMSD threshold of the coverage metrics COV-R / COV-P (default 2)",
+    )
     parser.add_argument("--base", type=Path, help="base structure (PDB/mmCIF) for the base-only reference")
-    parser.add_argument("--distance", action="append", default=[], metavar="A:284:CA,A:225:CA",
-                        help="a distance between two atoms (repeatable)")
-    parser.add_argument("--cutoff", action="append", type=float, default=[], metavar="ANGSTROM",
-                        help="cutoff for the i-th --distance (repeatable, in order)")
+    parser.add_argument(
+        "--distance",
+        action="append",
+        default=[],
+        metavar="A:284:CA,A:225:CA",
+        help="a distance between two atoms (repeatable)",
+    )
+    parser.add_argument(
+        "--cutoff",
+        action="append",
+        type=float,
+        default=[],
+        metavar="ANGSTROM",
+        help="cutoff for the i-th --distance (repeatable, in order)",
+    )
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the summary JSON here")
-    parser.add_argument("-o", "--out", type=Path, default=Path("evaluation"),
-                        help="folder for report.html, PNGs and summary.json (default ./evaluation)")
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("evaluation"),
+        help="folder for report.html, PNGs and summary.json (default ./evaluation)",
+    )
     parser.add_argument("--run", type=Path, help="a run folder: training curves, latent space, conditional")
-    parser.add_argument("--latents", type=Path,
-                        help="latents.npz from atomvae encode (default RUN/latents.npz)")
-    parser.add_argument("--particles", type=Path,
-                        help="particles.star the latents were encoded from (recorded in the report)")
-    parser.add_argument("--truth", type=Path,
-                        help="truth.npz from atomvae simulate (true structure per particle)")
+    parser.add_argument(
+        "--latents", type=Path, help="latents.npz from atomvae encode (default RUN/latents.npz)"
+    )
+    parser.add_argument(
+        "--particles", type=Path, help="particles.star the latents were encoded from (recorded in the report)"
+    )
+    parser.add_argument(
+        "--truth", type=Path, help="truth.npz from atomvae simulate (true structure per particle)"
+    )
     parser.add_argument("--ensemble-source", type=Path, help="the ensemble the simulation drew from")
     parser.add_argument("--ensemble-source-topology", type=Path, help="topology for a trajectory ENSEMBLE")
-    parser.add_argument("--posterior-samples", type=int, default=16,
-                        help="posterior samples per particle for the conditional accuracy (default 16)")
-    parser.add_argument("--conditional-particles", type=int, default=2048,
-                        help="particles (a random subset) decoded for conditional accuracy (default 2048)")
-    parser.add_argument("--device", default="cpu",
-                        help="device for decoding posterior samples (cpu, cuda, auto)")
-    parser.add_argument("--allow-missing-atoms", action="store_true",
-                        help="score on the atoms PRED and GT share when one lacks some (default: an error)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing report in -o and an existing --json file")
+    parser.add_argument(
+        "--posterior-samples",
+        type=int,
+        default=16,
+        help="posterior samples per particle for the conditional accuracy (default 16)",
+    )
+    parser.add_argument(
+        "--conditional-particles",
+        type=int,
+        default=2048,
+        help="particles (a random subset) decoded for conditional accuracy (default 2048)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="device for decoding posterior samples (cpu, cuda, auto)"
+    )
+    parser.add_argument(
+        "--allow-missing-atoms",
+        action="store_true",
+        help="score on the atoms PRED and GT share when one lacks some (default: an error)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing report in -o and an existing --json file",
+    )
 
 
 # Files the report may write into -o (report.write_report and the figures of evaluation.py).
-REPORT_FILES = ("report.html", "summary.json", "emd_rmsd.png", "distance_histograms.png",
-                "distance_scatter.png", "latent_pca.png", "training_curves.png")
+REPORT_FILES = (
+    "report.html",
+    "summary.json",
+    "emd_rmsd.png",
+    "distance_histograms.png",
+    "distance_scatter.png",
+    "latent_pca.png",
+    "training_curves.png",
+)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Before any work: -o must be a folder (or not exist) without a previous report, --json a new file
     (unless --overwrite), and no input may be among the files written."""
-    inputs = [args.pred, args.gt, args.pred_topology, args.gt_topology, args.base, args.latents,
-              args.particles, args.truth, args.ensemble_source, args.ensemble_source_topology]
+    inputs = [
+        args.pred,
+        args.gt,
+        args.pred_topology,
+        args.gt_topology,
+        args.base,
+        args.latents,
+        args.particles,
+        args.truth,
+        args.ensemble_source,
+        args.ensemble_source_topology,
+    ]
     if args.out.exists() and not args.out.is_dir():
         raise InputError(args.out, "exists and is not a folder; -o names the report folder")
     written = [args.out / name for name in REPORT_FILES] + sorted(args.out.glob("conditional_d*.png"))
@@ -104,15 +165,29 @@ def check_outputs(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_outputs(args)
     config = EvaluateConfig(
-        pred=args.pred, gt=args.gt, pred_topology=args.pred_topology, gt_topology=args.gt_topology,
-        n=args.n, atoms=args.atoms, seed=args.seed, cov_threshold=args.cov_threshold, base=args.base,
+        pred=args.pred,
+        gt=args.gt,
+        pred_topology=args.pred_topology,
+        gt_topology=args.gt_topology,
+        n=args.n,
+        atoms=args.atoms,
+        seed=args.seed,
+        cov_threshold=args.cov_threshold,
+        base=args.base,
         distances=tuple(args.distance),
-        cutoffs=tuple(args.cutoff), out_dir=args.out, json_path=args.json_path, run=args.run,
-        latents=args.latents, particles=args.particles, truth=args.truth,
+        cutoffs=tuple(args.cutoff),
+        out_dir=args.out,
+        json_path=args.json_path,
+        run=args.run,
+        latents=args.latents,
+        particles=args.particles,
+        truth=args.truth,
         ensemble_source=args.ensemble_source,
-        ensemble_source_topology=args.ensemble_source_topology, posterior_samples=args.posterior_samples,
+        ensemble_source_topology=args.ensemble_source_topology,
+        posterior_samples=args.posterior_samples,
         conditional_particles=args.conditional_particles,
-        device=args.device, allow_missing_atoms=args.allow_missing_atoms,
+        device=args.device,
+        allow_missing_atoms=args.allow_missing_atoms,
     )
     summary = evaluate(config)
     print(summary_text(summary))

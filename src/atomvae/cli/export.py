@@ -28,8 +28,14 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN", help="run folder written by atomvae train")
     parser.add_argument("particles", type=Path, metavar="PARTICLES", help="particle file (.star or .cs)")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="SUBSET",
-                        help="SUBSET.star or SUBSET.cs (same format as PARTICLES)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="SUBSET",
+        help="SUBSET.star or SUBSET.cs (same format as PARTICLES)",
+    )
     parser.add_argument("--state", type=int, metavar="K", help="state K (1-based) of atomvae analyze")
     parser.add_argument("--analysis", type=Path, metavar="OUT", help="the folder atomvae analyze wrote")
     parser.add_argument("--distance", metavar="A:55:CA,A:169:CA", help="two atoms of the base structure")
@@ -45,10 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from atomvae.evaluate.analysis import ExportConfig, export_particles
 
-    config = ExportConfig(run=args.run_dir, particles=args.particles, out=args.output, state=args.state,
-                          analysis=args.analysis, distance=args.distance, below=args.below, above=args.above,
-                          index_file=args.latent_file, latents=args.latents, device=args.device,
-                          batch_size=args.batch_size, overwrite=args.overwrite)
+    config = ExportConfig(
+        run=args.run_dir,
+        particles=args.particles,
+        out=args.output,
+        state=args.state,
+        analysis=args.analysis,
+        distance=args.distance,
+        below=args.below,
+        above=args.above,
+        index_file=args.latent_file,
+        latents=args.latents,
+        device=args.device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
     written, total, description = export_particles(config)
     print(f"wrote {written} of {total} particles ({description}) to {args.output}")
     return 0

@@ -28,20 +28,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", help="start point: comma-separated values or a .npy file")
     parser.add_argument("--to", dest="end", help="end point: comma-separated values or a .npy file")
     parser.add_argument("--latents", type=Path, help="latents.npz from atomvae encode (automatic line)")
-    parser.add_argument("--n-particles", type=int, default=2048,
-                        help="particles encoded for the automatic line without --latents (default 2048)")
-    parser.add_argument("--percentile", type=float, default=1.0,
-                        help="line ends at this and 100 minus this percentile along the axis (default 1)")
+    parser.add_argument(
+        "--n-particles",
+        type=int,
+        default=2048,
+        help="particles encoded for the automatic line without --latents (default 2048)",
+    )
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=1.0,
+        help="line ends at this and 100 minus this percentile along the axis (default 1)",
+    )
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output (files of the run folder and inputs never are)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (files of the run folder and inputs never are)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from atomvae.train.inference import interpolate_to_file
 
-    interpolate_to_file(args.run_dir, args.output, steps=args.steps, start=args.start, end=args.end,
-                        latents=args.latents, n_particles=args.n_particles, percentile=args.percentile,
-                        device=args.device, overwrite=args.overwrite)
+    interpolate_to_file(
+        args.run_dir,
+        args.output,
+        steps=args.steps,
+        start=args.start,
+        end=args.end,
+        latents=args.latents,
+        n_particles=args.n_particles,
+        percentile=args.percentile,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.steps} structures to {args.output}")
     return 0

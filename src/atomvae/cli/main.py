@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"atomvae.cli.{module_name}")
         doc = (module.__doc__ or "").strip()
         p = sub.add_parser(
-            name, help=doc.splitlines()[0] if doc else name, description=doc,
+            name,
+            help=doc.splitlines()[0] if doc else name,
+            description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)

@@ -23,18 +23,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, required=True, help="number of structures")
     parser.add_argument("-o", "--output", type=Path, required=True, help="OUT.pdb, OUT.cif or OUT.dcd")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
-    parser.add_argument("--latents", type=Path, default=None, metavar="LATENTS.npz",
-                        help="atomvae encode output: sample the particles' aggregate posterior "
-                             "instead of the prior")
+    parser.add_argument(
+        "--latents",
+        type=Path,
+        default=None,
+        metavar="LATENTS.npz",
+        help="atomvae encode output: sample the particles' aggregate posterior instead of the prior",
+    )
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default: cpu")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output (files of the run folder and inputs never are)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output (files of the run folder and inputs never are)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from atomvae.train.inference import sample_to_file
 
-    out = sample_to_file(args.run_dir, args.n, args.output, seed=args.seed, device=args.device,
-                         latents=args.latents, overwrite=args.overwrite)
+    out = sample_to_file(
+        args.run_dir,
+        args.n,
+        args.output,
+        seed=args.seed,
+        device=args.device,
+        latents=args.latents,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.n} structures to {out}")
     return 0

@@ -52,10 +52,12 @@ def accept_negative_number_lists(parser: argparse.ArgumentParser) -> None:
 
 
 # One name per pose route, shared with `atomvae demo --help`.
-POSES_HELP = ("inferred: the amortised pose head learns each pose from its image (paper; the file "
-              "needs no poses); given: the STAR file's poses, fixed; refine: the STAR file's poses as the "
-              "start of a local refinement. Poses by projection matching: run `atomvae search-poses`, then "
-              "train on its output with given or refine")
+POSES_HELP = (
+    "inferred: the amortised pose head learns each pose from its image (paper; the file "
+    "needs no poses); given: the STAR file's poses, fixed; refine: the STAR file's poses as the "
+    "start of a local refinement. Poses by projection matching: run `atomvae search-poses`, then "
+    "train on its output with given or refine"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,34 +65,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("particles", type=Path, help="particle metadata (.star; RELION conventions)")
     parser.add_argument("base", type=Path, help="base structure (.pdb or .cif)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="run folder to create (or resume)")
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="starting configuration: paper (the exact paper numbers) or cpu (default, or "
-                             "the --config file's 'preset:' key)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="starting configuration: paper (the exact paper numbers) or cpu (default, or "
+        "the --config file's 'preset:' key)",
+    )
     parser.add_argument("--config", type=Path, help="YAML file overriding preset fields")
     parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) at this global step")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in -o from its last checkpoint, with the run's own config")
-    parser.add_argument("--poses", choices=POSE_MODES,
-                        help=f"{POSES_HELP} (default: the config's pose_mode, inferred in both presets)")
-    parser.add_argument("--pose-center", type=_point,
-                        help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
-                             "centre of atoms); e.g. -1.5,2,3. For atomvae "
-                             "simulate data: truth.npz's center for a base in the input ensemble's frame, "
-                             "0,0,0 for a base in gt_ensemble.pdb's frame")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in -o from its last checkpoint, with the run's own config",
+    )
+    parser.add_argument(
+        "--poses",
+        choices=POSE_MODES,
+        help=f"{POSES_HELP} (default: the config's pose_mode, inferred in both presets)",
+    )
+    parser.add_argument(
+        "--pose-center",
+        type=_point,
+        help="x,y,z (A, base coordinates) the given poses rotate about (default: the base's "
+        "centre of atoms); e.g. -1.5,2,3. For atomvae "
+        "simulate data: truth.npz's center for a base in the input ensemble's frame, "
+        "0,0,0 for a base in gt_ensemble.pdb's frame",
+    )
     parser.add_argument("--device", choices=DEVICES, help="cpu, cuda or auto (default: auto)")
-    parser.add_argument("--init", type=Path, metavar="RUN",
-                        help="start from RUN's best weights (same base structure and model)")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        metavar="RUN",
+        help="start from RUN's best weights (same base structure and model)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (data split, initialisation, sampling)")
     parser.add_argument("--seeds", type=int, help="train this many seeds and keep the best (held-out LL)")
     parser.add_argument("--val-fraction", type=float, help="fraction of particles held out")
-    parser.add_argument("--noise-sigma", type=float,
-                        help="pixel noise sigma in normalised image units (default: from the background)")
+    parser.add_argument(
+        "--noise-sigma",
+        type=float,
+        help="pixel noise sigma in normalised image units (default: from the background)",
+    )
     parser.add_argument("--epochs-stage1", type=int, help="epochs of pose-only training")
     parser.add_argument("--epochs-stage2", type=int, help="epochs of full training")
     parser.add_argument("--batch-size", type=int, help="images per step")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop on particles with NaN/Inf in their image or metadata (default: skip them)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop on particles with NaN/Inf in their image or metadata (default: skip them)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -100,14 +124,25 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         config = load_config(args.config, preset=args.preset, default_preset="cpu")
     else:
         config = PRESETS[args.preset or "cpu"]
-    top = {"pose_mode": args.poses, "device": args.device, "seed": args.seed, "n_seeds": args.seeds,
-           "batch_size": args.batch_size,
-           "init_from": None if args.init is None else str(args.init.resolve())}
+    top = {
+        "pose_mode": args.poses,
+        "device": args.device,
+        "seed": args.seed,
+        "n_seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "init_from": None if args.init is None else str(args.init.resolve()),
+    }
     config = dataclasses.replace(config, **{k: v for k, v in top.items() if v is not None})
-    data = {"val_fraction": args.val_fraction, "noise_sigma": args.noise_sigma, "num_workers": args.workers,
-            "pose_center": args.pose_center, "strict": args.strict or None}
-    config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, **{k: v for k, v in data.items() if v is not None}))
+    data = {
+        "val_fraction": args.val_fraction,
+        "noise_sigma": args.noise_sigma,
+        "num_workers": args.workers,
+        "pose_center": args.pose_center,
+        "strict": args.strict or None,
+    }
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, **{k: v for k, v in data.items() if v is not None})
+    )
     for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
         if epochs is not None:
             stage = dataclasses.replace(getattr(config, name), epochs=epochs)
@@ -143,26 +178,44 @@ def run(args: argparse.Namespace) -> int:
         if args.workers is not None:
             data = dataclasses.replace(config.data, num_workers=args.workers)
             config = dataclasses.replace(config, data=data)
-        ignored = [option for option in command_line(args)[5:]
-                   if option.startswith("--") and option not in RESUME_OPTIONS]
+        ignored = [
+            option
+            for option in command_line(args)[5:]
+            if option.startswith("--") and option not in RESUME_OPTIONS
+        ]
         if ignored and is_main():
-            print(f"atomvae train --resume: the run's own {args.output / 'config.yaml'} applies; ignoring "
-                  f"{' '.join(ignored)}", file=sys.stderr)
+            print(
+                f"atomvae train --resume: the run's own {args.output / 'config.yaml'} applies; ignoring "
+                f"{' '.join(ignored)}",
+                file=sys.stderr,
+            )
     else:
         config = build_config(args)
     try:
-        summary = train(config, args.particles, args.base, args.output, resume=args.resume,
-                        max_steps=args.max_steps, argv=command_line(args),
-                        show_progress=False if args.no_progress else None)
+        summary = train(
+            config,
+            args.particles,
+            args.base,
+            args.output,
+            resume=args.resume,
+            max_steps=args.max_steps,
+            argv=command_line(args),
+            show_progress=False if args.no_progress else None,
+        )
     except KeyboardInterrupt as stop:
         if str(stop) and is_main():  # a graceful stop (first Ctrl-C) wrote a checkpoint
-            print(f"{stop}; continue with: atomvae train {args.particles} {args.base} -o {args.output} "
-                  "--resume", file=sys.stderr)
+            print(
+                f"{stop}; continue with: atomvae train {args.particles} {args.base} -o {args.output} "
+                "--resume",
+                file=sys.stderr,
+            )
         raise
     if not is_main():  # under torchrun rank 0 reports
         return 0
     best = next(r for r in summary.seeds if r.seed == summary.best_seed)
     state = "finished" if summary.complete else f"stopped at step {best.position.global_step}"
-    print(f"{state}: best seed {summary.best_seed}, held-out log-likelihood "
-          f"{best.val_log_likelihood:.2f} nats/image -> {summary.best_checkpoint}")
+    print(
+        f"{state}: best seed {summary.best_seed}, held-out log-likelihood "
+        f"{best.val_log_likelihood:.2f} nats/image -> {summary.best_checkpoint}"
+    )
     return 0

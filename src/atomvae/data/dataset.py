@@ -136,19 +136,31 @@ class ParticleDataset(torch.utils.data.Dataset):
         self.pixel_size = metadata.pixel_size * metadata.box / self.box
         bad_images = self._scan_nonfinite()
         bad_metadata, bad_names = validate.nonfinite_metadata_rows(
-            {"defocus": torch.stack([metadata.ctf.defocus_u, metadata.ctf.defocus_v], -1).numpy(),
-             **{name: getattr(metadata.ctf, name).numpy() for name in
-                ("astigmatism_angle", "voltage", "spherical_aberration", "amplitude_contrast", "phase_shift",
-                 "bfactor")}},
+            {
+                "defocus": torch.stack([metadata.ctf.defocus_u, metadata.ctf.defocus_v], -1).numpy(),
+                **{
+                    name: getattr(metadata.ctf, name).numpy()
+                    for name in (
+                        "astigmatism_angle",
+                        "voltage",
+                        "spherical_aberration",
+                        "amplitude_contrast",
+                        "phase_shift",
+                        "bfactor",
+                    )
+                },
+            },
             None if metadata.rotation is None else metadata.rotation.numpy(),
             None if metadata.shift is None else metadata.shift.numpy(),
         )
         source = (
-            self.stack.paths[0] if len(self.stack.paths) == 1 and not bad_metadata.size
+            self.stack.paths[0]
+            if len(self.stack.paths) == 1 and not bad_metadata.size
             else (metadata.source or self.stack.paths[0])
         )
-        bad = validate.check_finite_particles(source, bad_images, bad_metadata, bad_names, len(metadata),
-                                              strict)
+        bad = validate.check_finite_particles(
+            source, bad_images, bad_metadata, bad_names, len(metadata), strict
+        )
         self.n_skipped = int(bad.size)
         self.rows = np.setdiff1d(np.arange(len(metadata)), bad)
         if len(self.rows) == 0:
@@ -162,8 +174,11 @@ class ParticleDataset(torch.utils.data.Dataset):
         self.noise_sigma = estimate_noise_sigma(sample, self.mask)
         # relative to the values' size: constant images leave only rounding noise in the background
         if not (np.isfinite(self.noise_sigma) and self.noise_sigma > 1e-6 * float(sample.abs().max())):
-            raise InputError(source, "the images' background (outside 0.4 box) does not vary: constant or "
-                                     "blank images cannot be normalised or learnt from")
+            raise InputError(
+                source,
+                "the images' background (outside 0.4 box) does not vary: constant or "
+                "blank images cannot be normalised or learnt from",
+            )
         if normalize == "background":
             self.scale = self.noise_sigma
             self.noise_sigma = estimate_noise_sigma(self._load(sample_rows), self.mask)

@@ -49,8 +49,9 @@ def read_index_list(path: str | os.PathLike) -> np.ndarray:
         raise InputError(path, f"cannot read an index list: {err}") from None
     values = np.asarray(values)
     if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
-        raise InputError(path, f"expected a flat list of whole numbers, got {values.dtype} of shape "
-                               f"{values.shape}")
+        raise InputError(
+            path, f"expected a flat list of whole numbers, got {values.dtype} of shape {values.shape}"
+        )
     return values.astype(np.int64)
 
 
@@ -103,8 +104,11 @@ def _write_star_subset(source: Path, rows: np.ndarray, out_path: Path) -> int:
     lines = source.read_text().splitlines(keepends=True)
     data_lines = _star_loop_rows(lines, block, source)
     if len(data_lines) != n_rows:
-        raise InputError(source, f"found {len(data_lines)} rows in data_{block} but starfile reads {n_rows}; "
-                                 "cannot copy its rows one to one")
+        raise InputError(
+            source,
+            f"found {len(data_lines)} rows in data_{block} but starfile reads {n_rows}; "
+            "cannot copy its rows one to one",
+        )
     _check_rows(source, rows, n_rows)
     dropped = set(data_lines) - {data_lines[r] for r in rows}
     with atomic_path(out_path) as tmp:
@@ -130,12 +134,15 @@ def _write_cs_subset(source: Path, rows: np.ndarray, out_path: Path) -> int:
 def _check_rows(source: Path, rows: np.ndarray, n_rows: int) -> None:
     if len(rows) and (rows.min() < 0 or rows.max() >= n_rows):
         bad = rows[(rows < 0) | (rows >= n_rows)][0]
-        raise InputError(source, f"particle row {bad} is out of range: the file has {n_rows} particles "
-                                 "(rows are numbered from 0)")
+        raise InputError(
+            source,
+            f"particle row {bad} is out of range: the file has {n_rows} particles (rows are numbered from 0)",
+        )
 
 
-def write_particle_subset(source: str | os.PathLike, rows, out_path: str | os.PathLike,
-                          overwrite: bool = False) -> tuple[int, int]:
+def write_particle_subset(
+    source: str | os.PathLike, rows, out_path: str | os.PathLike, overwrite: bool = False
+) -> tuple[int, int]:
     """Write the particles ``rows`` (0-based; sorted, duplicates dropped: the file's own order) of
     ``source`` (.star or .cs) to ``out_path`` (same suffix); atomic. Returns (rows written, rows in source).
     """

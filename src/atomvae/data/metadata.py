@@ -133,8 +133,11 @@ def _resolve(name: str, meta_path: Path, datadir: Path | None) -> Path:
         if candidate.is_file():
             return candidate
     looked = ", ".join(dict.fromkeys(str(c.parent) for c in candidates))
-    raise InputError(meta_path, f"image stack {name} not found (looked in {looked}: paths are relative to "
-                                f"the {meta_path.suffix} file's folder or the current folder)")
+    raise InputError(
+        meta_path,
+        f"image stack {name} not found (looked in {looked}: paths are relative to "
+        f"the {meta_path.suffix} file's folder or the current folder)",
+    )
 
 
 def _index_stacks(names: list[str], meta_path: Path, datadir: Path | None) -> tuple[list[Path], np.ndarray]:
@@ -186,8 +189,11 @@ def read_star(
         origin_columns, origin_scale = ("rlnOriginXAngst", "rlnOriginYAngst"), 1.0
     else:
         if len(blocks) != 1:
-            raise InputError(path, f"expected one particle table (or data_optics + data_particles), found "
-                                   f"tables {', '.join('data_' + b for b in sorted(blocks))}")
+            raise InputError(
+                path,
+                f"expected one particle table (or data_optics + data_particles), found "
+                f"tables {', '.join('data_' + b for b in sorted(blocks))}",
+            )
         table = next(iter(blocks.values()))
         validate.check_columns(path, table.columns, OPTICS_CTF_COLUMNS, "CTF")
         if "rlnImagePixelSize" in table.columns:
@@ -238,10 +244,17 @@ def read_star(
     if "rlnImageSize" in table.columns:
         sizes = np.unique(table["rlnImageSize"].to_numpy(np.float64))
         if sizes.size != 1 or sizes[0] != box:
-            raise InputError(path, f"rlnImageSize {', '.join(f'{v:g}' for v in sizes)} disagrees with the "
-                                   f"{box}-pixel images of {paths[0].name}")
-    validate.check_defocus_sign(path, table["rlnDefocusU"].to_numpy(np.float64),
-                                table["rlnDefocusV"].to_numpy(np.float64), "rlnDefocusU/V")
+            raise InputError(
+                path,
+                f"rlnImageSize {', '.join(f'{v:g}' for v in sizes)} disagrees with the "
+                f"{box}-pixel images of {paths[0].name}",
+            )
+    validate.check_defocus_sign(
+        path,
+        table["rlnDefocusU"].to_numpy(np.float64),
+        table["rlnDefocusV"].to_numpy(np.float64),
+        "rlnDefocusU/V",
+    )
 
     def column(name: str, default: float) -> np.ndarray:
         return table[name].to_numpy(np.float64) if name in table.columns else np.full(len(table), default)
@@ -306,8 +319,12 @@ def read_cryosparc_cs(path: str | os.PathLike, datadir: str | os.PathLike | None
     paths, file_index = _index_stacks(names, path, datadir)
     image_index = data["blob/idx"].astype(np.int64)
     box = _check_stacks(path, paths, file_index, image_index, pixel_size)
-    validate.check_defocus_sign(path, data["ctf/df1_A"].astype(np.float64),
-                                data["ctf/df2_A"].astype(np.float64), "ctf/df1_A / ctf/df2_A")
+    validate.check_defocus_sign(
+        path,
+        data["ctf/df1_A"].astype(np.float64),
+        data["ctf/df2_A"].astype(np.float64),
+        "ctf/df1_A / ctf/df2_A",
+    )
 
     def field(name: str, default: float = 0.0) -> np.ndarray:
         return data[name].astype(np.float64) if name in fields else np.full(len(data), default)
@@ -448,16 +465,21 @@ def read_particles(
             ctf = _sidecar(path, CRYODRGN_CTF_NAMES)
             if ctf is None:
                 names = ", ".join(n.format(stem=path.stem) for n in CRYODRGN_CTF_NAMES)
-                raise InputError(path, f"a bare image stack needs its cryoDRGN CTF file beside it (one of "
-                                       f"{names}); or give a .star / .cs file")
+                raise InputError(
+                    path,
+                    f"a bare image stack needs its cryoDRGN CTF file beside it (one of "
+                    f"{names}); or give a .star / .cs file",
+                )
             if poses is None:
                 poses = _sidecar(path, CRYODRGN_POSE_NAMES)
         return read_cryodrgn_pkl(path, ctf, poses)
     if suffix == ".pkl":
-        raise InputError(path, "give the .mrcs stack as the particles; its ctf.pkl (and poses.pkl) are found "
-                               "beside it")
-    raise InputError(path, "unknown particle file type (expected .star, .cs, or a cryoDRGN .mrcs with "
-                           "ctf.pkl beside it)")
+        raise InputError(
+            path, "give the .mrcs stack as the particles; its ctf.pkl (and poses.pkl) are found beside it"
+        )
+    raise InputError(
+        path, "unknown particle file type (expected .star, .cs, or a cryoDRGN .mrcs with ctf.pkl beside it)"
+    )
 
 
 # cryoDRGN keeps a stack's CTF and poses in separate pickles; with a bare .mrcs they are looked up beside it

@@ -109,8 +109,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
-def nonfinite_metadata_rows(ctf_fields: dict[str, np.ndarray], rotation: np.ndarray | None,
-                            shift: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
+def nonfinite_metadata_rows(
+    ctf_fields: dict[str, np.ndarray], rotation: np.ndarray | None, shift: np.ndarray | None
+) -> tuple[np.ndarray, list[str]]:
     """Rows whose CTF parameters or pose hold NaN/Inf, and the names of the offending quantities.
 
     ctf_fields: name -> (N,) values; rotation (N, 3, 3) or None; shift (N, 2) or None. One such row
@@ -134,8 +135,14 @@ def nonfinite_metadata_rows(ctf_fields: dict[str, np.ndarray], rotation: np.ndar
     return np.flatnonzero(bad), names
 
 
-def check_finite_particles(path: Path, bad_images: np.ndarray, bad_metadata: np.ndarray,
-                           metadata_names: list[str], n_total: int, strict: bool) -> np.ndarray:
+def check_finite_particles(
+    path: Path,
+    bad_images: np.ndarray,
+    bad_metadata: np.ndarray,
+    metadata_names: list[str],
+    n_total: int,
+    strict: bool,
+) -> np.ndarray:
     """Particles with NaN/Inf pixels or metadata: an error with ``strict``, else skipped with a warning.
 
     Returns the sorted union of bad rows (0-based). The warning names the count, the first particle
@@ -151,8 +158,10 @@ def check_finite_particles(path: Path, bad_images: np.ndarray, bad_metadata: np.
         what.append(f"{bad_images.size} with NaN/Inf pixels")
     if bad_metadata.size:
         what.append(f"{bad_metadata.size} with NaN/Inf {'/'.join(metadata_names)}")
-    detail = f"{bad.size} of {n_total} particle(s) are not finite ({'; '.join(what)}; first: particle " \
-             f"{int(bad[0]) + 1})"
+    detail = (
+        f"{bad.size} of {n_total} particle(s) are not finite ({'; '.join(what)}; first: particle "
+        f"{int(bad[0]) + 1})"
+    )
     if strict:
         raise InputError(path, f"{detail}; drop --strict to skip them")
     if bad.size < n_total:
@@ -160,8 +169,9 @@ def check_finite_particles(path: Path, bad_images: np.ndarray, bad_metadata: np.
     return bad
 
 
-def check_unique_images(meta_path: Path, paths: list[Path], file_index: np.ndarray,
-                        image_index: np.ndarray) -> None:
+def check_unique_images(
+    meta_path: Path, paths: list[Path], file_index: np.ndarray, image_index: np.ndarray
+) -> None:
     """Every particle must be a different image: a listed-twice image lands on both sides of the held-out
     split (the held-out log-likelihood then measures memorisation) and counts double in training.
 
@@ -178,9 +188,12 @@ def check_unique_images(meta_path: Path, paths: list[Path], file_index: np.ndarr
         first, second = sorted((int(order[repeated[0]]), int(order[repeated[0] + 1])))
         image = f"{int(image_index[first]) + 1}@{paths[int(file_index[first])].name}"
         n_dup = np.unique(key[order][1:][repeated]).size
-        raise InputError(meta_path, f"image {image} is listed twice (particles {first + 1} and "
-                                    f"{second + 1}; {n_dup} image(s) listed more than once): each image "
-                                    "must appear once (remove the duplicates, e.g. of a symmetry expansion)")
+        raise InputError(
+            meta_path,
+            f"image {image} is listed twice (particles {first + 1} and "
+            f"{second + 1}; {n_dup} image(s) listed more than once): each image "
+            "must appear once (remove the duplicates, e.g. of a symmetry expansion)",
+        )
 
 
 def check_defocus_sign(path: Path, defocus_u: np.ndarray, defocus_v: np.ndarray, what: str) -> None:
@@ -188,6 +201,9 @@ def check_defocus_sign(path: Path, defocus_u: np.ndarray, defocus_v: np.ndarray,
     values = np.concatenate([defocus_u, defocus_v])
     values = values[np.isfinite(values)]
     if values.size and (values <= 0).all():
-        raise InputError(path, f"every {what} value is zero or negative (range {values.min():g} to "
-                               f"{values.max():g}); defocus must be positive underfocus in A (RELION's "
-                               "convention): flip the sign")
+        raise InputError(
+            path,
+            f"every {what} value is zero or negative (range {values.min():g} to "
+            f"{values.max():g}); defocus must be positive underfocus in A (RELION's "
+            "convention): flip the sign",
+        )

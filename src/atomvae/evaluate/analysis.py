@@ -43,13 +43,31 @@ from atomvae.evaluate.clustering import KMeansResult, kmeans
 from atomvae.evaluate.conditional import latent_pca, read_latents
 from atomvae.evaluate.report import ReportFigure, ReportSection, html_page, write_json
 
-__all__ = ["AnalyzeConfig", "analyze", "ExportConfig", "select_particles", "export_particles",
-           "per_residue_rmsf", "decode_to_base_frame", "STATES_NPZ"]
+__all__ = [
+    "AnalyzeConfig",
+    "analyze",
+    "ExportConfig",
+    "select_particles",
+    "export_particles",
+    "per_residue_rmsf",
+    "decode_to_base_frame",
+    "STATES_NPZ",
+]
 
 STATES_NPZ = "states.npz"
 PAUSE_FRAMES = 6  # graphics frames per structure of a traversal in movie.cxc (about 5 structures/s)
-STATE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                 "#bcbd22", "#17becf")
+STATE_COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +95,10 @@ class AnalyzeConfig:
 def decode_to_base_frame(run, z: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Latent points z (M, D) -> all-atom structures (M, A, 3) float64 A in the base's frame."""
     z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=run.device)
-    parts = [run.model.to_base_frame(run.model.decode(z[i:i + chunk], "all")).double().cpu().numpy()
-             for i in range(0, len(z), chunk)]
+    parts = [
+        run.model.to_base_frame(run.model.decode(z[i : i + chunk], "all")).double().cpu().numpy()
+        for i in range(0, len(z), chunk)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, run.topology.n_atoms, 3))
 
 
@@ -121,9 +141,12 @@ def _latents_for_run(run, config: AnalyzeConfig) -> tuple[np.ndarray, np.ndarray
         latents = read_latents(stored)
         return latents.mu, latents.sigma, latents.index, run_particles, str(stored)
     if not run_particles or not Path(run_particles).is_file():
-        raise InputError(run.run_dir, f"the run's particle file ({run_particles or 'unknown'}) is not "
-                                      "available and there is no RUN/latents.npz; pass --particles or "
-                                      "--latents")
+        raise InputError(
+            run.run_dir,
+            f"the run's particle file ({run_particles or 'unknown'}) is not "
+            "available and there is no RUN/latents.npz; pass --particles or "
+            "--latents",
+        )
     encoded = encode_particles(run, run_particles, batch_size=config.batch_size)
     return encoded["mu"], encoded["sigma"], encoded["index"], run_particles, "encoded"
 
@@ -145,20 +168,36 @@ def _map_grid(run) -> tuple[int, float, np.ndarray]:
     return original_box, voxel_size, centre - (original_box // 2) * voxel_size
 
 
-def _latent_states_figure(projection: np.ndarray, explained: np.ndarray, labels: np.ndarray,
-                          centre_projection: np.ndarray) -> Figure:
+def _latent_states_figure(
+    projection: np.ndarray, explained: np.ndarray, labels: np.ndarray, centre_projection: np.ndarray
+) -> Figure:
     fig = Figure(figsize=(6.0, 4.8), layout="constrained")
     ax = fig.subplots()
     size = float(np.clip(2000.0 / max(len(projection), 1), 1.0, 20.0))
     for k in range(len(centre_projection)):
         members = labels == k
         colour = STATE_COLOURS[k % len(STATE_COLOURS)]
-        ax.scatter(projection[members, 0], projection[members, 1], s=size, alpha=0.5, linewidths=0,
-                   color=colour, label=f"state {k + 1} ({members.sum()})")
-        ax.scatter(centre_projection[k, 0], centre_projection[k, 1], s=120, marker="X", color=colour,
-                   edgecolors="black", linewidths=0.8)
-        ax.annotate(str(k + 1), centre_projection[k], xytext=(6, 6), textcoords="offset points",
-                    fontweight="bold")
+        ax.scatter(
+            projection[members, 0],
+            projection[members, 1],
+            s=size,
+            alpha=0.5,
+            linewidths=0,
+            color=colour,
+            label=f"state {k + 1} ({members.sum()})",
+        )
+        ax.scatter(
+            centre_projection[k, 0],
+            centre_projection[k, 1],
+            s=120,
+            marker="X",
+            color=colour,
+            edgecolors="black",
+            linewidths=0.8,
+        )
+        ax.annotate(
+            str(k + 1), centre_projection[k], xytext=(6, 6), textcoords="offset points", fontweight="bold"
+        )
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "")
     ax.set_title(f"posterior means of {len(projection)} particles and the {len(centre_projection)} states")
@@ -186,8 +225,9 @@ def _rmsf_figure(rmsf: np.ndarray, topology) -> Figure:
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td class='v'>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td class='v'>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -196,9 +236,12 @@ def movie_script(traversals: list[str], maps: list[str], steps: int, rmsf_max: f
     their B-factor column, the state maps hidden, and play the first traversal back and forth. ChimeraX
     runs a .cxc with its own folder as the current directory, so the file names are relative."""
     top = max(rmsf_max, 0.1)
-    lines = ["# atomvae analyze: open in ChimeraX (File > Open, or `open movie.cxc`).",
-             "# Traversals along the principal axes of the latent space, coloured by per-residue RMSF",
-             f"# (A, B-factor column; blue 0 to red {top:.1f} A). Maps of the states are opened hidden.", ""]
+    lines = [
+        "# atomvae analyze: open in ChimeraX (File > Open, or `open movie.cxc`).",
+        "# Traversals along the principal axes of the latent space, coloured by per-residue RMSF",
+        f"# (A, B-factor column; blue 0 to red {top:.1f} A). Maps of the states are opened hidden.",
+        "",
+    ]
     for i, name in enumerate(traversals, start=1):
         lines.append(f"open {name} coordsets true")
         lines.append(f"rename #{i} {Path(name).stem}")
@@ -207,16 +250,24 @@ def movie_script(traversals: list[str], maps: list[str], steps: int, rmsf_max: f
         lines.append(f"open {name}")
         lines.append(f"volume #{j} style surface transparency 0.6")
         lines.append(f"hide #{j} models")
-    lines += ["hide atoms", "show cartoons",
-              f"color bfactor #1-{n_structures} palette blue:white:red range 0,{top:.2f}"]
+    lines += [
+        "hide atoms",
+        "show cartoons",
+        f"color bfactor #1-{n_structures} palette blue:white:red range 0,{top:.2f}",
+    ]
     for i in range(2, n_structures + 1):
         lines.append(f"hide #{i} models")
-    lines += ["view", "",
-              f"# play PC1 back and forth; for PC2: `hide #1 models; show #2 models; coordset #2 1,{steps}`",
-              f"coordset #1 1,{steps} pauseFrames {PAUSE_FRAMES} loop 3 bounce true", "",
-              "# to record a video instead, run:",
-              f"# movie record; coordset #1 1,{steps} pauseFrames {PAUSE_FRAMES} bounce true; "
-              f"wait {2 * steps * PAUSE_FRAMES}; movie encode traversal_pc1.mp4", ""]
+    lines += [
+        "view",
+        "",
+        f"# play PC1 back and forth; for PC2: `hide #1 models; show #2 models; coordset #2 1,{steps}`",
+        f"coordset #1 1,{steps} pauseFrames {PAUSE_FRAMES} loop 3 bounce true",
+        "",
+        "# to record a video instead, run:",
+        f"# movie record; coordset #1 1,{steps} pauseFrames {PAUSE_FRAMES} bounce true; "
+        f"wait {2 * steps * PAUSE_FRAMES}; movie encode traversal_pc1.mp4",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -263,107 +314,205 @@ def analyze(config: AnalyzeConfig) -> dict:
         name = f"traversal_pc{component + 1}.pdb"
         write_ensemble(out / name, topology, coords, b_factors=b_factors)
         variance = float(explained[component]) if component < len(explained) else float("nan")
-        traversals.append({"file": name, "axis": component + 1, "explained_variance": variance,
-                           "start": start.tolist(), "end": end.tolist(), "steps": config.traversal_steps,
-                           "ca_rmsd_end_to_end": _ca_rmsd(coords[0], coords[-1], topology)})
+        traversals.append(
+            {
+                "file": name,
+                "axis": component + 1,
+                "explained_variance": variance,
+                "start": start.tolist(),
+                "end": end.tolist(),
+                "steps": config.traversal_steps,
+                "ca_rmsd_end_to_end": _ca_rmsd(coords[0], coords[-1], topology),
+            }
+        )
 
     box, voxel_size, origin = _map_grid(run)
     weights = atomic_numbers(topology.element)
     maps = []
     for k, coords in enumerate(states):
         name = f"state_{k + 1}.mrc"
-        write_map(out / name, gaussian_map(coords, weights, box, voxel_size, origin, config.map_resolution),
-                  voxel_size, origin)
+        write_map(
+            out / name,
+            gaussian_map(coords, weights, box, voxel_size, origin, config.map_resolution),
+            voxel_size,
+            origin,
+        )
         maps.append(name)
 
     n = len(mu)
     with atomic_path(out / STATES_NPZ) as tmp:
-        np.savez(tmp, index=index.astype(np.int64), state=(clusters.labels + 1).astype(np.int64),
-                 centres=clusters.centres.astype(np.float32), particles=np.array(particles))
-    residues = [f"{c}:{s}{i.strip()}"
-                for c, s, i in zip(topology.chain_id, topology.res_seq, topology.ins_code, strict=True)]
+        np.savez(
+            tmp,
+            index=index.astype(np.int64),
+            state=(clusters.labels + 1).astype(np.int64),
+            centres=clusters.centres.astype(np.float32),
+            particles=np.array(particles),
+        )
+    residues = [
+        f"{c}:{s}{i.strip()}"
+        for c, s, i in zip(topology.chain_id, topology.res_seq, topology.ins_code, strict=True)
+    ]
     summary = {
-        "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "particles": particles,
-        "latents": latents_source, "n_particles": n, "k": config.states, "seed": config.seed,
-        "states": [{"state": k + 1, "model": k + 1, "count": int(clusters.counts[k]),
-                    "fraction": float(clusters.counts[k] / n), "map": maps[k],
-                    "ca_rmsd_to_base": _ca_rmsd(states[k], base, topology),
-                    "centre": clusters.centres[k].tolist()} for k in range(config.states)],
-        "rmsf": {"atoms": "CA", "unit": "A", "n_structures": len(chosen), "residues": residues,
-                 "values": rmsf.tolist()},
+        "run": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "particles": particles,
+        "latents": latents_source,
+        "n_particles": n,
+        "k": config.states,
+        "seed": config.seed,
+        "states": [
+            {
+                "state": k + 1,
+                "model": k + 1,
+                "count": int(clusters.counts[k]),
+                "fraction": float(clusters.counts[k] / n),
+                "map": maps[k],
+                "ca_rmsd_to_base": _ca_rmsd(states[k], base, topology),
+                "centre": clusters.centres[k].tolist(),
+            }
+            for k in range(config.states)
+        ],
+        "rmsf": {
+            "atoms": "CA",
+            "unit": "A",
+            "n_structures": len(chosen),
+            "residues": residues,
+            "values": rmsf.tolist(),
+        },
         "traversals": traversals,
-        "map": {"box": box, "voxel_size": voxel_size, "origin": origin.tolist(),
-                "resolution": config.map_resolution, "weights": "atomic number",
-                "sigma": config.map_resolution / (np.pi * np.sqrt(2.0))},
+        "map": {
+            "box": box,
+            "voxel_size": voxel_size,
+            "origin": origin.tolist(),
+            "resolution": config.map_resolution,
+            "weights": "atomic number",
+            "sigma": config.map_resolution / (np.pi * np.sqrt(2.0)),
+        },
     }
     write_json(out / "states.json", summary)
-    atomic_write_text(out / "movie.cxc", movie_script([t["file"] for t in traversals], maps,
-                                                      config.traversal_steps, float(rmsf.max())))
+    atomic_write_text(
+        out / "movie.cxc",
+        movie_script([t["file"] for t in traversals], maps, config.traversal_steps, float(rmsf.max())),
+    )
     _write_index_html(out, summary, projection, explained, clusters, rmsf, topology)
     return summary
 
 
-def _write_index_html(out: Path, summary: dict, projection: np.ndarray, explained: np.ndarray,
-                      clusters: KMeansResult, rmsf: np.ndarray, topology) -> None:
+def _write_index_html(
+    out: Path,
+    summary: dict,
+    projection: np.ndarray,
+    explained: np.ndarray,
+    clusters: KMeansResult,
+    rmsf: np.ndarray,
+    topology,
+) -> None:
     k = len(clusters.centres)
     # a centre is its members' mean and the projection is linear: the centre's projection is theirs
-    centre_projection = np.stack([projection[clusters.labels == c].mean(axis=0)
-                                  if (clusters.labels == c).any() else np.zeros(projection.shape[1])
-                                  for c in range(k)])
+    centre_projection = np.stack(
+        [
+            projection[clusters.labels == c].mean(axis=0)
+            if (clusters.labels == c).any()
+            else np.zeros(projection.shape[1])
+            for c in range(k)
+        ]
+    )
     if projection.shape[1] == 1:
         projection = np.concatenate([projection, np.zeros_like(projection)], axis=1)
         centre_projection = np.concatenate([centre_projection, np.zeros_like(centre_projection)], axis=1)
-    state_rows = [[str(s["state"]), str(s["count"]), f"{s['fraction']:.1%}", f"{s['ca_rmsd_to_base']:.2f}",
-                   f"MODEL {s['model']}", s["map"]] for s in summary["states"]]
+    state_rows = [
+        [
+            str(s["state"]),
+            str(s["count"]),
+            f"{s['fraction']:.1%}",
+            f"{s['ca_rmsd_to_base']:.2f}",
+            f"MODEL {s['model']}",
+            s["map"],
+        ]
+        for s in summary["states"]
+    ]
     top = np.argsort(-rmsf)[:5]
     residues = summary["rmsf"]["residues"]
-    traversal_rows = [[t["file"], f"PC{t['axis']}", f"{t['explained_variance']:.1%}", str(t["steps"]),
-                       f"{t['ca_rmsd_end_to_end']:.2f}"] for t in summary["traversals"]]
+    traversal_rows = [
+        [
+            t["file"],
+            f"PC{t['axis']}",
+            f"{t['explained_variance']:.1%}",
+            str(t["steps"]),
+            f"{t['ca_rmsd_end_to_end']:.2f}",
+        ]
+        for t in summary["traversals"]
+    ]
     grid = summary["map"]
     sections = [
         ReportSection(
             "States",
-            paragraphs=[f"K-means (K = {k}, k-means++ starts, seed {summary['seed']}) of the posterior "
-                        f"means of {summary['n_particles']} particles; each state is the structure decoded "
-                        "at its cluster's centre (states.pdb, MODEL k = state k). The cross marks each "
-                        "cluster's mean position in this projection. Select a state's particles with "
-                        "`atomvae export RUN PARTICLES --state K --analysis THIS_FOLDER -o subset.star`."],
-            figures=[ReportFigure("latent_states",
-                                  _latent_states_figure(projection, explained, clusters.labels,
-                                                        centre_projection),
-                                  "Principal components of the posterior means, coloured by state.")],
-            html=[_html_table(["state", "particles", "fraction", "C-alpha RMSD to base (Å)", "in states.pdb",
-                               "map"], state_rows)],
+            paragraphs=[
+                f"K-means (K = {k}, k-means++ starts, seed {summary['seed']}) of the posterior "
+                f"means of {summary['n_particles']} particles; each state is the structure decoded "
+                "at its cluster's centre (states.pdb, MODEL k = state k). The cross marks each "
+                "cluster's mean position in this projection. Select a state's particles with "
+                "`atomvae export RUN PARTICLES --state K --analysis THIS_FOLDER -o subset.star`."
+            ],
+            figures=[
+                ReportFigure(
+                    "latent_states",
+                    _latent_states_figure(projection, explained, clusters.labels, centre_projection),
+                    "Principal components of the posterior means, coloured by state.",
+                )
+            ],
+            html=[
+                _html_table(
+                    ["state", "particles", "fraction", "C-alpha RMSD to base (Å)", "in states.pdb", "map"],
+                    state_rows,
+                )
+            ],
         ),
         ReportSection(
             "Flexibility (RMSF)",
-            paragraphs=[f"C-alpha RMSF of {summary['rmsf']['n_structures']} sampled structures (one "
-                        "posterior draw per particle, superposed on their mean), also in the B-factor column "
-                        "of states.pdb and the traversals (in Å, not converted to B-factors).",
-                        "Most flexible: " + ", ".join(f"{residues[i]} {rmsf[i]:.2f} Å" for i in top)],
+            paragraphs=[
+                f"C-alpha RMSF of {summary['rmsf']['n_structures']} sampled structures (one "
+                "posterior draw per particle, superposed on their mean), also in the B-factor column "
+                "of states.pdb and the traversals (in Å, not converted to B-factors).",
+                "Most flexible: " + ", ".join(f"{residues[i]} {rmsf[i]:.2f} Å" for i in top),
+            ],
             figures=[ReportFigure("rmsf", _rmsf_figure(rmsf, topology), "Per-residue C-alpha RMSF.")],
         ),
         ReportSection(
             "Traversals",
-            paragraphs=["Structures along the principal axes of the posterior means, between the 1st and "
-                        "99th percentiles of the particles' projections. Open movie.cxc in ChimeraX to play "
-                        "them coloured by RMSF."],
-            html=[_html_table(["file", "axis", "variance", "structures", "C-alpha RMSD end to end (Å)"],
-                              traversal_rows)],
+            paragraphs=[
+                "Structures along the principal axes of the posterior means, between the 1st and "
+                "99th percentiles of the particles' projections. Open movie.cxc in ChimeraX to play "
+                "them coloured by RMSF."
+            ],
+            html=[
+                _html_table(
+                    ["file", "axis", "variance", "structures", "C-alpha RMSD end to end (Å)"], traversal_rows
+                )
+            ],
         ),
         ReportSection(
             "Maps",
-            paragraphs=["state_<k>.mrc: atoms as Gaussians weighted by atomic number on the particles' box "
-                        "and pixel size, in the base's frame (they overlay the base and states.pdb; the box "
-                        "centre is the run's rotation centre, like a reconstruction from the particles' "
-                        "poses)."],
-            rows=[("box", f"{grid['box']} voxels"), ("voxel size", f"{grid['voxel_size']:.4g} Å"),
-                  ("resolution", f"{grid['resolution']:g} Å (Gaussian sigma {grid['sigma']:.3g} Å)"),
-                  ("origin (voxel 0)", ", ".join(f"{v:.2f}" for v in grid["origin"]) + " Å")],
+            paragraphs=[
+                "state_<k>.mrc: atoms as Gaussians weighted by atomic number on the particles' box "
+                "and pixel size, in the base's frame (they overlay the base and states.pdb; the box "
+                "centre is the run's rotation centre, like a reconstruction from the particles' "
+                "poses)."
+            ],
+            rows=[
+                ("box", f"{grid['box']} voxels"),
+                ("voxel size", f"{grid['voxel_size']:.4g} Å"),
+                ("resolution", f"{grid['resolution']:g} Å (Gaussian sigma {grid['sigma']:.3g} Å)"),
+                ("origin (voxel 0)", ", ".join(f"{v:.2f}" for v in grid["origin"]) + " Å"),
+            ],
         ),
     ]
-    inputs = [("run", summary["run"]), ("checkpoint", summary["checkpoint"]),
-              ("particles", summary["particles"] or "unknown"), ("latents", summary["latents"])]
+    inputs = [
+        ("run", summary["run"]),
+        ("checkpoint", summary["checkpoint"]),
+        ("particles", summary["particles"] or "unknown"),
+        ("latents", summary["latents"]),
+    ]
     page, _ = html_page(out, "atomvae analyze", sections, inputs, None)
     atomic_write_text(out / "index.html", page)
 
@@ -397,8 +546,9 @@ def _rows_of_state(config: ExportConfig) -> tuple[np.ndarray, str]:
     path = Path(config.analysis)
     path = path / STATES_NPZ if path.is_dir() else path
     if not path.is_file():
-        raise InputError(path, f"not found (--analysis is the folder atomvae analyze wrote, with "
-                               f"{STATES_NPZ})")
+        raise InputError(
+            path, f"not found (--analysis is the folder atomvae analyze wrote, with {STATES_NPZ})"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             index, state, recorded = data["index"], data["state"], str(data["particles"])
@@ -408,8 +558,11 @@ def _rows_of_state(config: ExportConfig) -> tuple[np.ndarray, str]:
     if not 1 <= config.state <= k:
         raise InputError("--state", f"states are numbered 1..{k} in {path}, got {config.state}")
     if recorded and Path(recorded).resolve() != Path(config.particles).resolve():
-        print(f"atomvae: note: the states were computed for {recorded}; selecting the same rows of "
-              f"{config.particles}", file=sys.stderr)
+        print(
+            f"atomvae: note: the states were computed for {recorded}; selecting the same rows of "
+            f"{config.particles}",
+            file=sys.stderr,
+        )
     return index[state == config.state], f"state {config.state} of {k}"
 
 
@@ -429,9 +582,12 @@ def _rows_by_distance(config: ExportConfig) -> tuple[np.ndarray, str]:
     else:
         encoded = encode_particles(run, config.particles, batch_size=config.batch_size)
         mu, index = encoded["mu"], encoded["index"]
-    distances = np.concatenate([
-        atom_distances(decode_to_base_frame(run, mu[i:i + config.batch_size]), pair)[:, 0]
-        for i in range(0, len(mu), config.batch_size)])
+    distances = np.concatenate(
+        [
+            atom_distances(decode_to_base_frame(run, mu[i : i + config.batch_size]), pair)[:, 0]
+            for i in range(0, len(mu), config.batch_size)
+        ]
+    )
     keep = np.ones(len(distances), dtype=bool)
     parts = []
     if config.below is not None:
@@ -447,11 +603,21 @@ def select_particles(config: ExportConfig) -> tuple[np.ndarray, str]:
     """(0-based particle rows, a description of the selection) for exactly one selection in config."""
     from atomvae.data.export import read_index_list
 
-    chosen = [name for name, value in (("--state", config.state), ("--distance", config.distance),
-                                       ("--latent-file", config.index_file)) if value is not None]
+    chosen = [
+        name
+        for name, value in (
+            ("--state", config.state),
+            ("--distance", config.distance),
+            ("--latent-file", config.index_file),
+        )
+        if value is not None
+    ]
     if len(chosen) != 1:
-        raise InputError(None, "choose exactly one selection: --state, --distance or --latent-file"
-                         + (f" (got {', '.join(chosen)})" if chosen else ""))
+        raise InputError(
+            None,
+            "choose exactly one selection: --state, --distance or --latent-file"
+            + (f" (got {', '.join(chosen)})" if chosen else ""),
+        )
     if config.distance is None and (config.below is not None or config.above is not None):
         raise InputError("--below/--above", "only go with --distance")
     if config.state is not None:

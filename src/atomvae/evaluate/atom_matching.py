@@ -43,8 +43,15 @@ def _atom_keys(topology: Topology, atom_idx: np.ndarray, with_chain: bool) -> li
     # CHARMM calls isoleucine's delta carbon CD; PDB calls it CD1.
     res_names = topology.res_name[res].tolist()
     names = ["CD1" if n == "CD" and r == "ILE" else n for n, r in zip(names, res_names, strict=True)]
-    return list(zip(chain.tolist(), topology.res_seq[res].tolist(), topology.ins_code[res].tolist(), names,
-                    strict=True))
+    return list(
+        zip(
+            chain.tolist(),
+            topology.res_seq[res].tolist(),
+            topology.ins_code[res].tolist(),
+            names,
+            strict=True,
+        )
+    )
 
 
 def _index_by_key(topology: Topology, atom_idx: np.ndarray, with_chain: bool, source) -> dict[tuple, int]:
@@ -79,8 +86,9 @@ def match_atoms(topologies: dict[str, tuple[Topology, object]], atoms: str = "CA
             raise InputError(src, f"has no atoms in the {atoms!r} selection")
 
     def intersect(with_chain: bool):
-        maps = {lab: _index_by_key(top, selected[lab], with_chain, src)
-                for lab, (top, src) in topologies.items()}
+        maps = {
+            lab: _index_by_key(top, selected[lab], with_chain, src) for lab, (top, src) in topologies.items()
+        }
         first = maps[labels[0]]
         common = [k for k in first if all(k in maps[lab] for lab in labels[1:])]
         return maps, common
@@ -92,12 +100,12 @@ def match_atoms(topologies: dict[str, tuple[Topology, object]], atoms: str = "CA
         maps, common = intersect(with_chain=False)
         ignored = bool(common)
     if not common:
-        examples = "; ".join(
-            f"{lab}: {', '.join(_label(k) for k in list(maps[lab])[:3])}" for lab in labels)
+        examples = "; ".join(f"{lab}: {', '.join(_label(k) for k in list(maps[lab])[:3])}" for lab in labels)
         raise InputError(
             topologies[labels[1] if len(labels) > 1 else labels[0]][1],
             f"no {atoms} atoms in common with {topologies[labels[0]][1]} when matched by chain, residue "
-            f"number, insertion code and atom name (first atoms: {examples})")
+            f"number, insertion code and atom name (first atoms: {examples})",
+        )
 
     indices = {lab: np.array([maps[lab][k] for k in common], dtype=np.int64) for lab in labels}
     ref_top = topologies[labels[0]][0]
@@ -109,18 +117,24 @@ def match_atoms(topologies: dict[str, tuple[Topology, object]], atoms: str = "CA
         if len(bad):
             residue = _label(common[bad[0]]).rsplit(":", 1)[0]
             raise InputError(
-                src, f"residue {residue} is {names[bad[0]]} here but {ref_names[bad[0]]} in "
-                f"{topologies[labels[0]][1]} ({len(bad)} mismatched atoms); are these the same protein?")
+                src,
+                f"residue {residue} is {names[bad[0]]} here but {ref_names[bad[0]]} in "
+                f"{topologies[labels[0]][1]} ({len(bad)} mismatched atoms); are these the same protein?",
+            )
     return AtomMatch(indices=indices, keys=tuple(_label(k) for k in common), ignored_chain_ids=ignored)
 
 
 # Force-field protonation variants -> the standard residue name, so an MD trajectory matches its PDB.
 _STANDARD_NAME = {
-    **dict.fromkeys(("HSD", "HSE", "HSP", "HID", "HIE", "HIP", "HISD", "HISE", "HISH", "HIS1", "HIS2"),
-                    "HIS"),
-    **dict.fromkeys(("CYX", "CYM", "CYS2"), "CYS"), **dict.fromkeys(("ASH", "ASPH"), "ASP"),
-    **dict.fromkeys(("GLH", "GLUH"), "GLU"), **dict.fromkeys(("LYN", "LSN", "LYSH"), "LYS"),
-    "ARN": "ARG", "TYM": "TYR",
+    **dict.fromkeys(
+        ("HSD", "HSE", "HSP", "HID", "HIE", "HIP", "HISD", "HISE", "HISH", "HIS1", "HIS2"), "HIS"
+    ),
+    **dict.fromkeys(("CYX", "CYM", "CYS2"), "CYS"),
+    **dict.fromkeys(("ASH", "ASPH"), "ASP"),
+    **dict.fromkeys(("GLH", "GLUH"), "GLU"),
+    **dict.fromkeys(("LYN", "LSN", "LYSH"), "LYS"),
+    "ARN": "ARG",
+    "TYM": "TYR",
 }
 
 

@@ -45,8 +45,9 @@ def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> n
     return np.stack(centres)
 
 
-def _lloyd(points: np.ndarray, centres: np.ndarray, max_iterations: int, tolerance: float
-           ) -> tuple[np.ndarray, np.ndarray, float]:
+def _lloyd(
+    points: np.ndarray, centres: np.ndarray, max_iterations: int, tolerance: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     for _ in range(max_iterations):
         labels = _squared_distances(points, centres).argmin(axis=1)
         updated = centres.copy()
@@ -63,8 +64,14 @@ def _lloyd(points: np.ndarray, centres: np.ndarray, max_iterations: int, toleran
     return centres, labels, float(d2[np.arange(len(points)), labels].sum())
 
 
-def kmeans(points: np.ndarray, k: int, seed: int = 0, restarts: int = 10, max_iterations: int = 300,
-           tolerance: float = 1e-8) -> KMeansResult:
+def kmeans(
+    points: np.ndarray,
+    k: int,
+    seed: int = 0,
+    restarts: int = 10,
+    max_iterations: int = 300,
+    tolerance: float = 1e-8,
+) -> KMeansResult:
     """Cluster ``points (N, D)`` into ``k`` clusters; the best (lowest inertia) of ``restarts`` k-means++
     starts drawn from a generator seeded by ``seed``. Clusters are renumbered by decreasing size."""
     points = np.asarray(points, dtype=np.float64)
@@ -85,5 +92,6 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, restarts: int = 10, max_it
     order = np.argsort(-counts, kind="stable")
     renumber = np.empty(k, dtype=np.int64)
     renumber[order] = np.arange(k)
-    return KMeansResult(centres=centres[order], labels=renumber[labels], counts=counts[order],
-                        inertia=inertia)
+    return KMeansResult(
+        centres=centres[order], labels=renumber[labels], counts=counts[order], inertia=inertia
+    )

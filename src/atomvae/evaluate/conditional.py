@@ -19,7 +19,11 @@ import torch
 from atomvae.errors import InputError
 
 __all__ = [
-    "Latents", "read_latents", "conditional_distance_correlation", "posterior_distances", "latent_pca",
+    "Latents",
+    "read_latents",
+    "conditional_distance_correlation",
+    "posterior_distances",
+    "latent_pca",
 ]
 
 
@@ -67,8 +71,9 @@ def read_latents(path: str | Path) -> Latents:
     except (OSError, ValueError) as err:
         raise InputError(path, f"not a readable .npz file: {err}") from None
     if mu.ndim != 2 or sigma.shape != mu.shape or index.shape != (len(mu),):
-        raise InputError(path, f"expected mu and sigma (N, L) and index (N,), got {mu.shape}, "
-                               f"{sigma.shape}, {index.shape}")
+        raise InputError(
+            path, f"expected mu and sigma (N, L) and index (N,), got {mu.shape}, {sigma.shape}, {index.shape}"
+        )
     return Latents(mu=mu.astype(np.float32), sigma=sigma.astype(np.float32), index=index.astype(np.int64))
 
 
@@ -92,12 +97,12 @@ def posterior_distances(
     n, dim = latents.mu.shape
     out = np.empty((n, n_samples, len(pairs_t)), dtype=np.float64)
     for start in range(0, n, batch):
-        mu = torch.as_tensor(latents.mu[start: start + batch], device=device)
-        sigma = torch.as_tensor(latents.sigma[start: start + batch], device=device)
+        mu = torch.as_tensor(latents.mu[start : start + batch], device=device)
+        sigma = torch.as_tensor(latents.sigma[start : start + batch], device=device)
         eps = torch.randn(len(mu), n_samples, dim, generator=generator, device=device, dtype=mu.dtype)
         coords = decode(mu[:, None] + sigma[:, None] * eps)  # (b, S, A, 3)
         diff = coords[..., pairs_t[:, 0], :] - coords[..., pairs_t[:, 1], :]
-        out[start: start + len(mu)] = diff.norm(dim=-1).double().cpu().numpy()
+        out[start : start + len(mu)] = diff.norm(dim=-1).double().cpu().numpy()
     return out
 
 

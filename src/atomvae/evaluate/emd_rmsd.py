@@ -51,8 +51,13 @@ def emd_rmsd(pred: np.ndarray, gt: np.ndarray, chunk: int | None = None) -> EmdR
     t2 = time.perf_counter()
     assigned = cost[rows, cols]
     return EmdResult(
-        emd_rmsd=float(assigned.mean()), n=len(pred), assigned_rmsd=assigned, gt_index=cols,
-        rmsd_seconds=t1 - t0, assignment_seconds=t2 - t1, rmsd_matrix=cost,
+        emd_rmsd=float(assigned.mean()),
+        n=len(pred),
+        assigned_rmsd=assigned,
+        gt_index=cols,
+        rmsd_seconds=t1 - t0,
+        assignment_seconds=t2 - t1,
+        rmsd_matrix=cost,
     )
 
 
@@ -103,11 +108,15 @@ class EmdComparison:
 
     def to_dict(self) -> dict:
         out = {
-            "emd_rmsd": self.model.emd_rmsd, "n": self.n, "n_atoms_compared": self.n_atoms,
+            "emd_rmsd": self.model.emd_rmsd,
+            "n": self.n,
+            "n_atoms_compared": self.n_atoms,
             "assigned_rmsd_median": float(np.median(self.model.assigned_rmsd)),
             "assigned_rmsd_max": float(self.model.assigned_rmsd.max()),
-            "timing_seconds": {"rmsd_matrix": self.model.rmsd_seconds,
-                               "assignment": self.model.assignment_seconds},
+            "timing_seconds": {
+                "rmsd_matrix": self.model.rmsd_seconds,
+                "assignment": self.model.assignment_seconds,
+            },
         }
         if self.base_only is not None:
             out["base_only"] = self.base_only
@@ -138,13 +147,18 @@ def compare_ensembles(
     for coords, path, what in ((pred, pred_path, "predicted"), (gt, gt_path, "ground-truth")):
         bad = ~np.isfinite(coords).reshape(len(coords), -1).all(axis=1)
         if bad.any():  # e.g. samples of a diverged model; the assignment cannot rank NaN
-            raise InputError(path, f"{int(bad.sum())} structures of the {what} ensemble have non-finite "
-                                   f"coordinates (the first is structure {int(np.argmax(bad))})")
+            raise InputError(
+                path,
+                f"{int(bad.sum())} structures of the {what} ensemble have non-finite "
+                f"coordinates (the first is structure {int(np.argmax(bad))})",
+            )
     rng = np.random.default_rng(seed)
     pred_index = draw_samples(len(pred), n, rng, pred_path, "the predicted ensemble")
     if len(gt) < n:
-        raise InputError(gt_path, f"the ground-truth ensemble holds {_structures(len(gt))}, "
-                                  f"fewer than the {n} requested with --n")
+        raise InputError(
+            gt_path,
+            f"the ground-truth ensemble holds {_structures(len(gt))}, fewer than the {n} requested with --n",
+        )
     order = rng.permutation(len(gt))
     gt_index = order[:n]
     gt_draw = gt[gt_index]
@@ -155,11 +169,19 @@ def compare_ensembles(
         base_rmsd = pairwise_rmsd(np.asarray(base, np.float64)[None], gt_draw)[0]
     floor = None
     if len(gt) >= 2 * n:
-        floor = emd_rmsd(gt[order[n: 2 * n]], gt_draw)
+        floor = emd_rmsd(gt[order[n : 2 * n]], gt_draw)
     elif base is not None:
         notes.append(f"no floor: the ground truth holds {len(gt)} structures, fewer than 2N = {2 * n}")
-    result = EmdComparison(model=model, n=n, n_atoms=pred.shape[1], base_rmsd=base_rmsd, floor=floor,
-                           pred_index=pred_index, gt_index=gt_index, notes=tuple(notes))
+    result = EmdComparison(
+        model=model,
+        n=n,
+        n_atoms=pred.shape[1],
+        base_rmsd=base_rmsd,
+        floor=floor,
+        pred_index=pred_index,
+        gt_index=gt_index,
+        notes=tuple(notes),
+    )
     if base is not None and floor is not None and result.recovered_fraction is None:
         notes.append("no recovered fraction: the base-only EMD-RMSD is not above the floor")
         result = replace(result, notes=tuple(notes))

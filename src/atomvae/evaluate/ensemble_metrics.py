@@ -44,11 +44,13 @@ def coverage_matching(rmsd: np.ndarray, threshold: float) -> CoverageMatching:
         raise ValueError(f"need a non-empty (N_pred, N_gt) RMSD matrix, got {rmsd.shape}")
     closest_pred = rmsd.min(axis=0)  # per gt structure
     closest_gt = rmsd.min(axis=1)  # per predicted structure
-    return CoverageMatching(threshold=float(threshold),
-                            cov_recall=float((closest_pred < threshold).mean()),
-                            mat_recall=float(closest_pred.mean()),
-                            cov_precision=float((closest_gt < threshold).mean()),
-                            mat_precision=float(closest_gt.mean()))
+    return CoverageMatching(
+        threshold=float(threshold),
+        cov_recall=float((closest_pred < threshold).mean()),
+        mat_recall=float(closest_pred.mean()),
+        cov_precision=float((closest_gt < threshold).mean()),
+        mat_precision=float(closest_gt.mean()),
+    )
 
 
 def ensemble_rmsf(coords: np.ndarray, iterations: int = 3) -> np.ndarray:
@@ -64,7 +66,7 @@ def ensemble_rmsf(coords: np.ndarray, iterations: int = 3) -> np.ndarray:
         aligned = x @ rotation.transpose(-1, -2) + translation[:, None, :]
         reference = aligned.mean(dim=0)
     deviation = (aligned - reference).numpy()
-    return np.sqrt((deviation ** 2).sum(-1).mean(0))
+    return np.sqrt((deviation**2).sum(-1).mean(0))
 
 
 def compare_rmsf(pred: np.ndarray, gt: np.ndarray) -> dict:
@@ -73,6 +75,9 @@ def compare_rmsf(pred: np.ndarray, gt: np.ndarray) -> dict:
     rmsf_pred, rmsf_gt = ensemble_rmsf(pred), ensemble_rmsf(gt)
     pc, gc = rmsf_pred - rmsf_pred.mean(), rmsf_gt - rmsf_gt.mean()
     denom = np.sqrt((pc * pc).sum() * (gc * gc).sum())
-    return {"pred": rmsf_pred, "gt": rmsf_gt,
-            "pearson_r": float((pc * gc).sum() / denom) if denom > 0 else float("nan"),
-            "mean_abs_difference": float(np.abs(rmsf_pred - rmsf_gt).mean())}
+    return {
+        "pred": rmsf_pred,
+        "gt": rmsf_gt,
+        "pearson_r": float((pc * gc).sum() / denom) if denom > 0 else float("nan"),
+        "mean_abs_difference": float(np.abs(rmsf_pred - rmsf_gt).mean()),
+    }

@@ -87,16 +87,30 @@ def _read(path: Path, topology_path: Path | None):
         return read_ensemble(path, topology_path)
 
 
-def score_ensemble(pred: Path, pred_topology: Path | None, gt: Path, gt_topology: Path | None, base: Path,
-                   n: int, seed: int = 0) -> dict:
+def score_ensemble(
+    pred: Path,
+    pred_topology: Path | None,
+    gt: Path,
+    gt_topology: Path | None,
+    base: Path,
+    n: int,
+    seed: int = 0,
+) -> dict:
     """EMD-RMSD on C-alpha (A) and recovered fraction of one more ensemble (e.g. the prior's samples beside
     the aggregate posterior's), against the same draw of ``n`` ground-truth structures as ``evaluate``
     with the same ``n`` and ``seed``."""
     pred_top, pred_coords = _read(pred, pred_topology)
     gt_top, gt_coords = _read(gt, gt_topology)
     ca = pred_top.select("CA")
-    result = compare_ensembles(pred_coords[:, ca], gt_coords[:, gt_top.select("CA")], n, seed,
-                               base=read_structure(base).coords[ca], pred_path=pred, gt_path=gt)
+    result = compare_ensembles(
+        pred_coords[:, ca],
+        gt_coords[:, gt_top.select("CA")],
+        n,
+        seed,
+        base=read_structure(base).coords[ca],
+        pred_path=pred,
+        gt_path=gt,
+    )
     return {"emd_rmsd": result.model.emd_rmsd, "recovered_fraction": result.recovered_fraction}
 
 
@@ -111,17 +125,23 @@ def read_truth_frames(truth_path: Path, particle_index: np.ndarray | None = None
     try:
         with np.load(truth_path) as data:
             if TRUTH_FRAME_KEY not in data:
-                raise InputError(truth_path, f"has no '{TRUTH_FRAME_KEY}' array (it has "
-                                             f"{', '.join(data.files)}); expected the truth.npz of "
-                                             "atomvae simulate")
+                raise InputError(
+                    truth_path,
+                    f"has no '{TRUTH_FRAME_KEY}' array (it has "
+                    f"{', '.join(data.files)}); expected the truth.npz of "
+                    "atomvae simulate",
+                )
             frames = np.asarray(data[TRUTH_FRAME_KEY]).astype(np.int64).reshape(-1)
     except (OSError, ValueError) as err:
         raise InputError(truth_path, f"not a readable .npz file: {err}") from None
     if particle_index is None:
         return frames
     if len(particle_index) and (particle_index.max() >= len(frames) or particle_index.min() < 0):
-        raise InputError(truth_path, f"holds {len(frames)} particles but the latents refer to particle "
-                                     f"{int(particle_index.max())}; are they from the same data set?")
+        raise InputError(
+            truth_path,
+            f"holds {len(frames)} particles but the latents refer to particle "
+            f"{int(particle_index.max())}; are they from the same data set?",
+        )
     return frames[particle_index]
 
 
@@ -150,51 +170,69 @@ def _fmt(x, unit=" Å"):
 
 
 def _emd_section(cmp: EmdComparison, config: EvaluateConfig, atom_note: str) -> ReportSection:
-    rows = [("EMD-RMSD (model)", _fmt(cmp.model.emd_rmsd)), ("N per ensemble", str(cmp.n)),
-            ("atoms compared", atom_note)]
+    rows = [
+        ("EMD-RMSD (model)", _fmt(cmp.model.emd_rmsd)),
+        ("N per ensemble", str(cmp.n)),
+        ("atoms compared", atom_note),
+    ]
     if cmp.base_only is not None:
         rows.append(("base structure only", _fmt(cmp.base_only)))
     if cmp.floor is not None:
         rows.append(("finite-sample floor", _fmt(cmp.floor.emd_rmsd)))
     if cmp.recovered_fraction is not None:
         rows.append(("recovered fraction", f"{cmp.recovered_fraction:.3f}"))
-    rows.append(("median / max assigned RMSD", f"{np.median(cmp.model.assigned_rmsd):.3f} / "
-                                               f"{cmp.model.assigned_rmsd.max():.3f} Å"))
+    rows.append(
+        (
+            "median / max assigned RMSD",
+            f"{np.median(cmp.model.assigned_rmsd):.3f} / {cmp.model.assigned_rmsd.max():.3f} Å",
+        )
+    )
     paragraphs = [
         "EMD-RMSD (paper section 4): N structures drawn without replacement from each ensemble, RMSD after "
         "optimal rigid superposition for every pair, optimal one-to-one assignment, mean assigned RMSD. "
-        "Lower is better."]
+        "Lower is better."
+    ]
     if config.base is not None:
         paragraphs.append(
             "References on the same ground-truth draw: 'base structure only' is the EMD-RMSD of N copies "
             "of the base structure (no heterogeneity learnt); the 'floor' is the EMD-RMSD between two "
             "disjoint ground-truth draws (the best a perfect model could score at this N); recovered "
             "fraction = (base - model) / (base - floor): 0 means nothing learnt beyond the base, 1 means "
-            "as good as the ground truth itself.")
+            "as good as the ground truth itself."
+        )
     paragraphs += list(cmp.notes)
-    fig = ReportFigure("emd_rmsd", plots.emd_figure(cmp, config.atoms),
-                       "Left: EMD-RMSD of the model and its references. "
-                       "Right: the per-pair RMSDs they average.")
+    fig = ReportFigure(
+        "emd_rmsd",
+        plots.emd_figure(cmp, config.atoms),
+        "Left: EMD-RMSD of the model and its references. Right: the per-pair RMSDs they average.",
+    )
     return ReportSection("EMD-RMSD", rows=rows, paragraphs=paragraphs, figures=[fig])
 
 
 def _coverage_section(cmp: EmdComparison, config: EvaluateConfig) -> tuple[ReportSection, dict]:
     """COV / MAT (``ensemble_metrics.coverage_matching``) on the EMD-RMSD draws' RMSD matrix."""
     result = coverage_matching(cmp.model.rmsd_matrix, config.cov_threshold)
-    rows = [(f"COV-R (ground truth covered, RMSD < {result.threshold:g} Å)", f"{result.cov_recall:.1%}"),
-            ("MAT-R (mean RMSD of each GT structure to its closest prediction)", _fmt(result.mat_recall)),
-            (f"COV-P (predictions near the ground truth, RMSD < {result.threshold:g} Å)",
-             f"{result.cov_precision:.1%}"),
-            ("MAT-P (mean RMSD of each prediction to its closest GT structure)", _fmt(result.mat_precision))]
-    text = [f"On the same draws and {config.atoms} atoms as EMD-RMSD (CryoSTAR's ensemble metrics): recall "
-            "asks whether every true conformation has a predicted one nearby, precision whether every "
-            "prediction is near a true one. Higher COV and lower MAT are better; set the threshold with "
-            "--cov-threshold."]
+    rows = [
+        (f"COV-R (ground truth covered, RMSD < {result.threshold:g} Å)", f"{result.cov_recall:.1%}"),
+        ("MAT-R (mean RMSD of each GT structure to its closest prediction)", _fmt(result.mat_recall)),
+        (
+            f"COV-P (predictions near the ground truth, RMSD < {result.threshold:g} Å)",
+            f"{result.cov_precision:.1%}",
+        ),
+        ("MAT-P (mean RMSD of each prediction to its closest GT structure)", _fmt(result.mat_precision)),
+    ]
+    text = [
+        f"On the same draws and {config.atoms} atoms as EMD-RMSD (CryoSTAR's ensemble metrics): recall "
+        "asks whether every true conformation has a predicted one nearby, precision whether every "
+        "prediction is near a true one. Higher COV and lower MAT are better; set the threshold with "
+        "--cov-threshold."
+    ]
     return ReportSection("Coverage and matching (COV / MAT)", rows=rows, paragraphs=text), result.as_dict()
 
 
-def _rmsf_section(pred_top, pred_coords, gt_top, gt_coords, config: EvaluateConfig
-                  ) -> tuple[ReportSection | None, dict]:
+def _rmsf_section(
+    pred_top, pred_coords, gt_top, gt_coords, config: EvaluateConfig
+) -> tuple[ReportSection | None, dict]:
     """Per-residue C-alpha RMSF of the drawn predicted and true structures (each ensemble superposed on its
     own mean), residues matched by chain, number and insertion code."""
     match = match_atoms({"gt": (gt_top, config.gt), "pred": (pred_top, config.pred)}, "CA")
@@ -202,33 +240,63 @@ def _rmsf_section(pred_top, pred_coords, gt_top, gt_coords, config: EvaluateConf
         return None, {}
     result = compare_rmsf(pred_coords[:, match.indices["pred"]], gt_coords[:, match.indices["gt"]])
     residues = [key.rsplit(":", 1)[0] for key in match.keys]
-    summary = {"residues": residues, "pred": result["pred"].tolist(), "gt": result["gt"].tolist(),
-               "pearson_r": result["pearson_r"], "mean_abs_difference": result["mean_abs_difference"]}
-    rows = [("residues compared", str(len(residues))),
-            ("Pearson r (predicted vs true RMSF)", f"{result['pearson_r']:.3f}"),
-            ("mean |RMSF difference|", _fmt(result["mean_abs_difference"]))]
-    fig = ReportFigure("rmsf", plots.rmsf_figure(result["pred"], result["gt"], residues),
-                       "Per-residue C-alpha RMSF of the predicted and true ensembles (each superposed on its "
-                       "own mean).")
-    text = ["Where the model puts its flexibility: the RMS fluctuation of each C-alpha about its mean "
-            "position, in the drawn structures of each ensemble."]
+    summary = {
+        "residues": residues,
+        "pred": result["pred"].tolist(),
+        "gt": result["gt"].tolist(),
+        "pearson_r": result["pearson_r"],
+        "mean_abs_difference": result["mean_abs_difference"],
+    }
+    rows = [
+        ("residues compared", str(len(residues))),
+        ("Pearson r (predicted vs true RMSF)", f"{result['pearson_r']:.3f}"),
+        ("mean |RMSF difference|", _fmt(result["mean_abs_difference"])),
+    ]
+    fig = ReportFigure(
+        "rmsf",
+        plots.rmsf_figure(result["pred"], result["gt"], residues),
+        "Per-residue C-alpha RMSF of the predicted and true ensembles (each superposed on its own mean).",
+    )
+    text = [
+        "Where the model puts its flexibility: the RMS fluctuation of each C-alpha about its mean "
+        "position, in the drawn structures of each ensemble."
+    ]
     return ReportSection("Flexibility (RMSF)", rows=rows, paragraphs=text, figures=[fig]), summary
 
 
-def _distance_part(specs: list[DistanceSpec], cutoffs: list[float | None], pred_top, pred_coords, gt_top,
-                   gt_coords, config: EvaluateConfig):
+def _distance_part(
+    specs: list[DistanceSpec],
+    cutoffs: list[float | None],
+    pred_top,
+    pred_coords,
+    gt_top,
+    gt_coords,
+    config: EvaluateConfig,
+):
     pred_pairs = np.array([s.atom_indices(pred_top, config.pred) for s in specs])
     gt_pairs = np.array([s.atom_indices(gt_top, config.gt) for s in specs])
     pred_d = atom_distances(pred_coords, pred_pairs)
     gt_d = atom_distances(gt_coords, gt_pairs)
-    comparisons = [compare_marginal(pred_d[:, k], gt_d[:, k], s.label, cutoffs[k])
-                   for k, s in enumerate(specs)]
+    comparisons = [
+        compare_marginal(pred_d[:, k], gt_d[:, k], s.label, cutoffs[k]) for k, s in enumerate(specs)
+    ]
     summary = {"distances": [c.to_dict() for c in comparisons]}
-    figures = [ReportFigure("distance_histograms", plots.distance_histograms(pred_d, gt_d, comparisons),
-                            "Distance marginals on shared bins; W1 = 1D Wasserstein-1 distance between "
-                            "predicted and true distributions (Å, lower is better).")]
-    rows = [(c.label, f"W1 {c.wasserstein_1:.3f} Å; mean pred {c.pred_mean:.2f} vs GT {c.gt_mean:.2f} Å; "
-                      f"sd pred {c.pred_std:.2f} vs GT {c.gt_std:.2f} Å") for c in comparisons]
+    figures = [
+        ReportFigure(
+            "distance_histograms",
+            plots.distance_histograms(pred_d, gt_d, comparisons),
+            "Distance marginals on shared bins; W1 = 1D Wasserstein-1 distance between "
+            "predicted and true distributions (Å, lower is better).",
+        )
+    ]
+    rows = [
+        (
+            c.label,
+            f"W1 {c.wasserstein_1:.3f} Å; mean pred {c.pred_mean:.2f} vs GT {c.gt_mean:.2f} Å; "
+            f"sd pred {c.pred_std:.2f} vs GT {c.gt_std:.2f} Å",
+        )
+        for c in comparisons
+    ]
     for c in comparisons:
         if c.cutoff is not None:
             rows.append((f"{c.label} < {c.cutoff:g} Å", f"pred {c.pred_below:.1%}, GT {c.gt_below:.1%}"))
@@ -236,26 +304,39 @@ def _distance_part(specs: list[DistanceSpec], cutoffs: list[float | None], pred_
     if with_cut:
         labels = [f"d{k + 1}" for k in with_cut]
         cuts = [cutoffs[k] for k in with_cut]
-        props = {"prediction": mode_proportions(pred_d[:, with_cut], cuts, labels),
-                 "ground truth": mode_proportions(gt_d[:, with_cut], cuts, labels)}
+        props = {
+            "prediction": mode_proportions(pred_d[:, with_cut], cuts, labels),
+            "ground truth": mode_proportions(gt_d[:, with_cut], cuts, labels),
+        }
         summary["mode_proportions"] = props
         for group in props["prediction"]:
-            rows.append((f"mode {group}", f"pred {props['prediction'][group]:.1%}, "
-                                          f"GT {props['ground truth'][group]:.1%}"))
+            rows.append(
+                (
+                    f"mode {group}",
+                    f"pred {props['prediction'][group]:.1%}, GT {props['ground truth'][group]:.1%}",
+                )
+            )
     else:
         props = None
     if len(specs) >= 2:
         pair_props = props if with_cut == [0, 1] else None
-        figures.append(ReportFigure(
-            "distance_scatter",
-            plots.distance_scatter(pred_d[:, :2], gt_d[:, :2], [s.label for s in specs[:2]], cutoffs[:2],
-                                   pair_props),
-            "Each structure as a point at the first two distances (paper figure 8); dashed lines are the "
-            "cutoffs; the bars give the fraction of structures in each group."))
+        figures.append(
+            ReportFigure(
+                "distance_scatter",
+                plots.distance_scatter(
+                    pred_d[:, :2], gt_d[:, :2], [s.label for s in specs[:2]], cutoffs[:2], pair_props
+                ),
+                "Each structure as a point at the first two distances (paper figure 8); dashed lines are the "
+                "cutoffs; the bars give the fraction of structures in each group.",
+            )
+        )
     names = ", ".join(f"d{k + 1} = {s.label}" for k, s in enumerate(specs))
-    section = ReportSection("Distance marginals", rows=rows, figures=figures,
-                            paragraphs=[f"Distances between atom pairs across the same N-structure draws as "
-                                        f"EMD-RMSD ({names})."])
+    section = ReportSection(
+        "Distance marginals",
+        rows=rows,
+        figures=figures,
+        paragraphs=[f"Distances between atom pairs across the same N-structure draws as EMD-RMSD ({names})."],
+    )
     return section, summary
 
 
@@ -273,24 +354,38 @@ def _plausibility_section(ensembles: dict[str, tuple]) -> tuple[ReportSection | 
             continue
         s = stereochemistry_summary(coords[:PLAUSIBILITY_STRUCTURES], topology)
         summary[name] = s.as_dict()
-        rows.append((name, f"{s.fraction_ok:.1%} of {s.n_structures} structures pass (bonds ok "
-                           f"{s.fraction_bonds_ok:.1%}, no clash {s.fraction_no_clash:.1%}); C-N bond "
-                           f"{s.bond_length_mean:.3f} Å, rms deviation {s.bond_length_rms_deviation:.3f} Å"))
-        rows.append((f"{name}: backbone angles",
-                     f"rms deviation {s.angle_rms_deviation:.2f}°, outliers {s.angle_outlier_fraction:.2%} "
-                     f"of angles; {s.fraction_no_angle_outlier:.1%} of structures have none"))
-        rama = ("not checked (needs MDAnalysis)" if np.isnan(s.ramachandran_outlier_fraction) else
-                f"outliers {s.ramachandran_outlier_fraction:.2%} of residues; "
-                f"{s.fraction_no_ramachandran_outlier:.1%} of structures have none")
+        rows.append(
+            (
+                name,
+                f"{s.fraction_ok:.1%} of {s.n_structures} structures pass (bonds ok "
+                f"{s.fraction_bonds_ok:.1%}, no clash {s.fraction_no_clash:.1%}); C-N bond "
+                f"{s.bond_length_mean:.3f} Å, rms deviation {s.bond_length_rms_deviation:.3f} Å",
+            )
+        )
+        rows.append(
+            (
+                f"{name}: backbone angles",
+                f"rms deviation {s.angle_rms_deviation:.2f}°, outliers {s.angle_outlier_fraction:.2%} "
+                f"of angles; {s.fraction_no_angle_outlier:.1%} of structures have none",
+            )
+        )
+        rama = (
+            "not checked (needs MDAnalysis)"
+            if np.isnan(s.ramachandran_outlier_fraction)
+            else f"outliers {s.ramachandran_outlier_fraction:.2%} of residues; "
+            f"{s.fraction_no_ramachandran_outlier:.1%} of structures have none"
+        )
         rows.append((f"{name}: Ramachandran", rama))
     if not rows:
         return None, {}
-    text = ["A structure passes when every C(i)-N(i+1) peptide bond is within 0.2 Å of 1.33 Å and no two "
-            "heavy atoms of residues that are not sequence neighbours are closer than 2.0 Å.",
-            "Beside it: backbone angles N-CA-C, CA-C-N, C-N-CA against Engh & Huber (outliers beyond 4 "
-            "standard deviations), and Ramachandran outliers: non-glycine residues outside the allowed "
-            "region holding 99.8% of the Top500 reference residues (from MDAnalysis Rama_ref). The ground "
-            "truth shows what a physical ensemble scores."]
+    text = [
+        "A structure passes when every C(i)-N(i+1) peptide bond is within 0.2 Å of 1.33 Å and no two "
+        "heavy atoms of residues that are not sequence neighbours are closer than 2.0 Å.",
+        "Beside it: backbone angles N-CA-C, CA-C-N, C-N-CA against Engh & Huber (outliers beyond 4 "
+        "standard deviations), and Ramachandran outliers: non-glycine residues outside the allowed "
+        "region holding 99.8% of the Top500 reference residues (from MDAnalysis Rama_ref). The ground "
+        "truth shows what a physical ensemble scores.",
+    ]
     if skipped:
         text.append(f"Not checked (no backbone N and C atoms): {', '.join(skipped)}.")
     return ReportSection("Physical plausibility", rows=rows, paragraphs=text), summary
@@ -308,28 +403,43 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
             frames = read_truth_frames(config.truth, latents.index)
         proj, explained = latent_pca(latents.mu, 2)
         fig = plots.latent_figure(proj, explained, frames)
-        coloured = (", coloured by the index of each particle's true structure in the simulated ensemble "
-                    "(a smooth colour gradient means the latent space orders conformations).")
-        text = ["PCA of the posterior means of the encoded particles"
-                + (coloured if frames is not None else ".")]
+        coloured = (
+            ", coloured by the index of each particle's true structure in the simulated ensemble "
+            "(a smooth colour gradient means the latent space orders conformations)."
+        )
+        text = [
+            "PCA of the posterior means of the encoded particles" + (coloured if frames is not None else ".")
+        ]
         caption = f"{len(latents.mu)} particles, {latents.mu.shape[1]} latent dimensions."
-        sections.append(ReportSection("Latent space", paragraphs=text, figures=[
-            ReportFigure("latent_pca", fig, caption)],
-            rows=[("explained variance PC1, PC2", ", ".join(f"{e:.1%}" for e in explained))]))
+        sections.append(
+            ReportSection(
+                "Latent space",
+                paragraphs=text,
+                figures=[ReportFigure("latent_pca", fig, caption)],
+                rows=[("explained variance PC1, PC2", ", ".join(f"{e:.1%}" for e in explained))],
+            )
+        )
         summary["latent_pca_explained_variance"] = explained.tolist()
     if latents is None:
-        missing.append(f"No latent space or conditional accuracy: no {latents_path} (make it with "
-                       "`atomvae encode RUN particles.star -o latents.npz`, then pass --latents).")
+        missing.append(
+            f"No latent space or conditional accuracy: no {latents_path} (make it with "
+            "`atomvae encode RUN particles.star -o latents.npz`, then pass --latents)."
+        )
     elif not (frames is not None and specs and config.ensemble_source is not None):
-        missing.append("No conditional accuracy: it needs --truth (truth.npz of atomvae simulate), "
-                       "--ensemble-source (the simulated ensemble) and at least one --distance.")
+        missing.append(
+            "No conditional accuracy: it needs --truth (truth.npz of atomvae simulate), "
+            "--ensemble-source (the simulated ensemble) and at least one --distance."
+        )
     if latents is not None and frames is not None and specs and config.ensemble_source is not None:
         from atomvae.train.run import load_run
 
         source_top, source_coords = _read(config.ensemble_source, config.ensemble_source_topology)
         if frames.max() >= len(source_coords) or frames.min() < 0:
-            raise InputError(config.truth, f"refers to structure {int(frames.max())} but "
-                                           f"{config.ensemble_source} holds {len(source_coords)}")
+            raise InputError(
+                config.truth,
+                f"refers to structure {int(frames.max())} but "
+                f"{config.ensemble_source} holds {len(source_coords)}",
+            )
         run = load_run(config.run, device=config.device)
         true_pairs = np.array([s.atom_indices(source_top, config.ensemble_source) for s in specs])
         model_pairs = np.array([s.atom_indices(run.topology, config.run) for s in specs])
@@ -339,33 +449,71 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
             keep = np.sort(rng.choice(len(keep), size=config.conditional_particles, replace=False))
         subset = Latents(mu=latents.mu[keep], sigma=latents.sigma[keep], index=latents.index[keep])
         truth_d = atom_distances(source_coords[frames[keep]], true_pairs)  # (N, P)
-        samples = posterior_distances(lambda z: run.model.decode(z, "all"), subset, model_pairs,
-                                      config.posterior_samples, config.seed, device=run.device)  # (N, S, P)
-        r = {s.label: conditional_distance_correlation(samples[:, :, k], truth_d[:, k])
-             for k, s in enumerate(specs)}
-        summary["conditional"] = {"pearson_r": r, "n_particles": len(keep),
-                                  "posterior_samples": config.posterior_samples}
+        samples = posterior_distances(
+            lambda z: run.model.decode(z, "all"),
+            subset,
+            model_pairs,
+            config.posterior_samples,
+            config.seed,
+            device=run.device,
+        )  # (N, S, P)
+        r = {
+            s.label: conditional_distance_correlation(samples[:, :, k], truth_d[:, k])
+            for k, s in enumerate(specs)
+        }
+        summary["conditional"] = {
+            "pearson_r": r,
+            "n_particles": len(keep),
+            "posterior_samples": config.posterior_samples,
+        }
         undefined = [label for label, value in r.items() if not np.isfinite(value)]
-        notes = [f"Pearson r is undefined for {', '.join(undefined)}: the posterior samples (or the "
-                 "truth) do not vary, e.g. a run still in stage 1 decodes only the base structure."
-                 ] if undefined else []
-        figs = [ReportFigure(f"conditional_d{k + 1}",
-                             plots.conditional_figure(samples[:, :, k], truth_d[:, k], s.label, r[s.label]),
-                             f"Posterior samples of {s.label} against the particle's true value.")
-                for k, s in enumerate(specs)]
-        sections.append(ReportSection(
-            "Conditional accuracy", figures=figs, rows=[(k, f"Pearson r = {v:.3f}") for k, v in r.items()],
-            paragraphs=["Per particle, distances in posterior samples (z = mu + sigma * eps, decoded) "
-                        "against the distance in that particle's true structure (paper figure 9). r near 1: "
-                        "each image alone pins down its conformation; near 0: only the ensemble is "
-                        "recovered.", *notes]))
+        notes = (
+            [
+                f"Pearson r is undefined for {', '.join(undefined)}: the posterior samples (or the "
+                "truth) do not vary, e.g. a run still in stage 1 decodes only the base structure."
+            ]
+            if undefined
+            else []
+        )
+        figs = [
+            ReportFigure(
+                f"conditional_d{k + 1}",
+                plots.conditional_figure(samples[:, :, k], truth_d[:, k], s.label, r[s.label]),
+                f"Posterior samples of {s.label} against the particle's true value.",
+            )
+            for k, s in enumerate(specs)
+        ]
+        sections.append(
+            ReportSection(
+                "Conditional accuracy",
+                figures=figs,
+                rows=[(k, f"Pearson r = {v:.3f}") for k, v in r.items()],
+                paragraphs=[
+                    "Per particle, distances in posterior samples (z = mu + sigma * eps, decoded) "
+                    "against the distance in that particle's true structure (paper figure 9). r near 1: "
+                    "each image alone pins down its conformation; near 0: only the ensemble is "
+                    "recovered.",
+                    *notes,
+                ],
+            )
+        )
     if records:
         fig = plots.training_curves_figure(records)
         if fig is not None:
-            sections.append(ReportSection("Training curves", figures=[
-                ReportFigure("training_curves", fig, "Every numeric metric of the run's metrics.jsonl over "
-                                                     "training steps, one colour per stage.")],
-                rows=[("records", str(len(records))), ("last step", str(records[-1].get("step")))]))
+            sections.append(
+                ReportSection(
+                    "Training curves",
+                    figures=[
+                        ReportFigure(
+                            "training_curves",
+                            fig,
+                            "Every numeric metric of the run's metrics.jsonl over "
+                            "training steps, one colour per stage.",
+                        )
+                    ],
+                    rows=[("records", str(len(records))), ("last step", str(records[-1].get("step")))],
+                )
+            )
     else:
         missing.append(f"No training curves: no metrics.jsonl in {config.run}.")
     if missing:
@@ -387,27 +535,38 @@ def _check_atom_coverage(tops: dict, match, config: EvaluateConfig) -> None:
         n_selected = len(selected)
         if n_selected > match.n_atoms:
             # the input(s) lacking them: the other ensemble, or (when only it restricts) the base structure
-            others = [lab for lab in tops if lab != label and match_atoms(
-                {label: tops[label], lab: tops[lab]}, config.atoms).n_atoms < n_selected]
+            others = [
+                lab
+                for lab in tops
+                if lab != label
+                and match_atoms({label: tops[label], lab: tops[lab]}, config.atoms).n_atoms < n_selected
+            ]
             other = " and ".join(str(tops[lab][1]) for lab in others) or "the other inputs"
             unmatched = np.setdiff1d(selected, match.indices[label])
             first = topology.residue_label(int(topology.residue_index[unmatched[0]]))
-            raise InputError(source, f"{n_selected - match.n_atoms} of its {n_selected} {config.atoms} atoms "
-                                     f"have no partner in {other} (first: residue {first}); compare the same "
-                                     "residues, or pass --allow-missing-atoms to score the shared "
-                                     f"{match.n_atoms} only")
+            raise InputError(
+                source,
+                f"{n_selected - match.n_atoms} of its {n_selected} {config.atoms} atoms "
+                f"have no partner in {other} (first: residue {first}); compare the same "
+                "residues, or pass --allow-missing-atoms to score the shared "
+                f"{match.n_atoms} only",
+            )
 
 
 def evaluate(config: EvaluateConfig) -> dict:
     """Run the evaluation; write the report (out_dir/report.html, PNGs, summary.json) and
     ``config.json_path``; return the summary dict (the CLI prints it with ``report.summary_text``)."""
     if len(config.cutoffs) > len(config.distances):
-        raise InputError(None, f"{len(config.cutoffs)} --cutoff values for {len(config.distances)} "
-                               "--distance; give at most one cutoff per distance, in the same order")
+        raise InputError(
+            None,
+            f"{len(config.cutoffs)} --cutoff values for {len(config.distances)} "
+            "--distance; give at most one cutoff per distance, in the same order",
+        )
     specs = [parse_distance(d) for d in config.distances]
     cutoffs: list[float | None] = list(config.cutoffs) + [None] * (len(specs) - len(config.cutoffs))
-    if (config.truth is not None or config.ensemble_source is not None or config.latents is not None) \
-            and config.run is None:
+    if (
+        config.truth is not None or config.ensemble_source is not None or config.latents is not None
+    ) and config.run is None:
         raise InputError(None, "--latents, --truth and --ensemble-source need --run")
 
     pred_top, pred_coords = _read(config.pred, config.pred_topology)
@@ -434,27 +593,42 @@ def evaluate(config: EvaluateConfig) -> dict:
     if match.ignored_chain_ids:
         atom_note += "; chain IDs differ and were ignored"
 
-    summary = {"emd_rmsd": cmp.model.emd_rmsd, "n": config.n, "atoms": config.atoms, "seed": config.seed,
-               **cmp.to_dict(), "atoms_note": atom_note,
-               "inputs": {"pred": str(config.pred), "gt": str(config.gt),
-                          "base": None if config.base is None else str(config.base)}}
+    summary = {
+        "emd_rmsd": cmp.model.emd_rmsd,
+        "n": config.n,
+        "atoms": config.atoms,
+        "seed": config.seed,
+        **cmp.to_dict(),
+        "atoms_note": atom_note,
+        "inputs": {
+            "pred": str(config.pred),
+            "gt": str(config.gt),
+            "base": None if config.base is None else str(config.base),
+        },
+    }
     if config.notes:
         summary["about"] = list(config.notes)
     sections = [_emd_section(cmp, config, atom_note)]
     section, summary["coverage"] = _coverage_section(cmp, config)
     sections.append(section)
-    section, rmsf_summary = _rmsf_section(pred_top, pred_coords[cmp.pred_index], gt_top,
-                                          gt_coords[cmp.gt_index], config)
+    section, rmsf_summary = _rmsf_section(
+        pred_top, pred_coords[cmp.pred_index], gt_top, gt_coords[cmp.gt_index], config
+    )
     if section is not None:
         sections.append(section)
         summary["rmsf"] = rmsf_summary
     if specs:
-        section, dist_summary = _distance_part(specs, cutoffs, pred_top, pred_coords[cmp.pred_index], gt_top,
-                                               gt_coords[cmp.gt_index], config)
+        section, dist_summary = _distance_part(
+            specs, cutoffs, pred_top, pred_coords[cmp.pred_index], gt_top, gt_coords[cmp.gt_index], config
+        )
         sections.append(section)
         summary.update(dist_summary)
-    section, plausibility = _plausibility_section({"prediction": (pred_top, pred_coords[cmp.pred_index]),
-                                                   "ground truth": (gt_top, gt_coords[cmp.gt_index])})
+    section, plausibility = _plausibility_section(
+        {
+            "prediction": (pred_top, pred_coords[cmp.pred_index]),
+            "ground truth": (gt_top, gt_coords[cmp.gt_index]),
+        }
+    )
     if section is not None:
         sections.append(section)
         summary["plausibility"] = plausibility
@@ -468,16 +642,26 @@ def evaluate(config: EvaluateConfig) -> dict:
         inputs = [("prediction", str(config.pred)), ("ground truth", str(config.gt))]
         if config.base is not None:
             inputs.append(("base structure", str(config.base)))
-        for name, value in (("run", config.run), ("latents", config.latents), ("particles", config.particles),
-                            ("truth", config.truth), ("simulated ensemble", config.ensemble_source)):
+        for name, value in (
+            ("run", config.run),
+            ("latents", config.latents),
+            ("particles", config.particles),
+            ("truth", config.truth),
+            ("simulated ensemble", config.ensemble_source),
+        ):
             if value is not None:
                 inputs.append((name, str(value)))
-        inputs.append(("settings", f"--n {config.n} --atoms {config.atoms} --seed {config.seed} "
-                                   f"--cov-threshold {config.cov_threshold:g}"))
-        written = write_report(config.out_dir, "atomvae evaluation", sections, summary, inputs,
-                               notes=list(config.notes))
+        inputs.append(
+            (
+                "settings",
+                f"--n {config.n} --atoms {config.atoms} --seed {config.seed} "
+                f"--cov-threshold {config.cov_threshold:g}",
+            )
+        )
+        written = write_report(
+            config.out_dir, "atomvae evaluation", sections, summary, inputs, notes=list(config.notes)
+        )
         summary["report"] = str(written["html"])
     if config.json_path is not None:
         write_json(config.json_path, summary)
     return summary
-

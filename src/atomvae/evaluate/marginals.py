@@ -18,8 +18,13 @@ from atomvae.errors import InputError
 from atomvae.structure.select import parse_atom_selection
 
 __all__ = [
-    "DistanceSpec", "MarginalComparison", "parse_distance", "atom_distances", "compare_marginal",
-    "shared_bins", "mode_proportions",
+    "DistanceSpec",
+    "MarginalComparison",
+    "parse_distance",
+    "atom_distances",
+    "compare_marginal",
+    "shared_bins",
+    "mode_proportions",
 ]
 
 
@@ -36,16 +41,19 @@ class DistanceSpec:
 
     def atom_indices(self, topology, source=None) -> tuple[int, int]:
         """Atom indices of both ends in ``topology`` (InputError naming ``source`` if one is absent)."""
-        return (parse_atom_selection(self.atom_a, topology, source),
-                parse_atom_selection(self.atom_b, topology, source))
+        return (
+            parse_atom_selection(self.atom_a, topology, source),
+            parse_atom_selection(self.atom_b, topology, source),
+        )
 
 
 def parse_distance(text: str) -> DistanceSpec:
     """``"A:284:CA,A:225:CA"`` -> DistanceSpec. InputError when it is not two comma-separated selections."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2 or not all(parts):
-        raise InputError(None, f"--distance {text!r}: expected two atoms separated by a comma, "
-                               "e.g. A:284:CA,A:225:CA")
+        raise InputError(
+            None, f"--distance {text!r}: expected two atoms separated by a comma, e.g. A:284:CA,A:225:CA"
+        )
     if parts[0] == parts[1]:
         raise InputError(None, f"--distance {text!r}: both ends are the same atom")
     return DistanceSpec(parts[0], parts[1])
@@ -74,25 +82,38 @@ class MarginalComparison:
     gt_below: float | None = None
 
     def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("label", "wasserstein_1", "pred_mean", "pred_std",
-                                             "gt_mean", "gt_std")}
+        out = {
+            k: getattr(self, k)
+            for k in ("label", "wasserstein_1", "pred_mean", "pred_std", "gt_mean", "gt_std")
+        }
         if self.cutoff is not None:
-            out.update(cutoff=self.cutoff, pred_below=self.pred_below, pred_at_or_above=1 - self.pred_below,
-                       gt_below=self.gt_below, gt_at_or_above=1 - self.gt_below)
+            out.update(
+                cutoff=self.cutoff,
+                pred_below=self.pred_below,
+                pred_at_or_above=1 - self.pred_below,
+                gt_below=self.gt_below,
+                gt_at_or_above=1 - self.gt_below,
+            )
         return out
 
 
-def compare_marginal(pred: np.ndarray, gt: np.ndarray, label: str, cutoff: float | None = None
-                     ) -> MarginalComparison:
+def compare_marginal(
+    pred: np.ndarray, gt: np.ndarray, label: str, cutoff: float | None = None
+) -> MarginalComparison:
     """Compare one distance: ``pred (M,)`` and ``gt (K,)`` distances in A."""
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     below = {}
     if cutoff is not None:
         below = dict(pred_below=float(np.mean(pred < cutoff)), gt_below=float(np.mean(gt < cutoff)))
     return MarginalComparison(
-        label=label, wasserstein_1=float(wasserstein_distance(pred, gt)),
-        pred_mean=float(pred.mean()), pred_std=float(pred.std()), gt_mean=float(gt.mean()),
-        gt_std=float(gt.std()), cutoff=None if cutoff is None else float(cutoff), **below,
+        label=label,
+        wasserstein_1=float(wasserstein_distance(pred, gt)),
+        pred_mean=float(pred.mean()),
+        pred_std=float(pred.std()),
+        gt_mean=float(gt.mean()),
+        gt_std=float(gt.std()),
+        cutoff=None if cutoff is None else float(cutoff),
+        **below,
     )
 
 
@@ -117,7 +138,8 @@ def mode_proportions(distances: np.ndarray, cutoffs: list[float], labels: list[s
     below = distances < np.asarray(cutoffs, np.float64)
     out = {}
     for combo in itertools.product((True, False), repeat=len(cutoffs)):
-        name = ", ".join(f"{lab} {'<' if b else '>='} {c:g}" for lab, b, c in zip(labels, combo, cutoffs,
-                                                                                  strict=True))
+        name = ", ".join(
+            f"{lab} {'<' if b else '>='} {c:g}" for lab, b, c in zip(labels, combo, cutoffs, strict=True)
+        )
         out[name] = float(np.mean(np.all(below == np.array(combo), axis=1)))
     return out

@@ -15,8 +15,13 @@ from atomvae.evaluate.emd_rmsd import EmdComparison
 from atomvae.evaluate.marginals import MarginalComparison, shared_bins
 
 __all__ = [
-    "emd_figure", "distance_histograms", "distance_scatter", "conditional_figure", "latent_figure",
-    "training_curves_figure", "rmsf_figure",
+    "emd_figure",
+    "distance_histograms",
+    "distance_scatter",
+    "conditional_figure",
+    "latent_figure",
+    "training_curves_figure",
+    "rmsf_figure",
 ]
 
 PRED_COLOUR, GT_COLOUR, BASE_COLOUR, FLOOR_COLOUR = "#d62728", "#1f77b4", "#7f7f7f", "#2ca02c"
@@ -84,11 +89,17 @@ def distance_histograms(pred: np.ndarray, gt: np.ndarray, comparisons: list[Marg
     for k, (ax, c) in enumerate(zip(axes, comparisons, strict=False)):
         bins = shared_bins(pred[:, k], gt[:, k], n_bins=_n_bins(min(len(pred), len(gt))))
         ax.hist(gt[:, k], bins=bins, density=True, alpha=0.45, color=GT_COLOUR, label="ground truth")
-        ax.hist(pred[:, k], bins=bins, density=True, histtype="step", lw=2, color=PRED_COLOUR,
-                label="prediction")
+        ax.hist(
+            pred[:, k], bins=bins, density=True, histtype="step", lw=2, color=PRED_COLOUR, label="prediction"
+        )
         if c.cutoff is not None:
-            ax.axvline(c.cutoff, ls="--", color="k", lw=1,
-                       label=f"cutoff {c.cutoff:g} Å: < {c.pred_below:.0%} pred, {c.gt_below:.0%} GT")
+            ax.axvline(
+                c.cutoff,
+                ls="--",
+                color="k",
+                lw=1,
+                label=f"cutoff {c.cutoff:g} Å: < {c.pred_below:.0%} pred, {c.gt_below:.0%} GT",
+            )
         ax.set_title(f"{c.label}\nW1 = {c.wasserstein_1:.2f} Å", fontsize=10)
         ax.set_xlabel("distance (Å)")
         ax.set_ylabel("density")
@@ -98,8 +109,13 @@ def distance_histograms(pred: np.ndarray, gt: np.ndarray, comparisons: list[Marg
     return fig
 
 
-def distance_scatter(pred: np.ndarray, gt: np.ndarray, labels: list[str], cutoffs: list[float | None],
-                     proportions: dict[str, dict[str, float]] | None = None) -> Figure:
+def distance_scatter(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    labels: list[str],
+    cutoffs: list[float | None],
+    proportions: dict[str, dict[str, float]] | None = None,
+) -> Figure:
     """Paper figure 8: each structure a point at two distances (A); ground truth and prediction side by
     side on the same axes, cutoffs dashed; with ``proportions`` ({"prediction": {group: fraction},
     "ground truth": {...}}) a bar chart of the groups."""
@@ -114,8 +130,10 @@ def distance_scatter(pred: np.ndarray, gt: np.ndarray, labels: list[str], cutoff
     pad = 0.05 * (hi - lo + 1e-9)
     lims = [(lo[i] - pad[i], hi[i] + pad[i]) for i in range(2)]
     size = _marker_size(len(both))
-    for ax, data, name, colour in ((axes[0], gt, "ground truth", GT_COLOUR),
-                                   (axes[1], pred, "prediction", PRED_COLOUR)):
+    for ax, data, name, colour in (
+        (axes[0], gt, "ground truth", GT_COLOUR),
+        (axes[1], pred, "prediction", PRED_COLOUR),
+    ):
         ax.scatter(data[:, 0], data[:, 1], s=size, alpha=0.4, color=colour, linewidths=0)
         if cutoffs[0] is not None:
             ax.axvline(cutoffs[0], ls="--", color="k", lw=1)
@@ -133,8 +151,13 @@ def distance_scatter(pred: np.ndarray, gt: np.ndarray, labels: list[str], cutoff
         width = 0.8 / len(proportions)
         colours = {"prediction": PRED_COLOUR, "ground truth": GT_COLOUR}
         for k, (name, fractions) in enumerate(proportions.items()):
-            bars = ax.bar(x + (k - (len(proportions) - 1) / 2) * width, [fractions[g] for g in groups], width,
-                          label=name, color=colours.get(name))
+            bars = ax.bar(
+                x + (k - (len(proportions) - 1) / 2) * width,
+                [fractions[g] for g in groups],
+                width,
+                label=name,
+                color=colours.get(name),
+            )
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks(x, [g.replace(", ", "\n") for g in groups], fontsize=7)
         ax.set_ylabel("fraction of structures")
@@ -148,8 +171,14 @@ def conditional_figure(samples: np.ndarray, truth: np.ndarray, label: str, r: fl
     fig = Figure(figsize=(4.8, 4.5), layout="constrained")
     ax = fig.subplots()
     samples = np.asarray(samples).reshape(len(truth), -1)
-    ax.scatter(np.repeat(truth, samples.shape[1]), samples.reshape(-1), s=_marker_size(samples.size),
-               alpha=0.3, color=PRED_COLOUR, linewidths=0)
+    ax.scatter(
+        np.repeat(truth, samples.shape[1]),
+        samples.reshape(-1),
+        s=_marker_size(samples.size),
+        alpha=0.3,
+        color=PRED_COLOUR,
+        linewidths=0,
+    )
     lo = float(min(truth.min(), samples.min()))
     hi = float(max(truth.max(), samples.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect")
@@ -160,8 +189,12 @@ def conditional_figure(samples: np.ndarray, truth: np.ndarray, label: str, r: fl
     return fig
 
 
-def latent_figure(projection: np.ndarray, explained: np.ndarray, colour: np.ndarray | None = None,
-                  colour_label: str = "true frame") -> Figure:
+def latent_figure(
+    projection: np.ndarray,
+    explained: np.ndarray,
+    colour: np.ndarray | None = None,
+    colour_label: str = "true frame",
+) -> Figure:
     """PCA of posterior means (N, 2), optionally coloured by a per-particle value (e.g. the true frame)."""
     fig = Figure(figsize=(5.8, 4.8), layout="constrained")
     ax = fig.subplots()
@@ -169,8 +202,9 @@ def latent_figure(projection: np.ndarray, explained: np.ndarray, colour: np.ndar
     if colour is None:
         ax.scatter(projection[:, 0], projection[:, 1], s=size, alpha=0.5, linewidths=0)
     else:
-        points = ax.scatter(projection[:, 0], projection[:, 1], s=size, c=colour, cmap="viridis",
-                            linewidths=0)
+        points = ax.scatter(
+            projection[:, 0], projection[:, 1], s=size, c=colour, cmap="viridis", linewidths=0
+        )
         fig.colorbar(points, ax=ax, label=colour_label)
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     if projection.shape[1] > 1:
@@ -214,8 +248,11 @@ def training_curves_figure(records: list[dict]) -> Figure | None:
     stages = sorted({r.get("stage") for r in records}, key=str)
     for ax, key in zip(axes, keys, strict=False):
         for k, stage in enumerate(stages):
-            pts = [(r["step"], r[key]) for r in records if r.get("stage") == stage and isinstance(r.get(key),
-                   int | float) and math.isfinite(r[key])]
+            pts = [
+                (r["step"], r[key])
+                for r in records
+                if r.get("stage") == stage and isinstance(r.get(key), int | float) and math.isfinite(r[key])
+            ]
             if not pts:
                 continue
             steps, values = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
@@ -226,11 +263,11 @@ def training_curves_figure(records: list[dict]) -> Figure | None:
             window = max(1, len(values) // 50)
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
             ax.plot(steps, values, lw=0.5, alpha=0.3, color=f"C{k}")
-            ax.plot(steps[window - 1:], smooth, lw=1.2, color=f"C{k}", label=f"stage {stage}")
+            ax.plot(steps[window - 1 :], smooth, lw=1.2, color=f"C{k}", label=f"stage {stage}")
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
         if len(stages) > 1:
             ax.legend(fontsize=7)
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_visible(False)
     return fig

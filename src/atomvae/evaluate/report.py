@@ -20,8 +20,15 @@ from matplotlib.figure import Figure
 from atomvae import __version__
 from atomvae.errors import atomic_write_bytes, atomic_write_text
 
-__all__ = ["ReportFigure", "ReportSection", "figure_png", "html_page", "write_report", "write_json",
-           "summary_text"]
+__all__ = [
+    "ReportFigure",
+    "ReportSection",
+    "figure_png",
+    "html_page",
+    "write_report",
+    "write_json",
+    "summary_text",
+]
 
 
 @dataclass
@@ -83,13 +90,19 @@ def _finite(value):
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))),
-                                       indent=2) + "\n")
+    atomic_write_text(
+        path, json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))), indent=2) + "\n"
+    )
 
 
-def write_report(out_dir: str | Path, title: str, sections: list[ReportSection], summary: dict,
-                 inputs: list[tuple[str, str]] | None = None, notes: list[str] | None = None
-                 ) -> dict[str, Path]:
+def write_report(
+    out_dir: str | Path,
+    title: str,
+    sections: list[ReportSection],
+    summary: dict,
+    inputs: list[tuple[str, str]] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Path]:
     """Write ``out_dir/report.html`` (self-contained), one PNG per figure and ``out_dir/summary.json``.
 
     Returns {"html": ..., "json": ..., <figure name>: png path}. Figures are closed after writing.
@@ -104,16 +117,23 @@ def write_report(out_dir: str | Path, title: str, sections: list[ReportSection],
     return written
 
 
-def html_page(out_dir: Path, title: str, sections: list[ReportSection], inputs: list[tuple[str, str]] | None,
-              notes: list[str] | None) -> tuple[str, dict[str, Path]]:
+def html_page(
+    out_dir: Path,
+    title: str,
+    sections: list[ReportSection],
+    inputs: list[tuple[str, str]] | None,
+    notes: list[str] | None,
+) -> tuple[str, dict[str, Path]]:
     """The self-contained HTML text of a report, and {figure name: PNG path} of the PNGs written beside it
     into ``out_dir`` (each figure is also embedded in the page)."""
     written: dict[str, Path] = {}
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p class='meta'>atomvae {__version__}, written "
-             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='meta'>atomvae {__version__}, written "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
+    ]
     parts.extend(f"<p>{html.escape(note)}</p>" for note in notes or [])
     if inputs:
         parts.append(_table(inputs))
@@ -128,8 +148,10 @@ def html_page(out_dir: Path, title: str, sections: list[ReportSection], inputs: 
             atomic_write_bytes(png_path, png)
             written[fig.name] = png_path
             data = base64.b64encode(png).decode("ascii")
-            parts.append(f"<figure><img alt='{html.escape(fig.name)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{html.escape(fig.name)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
+            )
         parts.extend(section.html)
     parts.append("</body></html>\n")
     return "\n".join(parts), written
@@ -148,32 +170,45 @@ def _fmt(value) -> str:
 
 def summary_text(summary: dict) -> str:
     """A few lines for the terminal: EMD-RMSD with its references, and one line per distance."""
-    lines = [f"EMD-RMSD ({summary.get('atoms', '?')}, N = {summary.get('n')}, "
-             f"{summary.get('n_atoms_compared')} atoms): {_fmt(summary.get('emd_rmsd'))} A"]
-    refs = [f"{k.replace('_', ' ')} {_fmt(summary[k])}" for k in ("base_only", "floor", "recovered_fraction")
-            if summary.get(k) is not None]
+    lines = [
+        f"EMD-RMSD ({summary.get('atoms', '?')}, N = {summary.get('n')}, "
+        f"{summary.get('n_atoms_compared')} atoms): {_fmt(summary.get('emd_rmsd'))} A"
+    ]
+    refs = [
+        f"{k.replace('_', ' ')} {_fmt(summary[k])}"
+        for k in ("base_only", "floor", "recovered_fraction")
+        if summary.get(k) is not None
+    ]
     if refs:
         lines.append("  " + ", ".join(refs))
     for note in summary.get("notes", []):
         lines.append(f"  note: {note}")
     cov = summary.get("coverage")
     if cov:
-        lines.append(f"  COV-R {cov['cov_recall']:.1%} / MAT-R {_fmt(cov['mat_recall'])} A, COV-P "
-                     f"{cov['cov_precision']:.1%} / MAT-P {_fmt(cov['mat_precision'])} A "
-                     f"(threshold {cov['threshold']:g} A)")
+        lines.append(
+            f"  COV-R {cov['cov_recall']:.1%} / MAT-R {_fmt(cov['mat_recall'])} A, COV-P "
+            f"{cov['cov_precision']:.1%} / MAT-P {_fmt(cov['mat_precision'])} A "
+            f"(threshold {cov['threshold']:g} A)"
+        )
     rmsf = summary.get("rmsf")
     if rmsf:
-        lines.append(f"  RMSF vs truth: Pearson r {_fmt(rmsf['pearson_r'])}, mean |difference| "
-                     f"{_fmt(rmsf['mean_abs_difference'])} A over {len(rmsf['residues'])} residues")
+        lines.append(
+            f"  RMSF vs truth: Pearson r {_fmt(rmsf['pearson_r'])}, mean |difference| "
+            f"{_fmt(rmsf['mean_abs_difference'])} A over {len(rmsf['residues'])} residues"
+        )
     for d in summary.get("distances", []):
-        line = f"  {d['label']}: W1 {_fmt(d['wasserstein_1'])} A, mean pred {_fmt(d['pred_mean'])} / GT " \
-               f"{_fmt(d['gt_mean'])} A"
+        line = (
+            f"  {d['label']}: W1 {_fmt(d['wasserstein_1'])} A, mean pred {_fmt(d['pred_mean'])} / GT "
+            f"{_fmt(d['gt_mean'])} A"
+        )
         if d.get("cutoff") is not None:
             line += f", < {d['cutoff']:g} A: pred {d['pred_below']:.1%} / GT {d['gt_below']:.1%}"
         lines.append(line)
     for name, check in summary.get("plausibility", {}).items():
-        lines.append(f"  plausible ({name}): {check['fraction_ok']:.1%} of {check['n_structures']} "
-                     "structures pass the peptide-bond and clash checks")
+        lines.append(
+            f"  plausible ({name}): {check['fraction_ok']:.1%} of {check['n_structures']} "
+            "structures pass the peptide-bond and clash checks"
+        )
     cond = summary.get("conditional")
     if cond:
         for label, r in cond.get("pearson_r", {}).items():

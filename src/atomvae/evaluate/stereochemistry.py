@@ -91,9 +91,11 @@ def backbone_angles(coords: np.ndarray, topology: Topology) -> dict[str, np.ndar
     coords = np.asarray(coords, dtype=np.float64)
     n, ca, c = (topology.atom_index(name) for name in ("N", "CA", "C"))
     bonded = np.nonzero(topology.bonded_to_next)[0]
-    return {"N-CA-C": _angle(coords[:, n], coords[:, ca], coords[:, c]),
-            "CA-C-N": _angle(coords[:, ca[bonded]], coords[:, c[bonded]], coords[:, n[bonded + 1]]),
-            "C-N-CA": _angle(coords[:, c[bonded]], coords[:, n[bonded + 1]], coords[:, ca[bonded + 1]])}
+    return {
+        "N-CA-C": _angle(coords[:, n], coords[:, ca], coords[:, c]),
+        "CA-C-N": _angle(coords[:, ca[bonded]], coords[:, c[bonded]], coords[:, n[bonded + 1]]),
+        "C-N-CA": _angle(coords[:, c[bonded]], coords[:, n[bonded + 1]], coords[:, ca[bonded + 1]]),
+    }
 
 
 def phi_psi(coords: np.ndarray, topology: Topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,10 +172,13 @@ def stereochemistry_summary(
     bonds_ok = (deviation <= bond_tolerance).all(axis=1) if lengths.shape[1] else np.ones(len(coords), bool)
     no_clash = clash_counts(coords, topology, clash_distance) == 0
     angles = backbone_angles(coords, topology)
-    z_scores = np.concatenate([(values - BACKBONE_ANGLES[name][0]) / BACKBONE_ANGLES[name][1]
-                               for name, values in angles.items()], axis=1)
-    deviations = np.concatenate([values - BACKBONE_ANGLES[name][0] for name, values in angles.items()],
-                                axis=1)
+    z_scores = np.concatenate(
+        [(values - BACKBONE_ANGLES[name][0]) / BACKBONE_ANGLES[name][1] for name, values in angles.items()],
+        axis=1,
+    )
+    deviations = np.concatenate(
+        [values - BACKBONE_ANGLES[name][0] for name, values in angles.items()], axis=1
+    )
     angle_outliers = np.abs(z_scores) > ANGLE_OUTLIER_SIGMAS
     phi, psi, residues = phi_psi(coords, topology)
     checked = np.asarray(topology.res_name)[residues] != "GLY"

@@ -20,12 +20,18 @@ class Rigid:
 
     def __post_init__(self):
         if self.rot.shape[-2:] != (3, 3) or self.trans.shape[-1:] != (3,):
-            raise ValueError(f"Rigid needs rot (...,3,3) and trans (...,3), got {tuple(self.rot.shape)} "
-                             f"and {tuple(self.trans.shape)}")
+            raise ValueError(
+                f"Rigid needs rot (...,3,3) and trans (...,3), got {tuple(self.rot.shape)} "
+                f"and {tuple(self.trans.shape)}"
+            )
 
     @classmethod
-    def identity(cls, shape: tuple[int, ...] = (), dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> Rigid:
+    def identity(
+        cls,
+        shape: tuple[int, ...] = (),
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Rigid:
         rot = torch.eye(3, dtype=dtype, device=device).expand(*shape, 3, 3).clone()
         return cls(rot, torch.zeros(*shape, 3, dtype=dtype, device=device))
 

@@ -23,8 +23,9 @@ class BatchNoiseRows:
     global_size: int
     rows: torch.Tensor
 
-    def standard_normal(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
-                        ) -> torch.Tensor:
+    def standard_normal(
+        self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         """``shape`` = (b, ...) with b = len(rows): rows ``rows`` of a (global_size, ...) draw."""
         if shape[0] != len(self.rows):
             raise ValueError(f"noise for {shape[0]} images requested; this process holds {len(self.rows)}")
@@ -32,8 +33,12 @@ class BatchNoiseRows:
         return full[self.rows.to(full.device)]
 
 
-def standard_normal(shape: tuple[int, ...], generator: torch.Generator | BatchNoiseRows | None,
-                    device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def standard_normal(
+    shape: tuple[int, ...],
+    generator: torch.Generator | BatchNoiseRows | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """``torch.randn(shape)`` from a generator, or this process's rows of a global batch's draw."""
     if isinstance(generator, BatchNoiseRows):
         return generator.standard_normal(tuple(shape), device, dtype)

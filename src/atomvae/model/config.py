@@ -62,8 +62,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.render_atoms not in RENDER_ATOM_KINDS:
             raise ValueError(f"render_atoms must be one of {RENDER_ATOM_KINDS}, got {self.render_atoms!r}")
-        for name in ("image_size", "latent_conf", "decoder_width", "decoder_blocks", "decoded_dim",
-                     "pose_width", "pose_layers"):
+        for name in (
+            "image_size",
+            "latent_conf",
+            "decoder_width",
+            "decoder_blocks",
+            "decoded_dim",
+            "pose_width",
+            "pose_layers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latent_pose != 8:

@@ -56,7 +56,8 @@ class ConformationDecoder(nn.Module):
         self.delta_translation_scale = config.delta_translation_scale
         self.input = linear(config.latent_conf, width)
         self.blocks = nn.ModuleList(
-            ResidualBlock(width, config.leaky_relu_slope) for _ in range(config.decoder_blocks))
+            ResidualBlock(width, config.leaky_relu_slope) for _ in range(config.decoder_blocks)
+        )
         self.final_norm = nn.LayerNorm(width)
         self.to_decoded = linear(width, config.decoded_dim)
         self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
@@ -64,8 +65,13 @@ class ConformationDecoder(nn.Module):
         self.register_buffer("base_trans", base_trans.detach().clone())
         self._atom_sets: list[str] = []
 
-    def add_atom_set(self, name: str, local: torch.Tensor, residue_index: np.ndarray | torch.Tensor,
-                     persistent: bool = True) -> None:
+    def add_atom_set(
+        self,
+        name: str,
+        local: torch.Tensor,
+        residue_index: np.ndarray | torch.Tensor,
+        persistent: bool = True,
+    ) -> None:
         """Register atoms (A', 3) in their residue frames with residue_index (A',) as set ``name``.
 
         persistent=False keeps the set out of the state dict (a set derived from others, added after
@@ -101,7 +107,8 @@ class ConformationDecoder(nn.Module):
         delta_rot, delta_trans = self.delta_frames(d)
         rot = self.base_rot.to(delta_rot.dtype) @ delta_rot
         trans = self.base_trans.to(delta_rot.dtype) + (
-            self.base_rot.to(delta_rot.dtype) @ delta_trans.unsqueeze(-1)).squeeze(-1)
+            self.base_rot.to(delta_rot.dtype) @ delta_trans.unsqueeze(-1)
+        ).squeeze(-1)
         return rot, trans
 
     def atoms(self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str) -> torch.Tensor:

@@ -35,8 +35,9 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"encoder expects {self.image_size}x{self.image_size} images, "
-                             f"got {tuple(images.shape[-2:])}")
+            raise ValueError(
+                f"encoder expects {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}"
+            )
         return self.mlp(self.input_norm(images.flatten(start_dim=-2)))
 
 

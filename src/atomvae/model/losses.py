@@ -26,8 +26,9 @@ import torch
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def gaussian_log_likelihood(images: torch.Tensor, predicted: torch.Tensor,
-                            noise_sigma: float | torch.Tensor) -> torch.Tensor:
+def gaussian_log_likelihood(
+    images: torch.Tensor, predicted: torch.Tensor, noise_sigma: float | torch.Tensor
+) -> torch.Tensor:
     """log N(images; predicted, noise_sigma^2 I) summed over pixels.
 
     images, predicted: (..., H, W), broadcastable against each other; noise_sigma: scalar, same units
@@ -54,8 +55,9 @@ def kl_diagonal_normal(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return 0.5 * (variance + mu.square() - 1.0 - torch.log(variance)).sum(dim=-1)
 
 
-def backbone_continuity(c_atoms: torch.Tensor, n_atoms: torch.Tensor, bonded_to_next: torch.Tensor,
-                        bond_length: float = 1.33) -> torch.Tensor:
+def backbone_continuity(
+    c_atoms: torch.Tensor, n_atoms: torch.Tensor, bonded_to_next: torch.Tensor, bond_length: float = 1.33
+) -> torch.Tensor:
     """Mean over bonded residue pairs of (|C(i) - N(i+1)| - bond_length)^2, in A^2.
 
     c_atoms, n_atoms: (..., R, 3) positions of each residue's C and N in A; bonded_to_next: (R,) bool,
@@ -71,8 +73,13 @@ def backbone_continuity(c_atoms: torch.Tensor, n_atoms: torch.Tensor, bonded_to_
     return (distance - bond_length).square().mean(dim=-1)
 
 
-def bond_outliers(c_atoms: torch.Tensor, n_atoms: torch.Tensor, bonded_to_next: torch.Tensor,
-                  bond_length: float = 1.33, tolerance: float = 0.1) -> torch.Tensor:
+def bond_outliers(
+    c_atoms: torch.Tensor,
+    n_atoms: torch.Tensor,
+    bonded_to_next: torch.Tensor,
+    bond_length: float = 1.33,
+    tolerance: float = 0.1,
+) -> torch.Tensor:
     """Sum over bonded residue pairs of max(0, |C(i) - N(i+1)| - bond_length| - tolerance)^2, in A^2.
 
     Shapes as ``backbone_continuity``; returns (...). Why a sum of the excess and not a mean: the mean
@@ -154,9 +161,14 @@ def residue_padded_layout(residue_index) -> tuple[np.ndarray, np.ndarray]:
     return slot, atom_mask.reshape(n_residues, width)
 
 
-def heavy_atom_clash_penalty(coords: torch.Tensor, atom_mask: torch.Tensor, pair_mask: torch.Tensor,
-                             min_distance: float, reference: torch.Tensor | None = None,
-                             chunk: int = 4096) -> torch.Tensor:
+def heavy_atom_clash_penalty(
+    coords: torch.Tensor,
+    atom_mask: torch.Tensor,
+    pair_mask: torch.Tensor,
+    min_distance: float,
+    reference: torch.Tensor | None = None,
+    chunk: int = 4096,
+) -> torch.Tensor:
     """Sum over atom pairs a, b of masked residue pairs of relu(d0_ab - |x_a - x_b|)^2, in A^2.
 
     coords: (..., R*K, 3) A in the residue-padded layout (``residue_padded_layout``: atom k of
@@ -195,7 +207,7 @@ def heavy_atom_clash_penalty(coords: torch.Tensor, atom_mask: torch.Tensor, pair
         far = torch.where(atom_mask, 0.0, 1e4).to(flat.dtype)[..., None]  # (R, K, 1)
         found = []
         for start in range(0, structure.shape[0], chunk):
-            s, ri, rj = structure[start:start + chunk], i[start:start + chunk], j[start:start + chunk]
+            s, ri, rj = structure[start : start + chunk], i[start : start + chunk], j[start : start + chunk]
             a = per_residue[s, ri] + far[ri]  # (P, K, 3)
             b = per_residue[s, rj] - far[rj]
             close = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist") < min_distance + 1e-3
@@ -221,8 +233,9 @@ def relative_orientations(rot: torch.Tensor) -> torch.Tensor:
     return rot[..., :-1, :, :].transpose(-1, -2) @ rot[..., 1:, :, :]
 
 
-def neighbour_orientation(rot: torch.Tensor, base_relative: torch.Tensor,
-                          bonded_to_next: torch.Tensor) -> torch.Tensor:
+def neighbour_orientation(
+    rot: torch.Tensor, base_relative: torch.Tensor, bonded_to_next: torch.Tensor
+) -> torch.Tensor:
     """Mean over bonded pairs of |R_i^T R_{i+1} - (R_i^T R_{i+1})_base|_F^2 (dimensionless; 2 theta^2 for a
     small change theta in radians of the pair's relative orientation).
 

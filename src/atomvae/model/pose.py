@@ -45,8 +45,11 @@ def latent_to_pose(z: torch.Tensor, shift_scale: float) -> tuple[torch.Tensor, t
 
 
 def latent_to_pose_correction(
-    z: torch.Tensor, given_rotation: torch.Tensor, given_shift: torch.Tensor,
-    rotation_scale: float, shift_scale: float,
+    z: torch.Tensor,
+    given_rotation: torch.Tensor,
+    given_shift: torch.Tensor,
+    rotation_scale: float,
+    shift_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine mode: z (..., 8) is a correction to a given pose; z = 0 gives the given pose exactly.
 

@@ -46,14 +46,23 @@ class PoseMode:
         if self.needs_given_poses:
             return None
         if file_has_poses:
-            return ("the file's poses are not used: --poses inferred learns every pose with the amortised "
-                    "pose head (--poses given or refine uses them)")
-        return ("the file has no poses: --poses inferred learns them with the amortised pose head (paper "
-                "stage 1); for poses by projection matching run `atomvae search-poses` first and train "
-                "on its output with --poses given or refine")
+            return (
+                "the file's poses are not used: --poses inferred learns every pose with the amortised "
+                "pose head (--poses given or refine uses them)"
+            )
+        return (
+            "the file has no poses: --poses inferred learns them with the amortised pose head (paper "
+            "stage 1); for poses by projection matching run `atomvae search-poses` first and train "
+            "on its output with --poses given or refine"
+        )
 
-    def latent_to_pose(self, z: torch.Tensor, config: ModelConfig, given_rotation: torch.Tensor | None,
-                       given_shift: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_to_pose(
+        self,
+        z: torch.Tensor,
+        config: ModelConfig,
+        given_rotation: torch.Tensor | None,
+        given_shift: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pose latents z (B, ..., 8) -> rotation (B, ..., 3, 3), shift (B, ..., 2) A. given_rotation
         (B, 3, 3) and given_shift (B, 2) A (refine only) broadcast over z's middle dims."""
         if self.name == "inferred":
@@ -62,14 +71,22 @@ class PoseMode:
             middle = (1,) * (z.dim() - 2)
             rotation = given_rotation.to(z.dtype).reshape(given_rotation.shape[0], *middle, 3, 3)
             shift = given_shift.to(z.dtype).reshape(given_shift.shape[0], *middle, 2)
-            return latent_to_pose_correction(z, rotation, shift, config.refine_rotation_scale,
-                                             config.refine_shift_scale)
+            return latent_to_pose_correction(
+                z, rotation, shift, config.refine_rotation_scale, config.refine_shift_scale
+            )
         raise ValueError(f"pose_mode {self.name!r} has no pose latent")
 
-    def sample(self, mu: torch.Tensor | None, sigma: torch.Tensor | None, n_pose: int, config: ModelConfig,
-               given_rotation: torch.Tensor | None = None, given_shift: torch.Tensor | None = None,
-               generator: torch.Generator | BatchNoiseRows | None = None, dtype: torch.dtype | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def sample(
+        self,
+        mu: torch.Tensor | None,
+        sigma: torch.Tensor | None,
+        n_pose: int,
+        config: ModelConfig,
+        given_rotation: torch.Tensor | None = None,
+        given_shift: torch.Tensor | None = None,
+        generator: torch.Generator | BatchNoiseRows | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The poses a loss evaluation renders at, and the pose KL.
 
         mu, sigma (B, Kc, 8): the pose posterior at each of Kc conformation samples (None in ``given``).
@@ -84,9 +101,13 @@ class PoseMode:
         rotation, shift = self.latent_to_pose(z, config, given_rotation, given_shift)
         return rotation, shift, kl_diagonal_normal(mu, sigma).mean(dim=1)
 
-    def mean_pose(self, mu: torch.Tensor | None, config: ModelConfig,
-                  given_rotation: torch.Tensor | None = None, given_shift: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def mean_pose(
+        self,
+        mu: torch.Tensor | None,
+        config: ModelConfig,
+        given_rotation: torch.Tensor | None = None,
+        given_shift: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pose the model uses for each particle: mu (B, 8) the pose posterior mean -> rotation
         (B, 3, 3), shift (B, 2) A; in ``given`` the given pose itself."""
         if not self.uses_pose_head:

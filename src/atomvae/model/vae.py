@@ -88,8 +88,16 @@ class AtomVAE(nn.Module):
     image units (the likelihood's sigma); center (3,) A: rotation centre (default: mean atom position).
     """
 
-    def __init__(self, config: ModelConfig, base_topology, base_coords, box: int, pixel_size: float,
-                 noise_sigma: float, center=None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        base_topology,
+        base_coords,
+        box: int,
+        pixel_size: float,
+        noise_sigma: float,
+        center=None,
+    ):
         super().__init__()
         if box != config.image_size:
             raise ValueError(f"box ({box}) must equal config.image_size ({config.image_size})")
@@ -101,8 +109,11 @@ class AtomVAE(nn.Module):
         self.pixel_size = float(pixel_size)
 
         coords64 = torch.as_tensor(np.asarray(base_coords), dtype=torch.float64)
-        center64 = coords64.mean(dim=0) if center is None else torch.as_tensor(
-            np.asarray(center), dtype=torch.float64)
+        center64 = (
+            coords64.mean(dim=0)
+            if center is None
+            else torch.as_tensor(np.asarray(center), dtype=torch.float64)
+        )
         coords64 = coords64 - center64
         base_rot, base_trans = backbone_frames(coords64, base_topology)
         local = torch.as_tensor(local_coordinates(coords64, base_topology), dtype=torch.float64)
@@ -134,8 +145,11 @@ class AtomVAE(nn.Module):
         # Learnt blur: sigma = exp(SIGMA_RATE * parameter), positive, and moved by Adam SIGMA_RATE times
         # faster than a plain log-parameter (one width shared by every image would otherwise creep at the
         # learning rate per step and still be moving when training ends). A fixed width stays the config's.
-        self.log_render_sigma = (nn.Parameter(torch.tensor(math.log(config.render_sigma) / SIGMA_RATE))
-                                 if config.learn_render_sigma else None)
+        self.log_render_sigma = (
+            nn.Parameter(torch.tensor(math.log(config.render_sigma) / SIGMA_RATE))
+            if config.learn_render_sigma
+            else None
+        )
         # C and N of every residue feed the backbone loss even when the renderer sees only CA; CA the
         # clash penalty.
         for name in ("N", "C", "CA"):
@@ -153,11 +167,13 @@ class AtomVAE(nn.Module):
         self.decoder.add_atom_set("padded", padded_local.float(), padded_residue, persistent=False)
         self.register_buffer("padded_atom_mask", torch.as_tensor(padded_mask), persistent=False)
         self.register_buffer("padded_base_coords", padded_base.float(), persistent=False)
-        self.register_buffer("bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next),
-                                                               dtype=torch.bool))
+        self.register_buffer(
+            "bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next), dtype=torch.bool)
+        )
         self.register_buffer("clash_pairs", non_neighbour_pairs(self.bonded_to_next), persistent=False)
-        self.register_buffer("base_relative_orientations", relative_orientations(base_rot.float()),
-                             persistent=False)
+        self.register_buffer(
+            "base_relative_orientations", relative_orientations(base_rot.float()), persistent=False
+        )
         self.register_buffer("base_center", center64.float())
         self.register_buffer("base_coords", coords64.float())  # (A, 3) model frame
         self.register_buffer("base_render_coords", base_render.float())
@@ -179,8 +195,9 @@ class AtomVAE(nn.Module):
             return self.config.render_sigma
         return (SIGMA_RATE * self.log_render_sigma).exp()
 
-    def _unit_renders(self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor,
-                      ctf: CTFParams | None) -> torch.Tensor:
+    def _unit_renders(
+        self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor, ctf: CTFParams | None
+    ) -> torch.Tensor:
         """The image model before any amplitude: the render atoms (with their masses) at the current width,
         then the CTF when given. Shapes as ``render_images``."""
         sigma = self.render_sigma
@@ -191,8 +208,14 @@ class AtomVAE(nn.Module):
             return render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
         return render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma, weights=mass)
 
-    def render_images(self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor,
-                      ctf: CTFParams | None, images: torch.Tensor | None = None) -> torch.Tensor:
+    def render_images(
+        self,
+        coords: torch.Tensor,
+        rotation: torch.Tensor,
+        shift: torch.Tensor,
+        ctf: CTFParams | None,
+        images: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predicted images (..., H, W): coords (..., A, 3), rotation (..., 3, 3), shift (..., 2) A, ctf (B,)
         or None (B the first of the leading dims; each particle's CTF is computed once for all its renders).
 
@@ -202,8 +225,9 @@ class AtomVAE(nn.Module):
         """
         renders = self._unit_renders(coords, rotation, shift, ctf)
         if self.config.amplitude == "per_image" and images is not None:
-            scale = ((renders * images).sum(dim=(-2, -1), keepdim=True)
-                     / renders.square().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-20))
+            scale = (renders * images).sum(dim=(-2, -1), keepdim=True) / renders.square().sum(
+                dim=(-2, -1), keepdim=True
+            ).clamp_min(1e-20)
             return scale.clamp_min(0.0) * renders
         return self.amplitude.to(renders.dtype) * renders
 
@@ -223,10 +247,20 @@ class AtomVAE(nn.Module):
         return [p for p in params if id(p) not in unused]
 
     # ------------------------------------------------------------------ objective
-    def loss(self, images: torch.Tensor, ctf: CTFParams | None, *, stage: int, n_conf: int, n_pose: int,
-             weights: LossWeights, given_rotation: torch.Tensor | None = None,
-             given_shift: torch.Tensor | None = None, pose_mode: str = "inferred",
-             generator: torch.Generator | BatchNoiseRows | None = None) -> LossOutput:
+    def loss(
+        self,
+        images: torch.Tensor,
+        ctf: CTFParams | None,
+        *,
+        stage: int,
+        n_conf: int,
+        n_pose: int,
+        weights: LossWeights,
+        given_rotation: torch.Tensor | None = None,
+        given_shift: torch.Tensor | None = None,
+        pose_mode: str = "inferred",
+        generator: torch.Generator | BatchNoiseRows | None = None,
+    ) -> LossOutput:
         """Paper eq. 4 averaged over the batch.
 
         images (B, H, W) normalised as the noise_sigma; ctf (B,) or None (no CTF); stage 1 renders
@@ -271,12 +305,18 @@ class AtomVAE(nn.Module):
                 bond = backbone_continuity(c_atoms, n_atoms, self.bonded_to_next, weights.peptide_bond_length)
                 backbone = bond.mean(dim=1)
                 if weights.bond_outliers > 0:
-                    outliers = bond_outliers(c_atoms, n_atoms, self.bonded_to_next,
-                                             weights.peptide_bond_length, weights.bond_tolerance).mean(dim=1)
+                    outliers = bond_outliers(
+                        c_atoms,
+                        n_atoms,
+                        self.bonded_to_next,
+                        weights.peptide_bond_length,
+                        weights.bond_tolerance,
+                    ).mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
                 if weights.orientation > 0:
-                    orientation = neighbour_orientation(rot, self.base_relative_orientations,
-                                                        self.bonded_to_next).mean(dim=1)
+                    orientation = neighbour_orientation(
+                        rot, self.base_relative_orientations, self.bonded_to_next
+                    ).mean(dim=1)
                 if weights.clash > 0:
                     # On the first conformation sample of each image only: the samples are i.i.d., so
                     # this is an unbiased estimate of their mean at 1/n_conf of the cost.
@@ -291,12 +331,24 @@ class AtomVAE(nn.Module):
                     n = min(batch, weights.heavy_clash_images or batch)
                     padded = self.decoder.atoms(rot[:n, :1], trans[:n, :1], "padded")  # (n, 1, R*K, 3)
                     heavy_clash = heavy_atom_clash_penalty(
-                        padded, self.padded_atom_mask, self.clash_pairs, weights.heavy_clash_distance,
-                        reference=self.padded_base_coords).mean(dim=1)  # (n,)
+                        padded,
+                        self.padded_atom_mask,
+                        self.clash_pairs,
+                        weights.heavy_clash_distance,
+                        reference=self.padded_base_coords,
+                    ).mean(dim=1)  # (n,)
 
             # (B, Kc, Kp, 3, 3), (B, Kc, Kp, 2) A; given poses: Kc = Kp = 1 and no pose KL
-            rotation, shift, kl_pose = mode.sample(mu_p, sigma_p, n_pose, self.config, given_rotation,
-                                                   given_shift, generator=generator, dtype=coords.dtype)
+            rotation, shift, kl_pose = mode.sample(
+                mu_p,
+                sigma_p,
+                n_pose,
+                self.config,
+                given_rotation,
+                given_shift,
+                generator=generator,
+                dtype=coords.dtype,
+            )
             kl_pose = zero if kl_pose is None else kl_pose
 
             target = images.to(coords.dtype)[:, None, None]
@@ -307,13 +359,24 @@ class AtomVAE(nn.Module):
 
             sleep = zero
             if weights.sleep > 0 and stage == 2:
-                sleep = self.sleep_loss(images, ctf, rotation.reshape(batch, -1, 3, 3)[:, 0],
-                                        shift.reshape(batch, -1, 2)[:, 0], generator)
-            per_image_loss = (-per_image + weights.sleep * sleep + weights.beta_conf * kl_conf
-                              + weights.beta_pose * kl_pose
-                              + weights.backbone * backbone + weights.bond_outliers * outliers
-                              + weights.centering * center_sq
-                              + weights.clash * clash + weights.orientation * orientation)
+                sleep = self.sleep_loss(
+                    images,
+                    ctf,
+                    rotation.reshape(batch, -1, 3, 3)[:, 0],
+                    shift.reshape(batch, -1, 2)[:, 0],
+                    generator,
+                )
+            per_image_loss = (
+                -per_image
+                + weights.sleep * sleep
+                + weights.beta_conf * kl_conf
+                + weights.beta_pose * kl_pose
+                + weights.backbone * backbone
+                + weights.bond_outliers * outliers
+                + weights.centering * center_sq
+                + weights.clash * clash
+                + weights.orientation * orientation
+            )
             total = per_image_loss.mean() + weights.heavy_clash * heavy_clash.mean()
         terms = {
             "nll": float(-per_image.detach().mean()),
@@ -332,9 +395,14 @@ class AtomVAE(nn.Module):
         }
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
 
-    def sleep_loss(self, images: torch.Tensor, ctf: CTFParams | None, rotation: torch.Tensor,
-                   shift: torch.Tensor, generator: torch.Generator | BatchNoiseRows | None = None
-                   ) -> torch.Tensor:
+    def sleep_loss(
+        self,
+        images: torch.Tensor,
+        ctf: CTFParams | None,
+        rotation: torch.Tensor,
+        shift: torch.Tensor,
+        generator: torch.Generator | BatchNoiseRows | None = None,
+    ) -> torch.Tensor:
         """-log q(z | y~) per image (B,), nats: the encoder's error on synthetic particles y~ whose latents z
         are known (the sleep phase of reweighted wake-sleep; ``LossWeights.sleep``).
 
@@ -367,9 +435,14 @@ class AtomVAE(nn.Module):
         return images
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, pose_mode: str = "inferred",
-               given_rotation: torch.Tensor | None = None, given_shift: torch.Tensor | None = None,
-               ctf: CTFParams | None = None) -> dict[str, torch.Tensor]:
+    def encode(
+        self,
+        images: torch.Tensor,
+        pose_mode: str = "inferred",
+        given_rotation: torch.Tensor | None = None,
+        given_shift: torch.Tensor | None = None,
+        ctf: CTFParams | None = None,
+    ) -> dict[str, torch.Tensor]:
         """images (B, H, W) and their CTFs (B,) (used when the encoder sees phase-flipped images) ->
         mu_conf, sigma_conf (B, latent_conf), and the pose the model uses for each image as rotation
         (B, 3, 3) and shift (B, 2) A: in ``inferred`` the pose head's mean at z_conf = mu_conf (the centre
@@ -387,8 +460,14 @@ class AtomVAE(nn.Module):
             mu_p = h.new_zeros(h.shape[0], self.config.latent_pose)
             sigma_p = torch.ones_like(mu_p)
         rotation, shift = mode.mean_pose(_full(mu_p), self.config, given_rotation, given_shift)
-        return {"mu_conf": mu_c, "sigma_conf": sigma_c, "pose_mu": mu_p, "pose_sigma": sigma_p,
-                "rotation": rotation, "shift": shift}
+        return {
+            "mu_conf": mu_c,
+            "sigma_conf": sigma_c,
+            "pose_mu": mu_p,
+            "pose_sigma": sigma_p,
+            "rotation": rotation,
+            "shift": shift,
+        }
 
     def decode(self, z_conf: torch.Tensor, atoms: str = "all") -> torch.Tensor:
         """z_conf (..., latent_conf) -> coordinates (..., A, 3) A in the model frame. atoms: "all"
@@ -403,9 +482,14 @@ class AtomVAE(nn.Module):
         return self.decode(z, "all")
 
     @torch.no_grad()
-    def initialise_amplitude(self, images: torch.Tensor, ctf: CTFParams | None,
-                             rotation: torch.Tensor | None = None, shift: torch.Tensor | None = None,
-                             generator: torch.Generator | None = None) -> float:
+    def initialise_amplitude(
+        self,
+        images: torch.Tensor,
+        ctf: CTFParams | None,
+        rotation: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> float:
         """Set the image amplitude from data before training; returns it.
 
         With poses (rotation (B, 3, 3), shift (B, 2) A) it is the least-squares scale of base-structure
@@ -430,8 +514,11 @@ class AtomVAE(nn.Module):
             r = renders - renders.mean(dim=(-2, -1), keepdim=True)
             amplitude = (y * r).sum() / r.square().sum().clamp_min(1e-30)
             if not amplitude > 0:
-                warnings.warn("images anti-correlate with base renders at the given poses (inverted "
-                              "contrast?); setting the amplitude by variance matching instead", stacklevel=2)
+                warnings.warn(
+                    "images anti-correlate with base renders at the given poses (inverted "
+                    "contrast?); setting the amplitude by variance matching instead",
+                    stacklevel=2,
+                )
                 amplitude = None
         if amplitude is None:
             signal_var = (images.var(dim=(-2, -1)).mean() - self.noise_sigma.square()).clamp_min(1e-12)

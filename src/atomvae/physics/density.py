@@ -26,8 +26,27 @@ SIGMA_PER_RESOLUTION = 1.0 / (math.pi * math.sqrt(2.0))  # ChimeraX molmap's sig
 CUTOFF_SIGMAS = 4.0  # each Gaussian is summed over voxels within this many sigmas of the atom (per axis)
 
 # Atomic numbers of the elements protein models hold (anything else counts as carbon).
-ATOMIC_NUMBER = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9, "NA": 11, "MG": 12, "P": 15, "S": 16, "CL": 17,
-                 "K": 19, "CA": 20, "MN": 25, "FE": 26, "CO": 27, "NI": 28, "CU": 29, "ZN": 30, "SE": 34}
+ATOMIC_NUMBER = {
+    "H": 1,
+    "C": 6,
+    "N": 7,
+    "O": 8,
+    "F": 9,
+    "NA": 11,
+    "MG": 12,
+    "P": 15,
+    "S": 16,
+    "CL": 17,
+    "K": 19,
+    "CA": 20,
+    "MN": 25,
+    "FE": 26,
+    "CO": 27,
+    "NI": 28,
+    "CU": 29,
+    "ZN": 30,
+    "SE": 34,
+}
 
 
 def atomic_numbers(elements) -> np.ndarray:
@@ -35,8 +54,15 @@ def atomic_numbers(elements) -> np.ndarray:
     return np.array([ATOMIC_NUMBER.get(str(e).strip().upper(), 6) for e in elements], dtype=np.float64)
 
 
-def gaussian_map(coords: np.ndarray, weights: np.ndarray, box: int, voxel_size: float, origin,
-                 resolution: float, max_chunk_values: int = 4_000_000) -> np.ndarray:
+def gaussian_map(
+    coords: np.ndarray,
+    weights: np.ndarray,
+    box: int,
+    voxel_size: float,
+    origin,
+    resolution: float,
+    max_chunk_values: int = 4_000_000,
+) -> np.ndarray:
     """Sum of atom Gaussians on the grid: ``(box, box, box)`` float32 indexed ``[z, y, x]``.
 
     coords (A, 3) A (x, y, z); weights (A,) (e.g. atomic numbers): each atom adds ``weight`` in total,
@@ -48,16 +74,17 @@ def gaussian_map(coords: np.ndarray, weights: np.ndarray, box: int, voxel_size: 
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
     origin = np.asarray(origin, dtype=np.float64).reshape(3)
     if resolution <= 0 or voxel_size <= 0 or box < 1:
-        raise ValueError(f"need resolution > 0, voxel_size > 0, box >= 1 (got {resolution}, {voxel_size}, "
-                         f"{box})")
+        raise ValueError(
+            f"need resolution > 0, voxel_size > 0, box >= 1 (got {resolution}, {voxel_size}, {box})"
+        )
     sigma = SIGMA_PER_RESOLUTION * resolution
     half = max(1, math.ceil(CUTOFF_SIGMAS * sigma / voxel_size))
     offsets = np.arange(-half, half + 1)
     width = len(offsets)
-    density = np.zeros(box ** 3, dtype=np.float64)
+    density = np.zeros(box**3, dtype=np.float64)
     grid_position = (coords - origin) / voxel_size  # (A, 3) in voxels
     nearest = np.rint(grid_position).astype(np.int64)
-    chunk = max(1, max_chunk_values // width ** 3)
+    chunk = max(1, max_chunk_values // width**3)
     for start in range(0, len(coords), chunk):
         part = slice(start, start + chunk)
         pos, near, w = grid_position[part], nearest[part], weights[part]
@@ -70,9 +97,10 @@ def gaussian_map(coords: np.ndarray, weights: np.ndarray, box: int, voxel_size: 
         clipped = np.clip(index, 0, box - 1)
         fx, fy, fz = factors[..., 0], factors[..., 1], factors[..., 2]
         values = w[:, None, None, None] * fz[:, :, None, None] * fy[:, None, :, None] * fx[:, None, None, :]
-        flat = ((clipped[:, :, None, None, 2] * box + clipped[:, None, :, None, 1]) * box
-                + clipped[:, None, None, :, 0])
-        density += np.bincount(flat.reshape(-1), weights=values.reshape(-1), minlength=box ** 3)
+        flat = (clipped[:, :, None, None, 2] * box + clipped[:, None, :, None, 1]) * box + clipped[
+            :, None, None, :, 0
+        ]
+        density += np.bincount(flat.reshape(-1), weights=values.reshape(-1), minlength=box**3)
     return density.reshape(box, box, box).astype(np.float32)
 
 

@@ -34,9 +34,7 @@ CHUNK_ATOMS = 4096  # renders per chunk = CHUNK_ATOMS // A: a chunk's profiles (
 _MAX_BAND_SIGMAS = 12.0  # band offsets are clamped here: exp(-72) is still a normal float32
 
 
-def image_plane_positions(
-    coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
+def image_plane_positions(coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Atom positions in the image plane: ``(..., A, 2)`` (x, y) in A.
 
     coords: (..., A, 3) A; rotation: (..., 3, 3) maps model coordinates to the image frame;
@@ -70,8 +68,14 @@ class _Workspace:
     the start of a flat buffer, so a shorter last chunk needs no new memory.
     """
 
-    def __init__(self, band: _Band, by_axis: torch.Tensor, chunk: int, backward: bool,
-                 weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        band: _Band,
+        by_axis: torch.Tensor,
+        chunk: int,
+        backward: bool,
+        weights: torch.Tensor | None = None,
+    ):
         self.band = band
         self.weights = weights  # (A,) per-atom mass folded into the x profiles, or None (unit mass)
         n_axes, n_renders, n_atoms = by_axis.shape
@@ -99,8 +103,9 @@ class _Workspace:
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
             buffers = self._local.buffers = {
-                key: torch.empty(size, device=self._like.device,
-                                 dtype=torch.long if key == "index" else self._like.dtype)
+                key: torch.empty(
+                    size, device=self._like.device, dtype=torch.long if key == "index" else self._like.dtype
+                )
                 for key, size in self._sizes.items()
             }
         return buffers[name][: math.prod(shape)].view(shape)
@@ -135,8 +140,15 @@ class _SeparableGaussianProjection(torch.autograd.Function):
     positions and in sigma (a learnt global blur); the weights are constants."""
 
     @staticmethod
-    def forward(ctx, positions: torch.Tensor, box: int, pixel_size: float, sigma: torch.Tensor, chunk: int,
-                weights: torch.Tensor | None):
+    def forward(
+        ctx,
+        positions: torch.Tensor,
+        box: int,
+        pixel_size: float,
+        sigma: torch.Tensor,
+        chunk: int,
+        weights: torch.Tensor | None,
+    ):
         band = _Band(box, pixel_size, float(sigma.detach()))
         by_axis = positions.permute(2, 0, 1).contiguous()  # (2, N, A): x then y
         n_renders, n_atoms = positions.shape[:2]

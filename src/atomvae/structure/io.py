@@ -163,11 +163,17 @@ def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
             kept.append((offset, res))
         for offset, res in kept:
             picked = _pick_atoms(list(res), res.name)
-            residues.append(_Residue(
-                chain=chain_names[chain.name], res_name=res.name, res_seq=res.seqid.num,
-                ins_code=res.seqid.icode.strip(), atom_names=[a.name for _, a, _ in picked],
-                elements=[e for _, _, e in picked], source_index=[offset + i for i, _, _ in picked],
-            ))
+            residues.append(
+                _Residue(
+                    chain=chain_names[chain.name],
+                    res_name=res.name,
+                    res_seq=res.seqid.num,
+                    ins_code=res.seqid.icode.strip(),
+                    atom_names=[a.name for _, a, _ in picked],
+                    elements=[e for _, _, e in picked],
+                    source_index=[offset + i for i, _, _ in picked],
+                )
+            )
     return residues, np.asarray(coords, dtype=np.float64).reshape(-1, 3)
 
 
@@ -177,13 +183,20 @@ _ATOM_ORDER = {"N": 0, "CA": 1, "C": 2, "O": 3, "OXT": 5, "OT1": 5, "OT2": 5}
 
 def _canonical_order(res: _Residue) -> _Residue:
     order = sorted(range(len(res.atom_names)), key=lambda i: (_ATOM_ORDER.get(res.atom_names[i], 4), i))
-    return _Residue(res.chain, res.res_name, res.res_seq, res.ins_code,
-                    atom_names=[res.atom_names[i] for i in order], elements=[res.elements[i] for i in order],
-                    source_index=[res.source_index[i] for i in order])
+    return _Residue(
+        res.chain,
+        res.res_name,
+        res.res_seq,
+        res.ins_code,
+        atom_names=[res.atom_names[i] for i in order],
+        elements=[res.elements[i] for i in order],
+        source_index=[res.source_index[i] for i in order],
+    )
 
 
-def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: bool,
-                    warn: bool = True) -> tuple[Topology, np.ndarray]:
+def _build_topology(
+    residues: list[_Residue], coords: np.ndarray, path, strict: bool, warn: bool = True
+) -> tuple[Topology, np.ndarray]:
     """Drop residues without N/CA/C, then build the Topology; returns it and the source atom indices."""
     good, dropped = [], []
     for res in residues:
@@ -198,16 +211,23 @@ def _build_topology(residues: list[_Residue], coords: np.ndarray, path, strict: 
         good.append(_canonical_order(res))
     if not good:
         if residues and all(res.atom_names == ["CA"] for res in residues):
-            raise InputError(path, f"all {len(residues)} residues have only a C-alpha atom; atomvae needs "
-                                   "the backbone N, CA and C of each residue (a full-atom or backbone model)")
-        raise InputError(path, "no protein residues with N, CA and C atoms found"
-                               + (f" ({len(dropped)} residues lack backbone atoms)" if dropped else ""))
+            raise InputError(
+                path,
+                f"all {len(residues)} residues have only a C-alpha atom; atomvae needs "
+                "the backbone N, CA and C of each residue (a full-atom or backbone model)",
+            )
+        raise InputError(
+            path,
+            "no protein residues with N, CA and C atoms found"
+            + (f" ({len(dropped)} residues lack backbone atoms)" if dropped else ""),
+        )
     if warn:  # one warning per residue up to a few; a count beyond (a line each would bury the rest)
         for problem in dropped[:5]:
             warnings.warn(f"{path}: {problem}; dropping it", stacklevel=3)
         if len(dropped) > 5:
-            warnings.warn(f"{path}: {len(dropped) - 5} more residues lack backbone atoms; dropping them",
-                          stacklevel=3)
+            warnings.warn(
+                f"{path}: {len(dropped) - 5} more residues lack backbone atoms; dropping them", stacklevel=3
+            )
     source = np.asarray([i for res in good for i in res.source_index], dtype=np.int64)
     residue_index = np.repeat(np.arange(len(good)), [len(res.atom_names) for res in good])
     chain = np.asarray([r.chain for r in good])
@@ -262,8 +282,9 @@ def _check_finite(path, topology: Topology, coords: np.ndarray) -> None:
         model, atom = (int(v) for v in bad[0])
         where = f"{topology.residue_label(topology.residue_index[atom])}:{topology.atom_name[atom]}"
         in_model = f" of model {model + 1}" if coords.shape[0] > 1 else ""
-        raise InputError(path, f"atom {where}{in_model} has non-finite coordinates ({len(bad)} such atom "
-                               "positions)")
+        raise InputError(
+            path, f"atom {where}{in_model} has non-finite coordinates ({len(bad)} such atom positions)"
+        )
 
 
 def count_models(path: str | os.PathLike) -> int:
@@ -278,8 +299,10 @@ def _describe_difference(a: Topology, b: Topology) -> str:
         diff = np.nonzero(getattr(a, field) != getattr(b, field))[0]
         if len(diff):
             i = int(diff[0])
-            return (f"atom {i + 1} is {b.residue_label(b.residue_index[i])}:{b.atom_name[i]} instead of "
-                    f"{a.residue_label(a.residue_index[i])}:{a.atom_name[i]}")
+            return (
+                f"atom {i + 1} is {b.residue_label(b.residue_index[i])}:{b.atom_name[i]} instead of "
+                f"{a.residue_label(a.residue_index[i])}:{a.atom_name[i]}"
+            )
     for field in ("res_name", "res_seq", "ins_code", "chain_id"):
         diff = np.nonzero(getattr(a, field) != getattr(b, field))[0]
         if len(diff):
@@ -331,8 +354,11 @@ def read_ensemble(
             residues, model_coords = _gemmi_residues(st[k])
             model_topology, model_source = _build_topology(residues, model_coords, path, strict, warn=False)
             if not model_topology.same_atoms(topology):
-                raise InputError(path, f"model {k + 1} has different atoms from model 1: "
-                                       f"{_describe_difference(topology, model_topology)}")
+                raise InputError(
+                    path,
+                    f"model {k + 1} has different atoms from model 1: "
+                    f"{_describe_difference(topology, model_topology)}",
+                )
             frames[k] = model_coords[model_source]
         else:
             frames[k] = model_coords[source]
@@ -348,8 +374,9 @@ def _import_mdanalysis(path):
     return MDAnalysis
 
 
-def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
-                      strict: bool) -> tuple[Topology, np.ndarray]:
+def _read_md_ensemble(
+    topology_path: Path, trajectory_path: Path, strict: bool
+) -> tuple[Topology, np.ndarray]:
     """Topology + trajectory through MDAnalysis -> (Topology, coords (M, A, 3) float64 A).
 
     Chain ids: an atom's chainID when the topology has non-blank ones, otherwise its segment's next
@@ -380,8 +407,9 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
     else:
         # Segments (PSF "4AKE") or molecule names (TPR "AKeco") are not chain ids: one letter
         # per distinct one that holds protein, in order.
-        chain_names = dict(zip(dict.fromkeys(chain_keys), string.ascii_uppercase + string.ascii_lowercase,
-                               strict=False))
+        chain_names = dict(
+            zip(dict.fromkeys(chain_keys), string.ascii_uppercase + string.ascii_lowercase, strict=False)
+        )
     residues: list[_Residue] = []
     for residue, chain_key in zip(protein, chain_keys, strict=True):
         res_name = str(residue.resname)
@@ -393,11 +421,17 @@ def _read_md_ensemble(topology_path: Path, trajectory_path: Path,
         if not picked:
             continue
         icode = str(getattr(residue, "icode", "") or "").strip()
-        residues.append(_Residue(
-            chain=chain_names[chain_key], res_name=res_name, res_seq=int(residue.resid), ins_code=icode,
-            atom_names=[n for _, n, _ in picked], elements=[e for _, _, e in picked],
-            source_index=[i for i, _, _ in picked],
-        ))
+        residues.append(
+            _Residue(
+                chain=chain_names[chain_key],
+                res_name=res_name,
+                res_seq=int(residue.resid),
+                ins_code=icode,
+                atom_names=[n for _, n, _ in picked],
+                elements=[e for _, _, e in picked],
+                source_index=[i for i, _, _ in picked],
+            )
+        )
     first = atoms.positions.astype(np.float64)
     topology, source = _build_topology(residues, first, trajectory_path, strict)
     _warn_if_split_by_periodic_box(topology, first[source], universe.dimensions, trajectory_path)
@@ -419,9 +453,12 @@ def _warn_if_split_by_periodic_box(topology: Topology, coords: np.ndarray, box, 
     jump = np.linalg.norm(n[1:] - c[:-1], axis=-1) > 0.5 * float(np.min(box[:3]))
     if np.any(jump):
         r = int(np.nonzero(jump)[0][0])
-        warnings.warn(f"{path}: the protein is split across the periodic box in the first frame (bond "
-                      f"{topology.residue_label(r)} - {topology.residue_label(r + 1)} spans half a box); "
-                      "make molecules whole first, e.g. gmx trjconv -pbc mol", stacklevel=4)
+        warnings.warn(
+            f"{path}: the protein is split across the periodic box in the first frame (bond "
+            f"{topology.residue_label(r)} - {topology.residue_label(r + 1)} spans half a box); "
+            "make molecules whole first, e.g. gmx trjconv -pbc mol",
+            stacklevel=4,
+        )
 
 
 def _as_coords(topology: Topology, coords, path) -> np.ndarray:
@@ -431,15 +468,19 @@ def _as_coords(topology: Topology, coords, path) -> np.ndarray:
     if coords.ndim == 2:
         coords = coords[None]
     if coords.ndim != 3 or coords.shape[1:] != (topology.n_atoms, 3):
-        raise InputError(path, f"coordinates of shape {coords.shape} do not fit {topology.n_atoms} atoms "
-                               f"(expected (M, {topology.n_atoms}, 3))")
+        raise InputError(
+            path,
+            f"coordinates of shape {coords.shape} do not fit {topology.n_atoms} atoms "
+            f"(expected (M, {topology.n_atoms}, 3))",
+        )
     if not np.all(np.isfinite(coords)):
         raise InputError(path, "coordinates contain NaN or inf; refusing to write them")
     return coords
 
 
-def _gemmi_structure(topology: Topology, coords: np.ndarray, b_factors: np.ndarray | None = None
-                     ) -> gemmi.Structure:
+def _gemmi_structure(
+    topology: Topology, coords: np.ndarray, b_factors: np.ndarray | None = None
+) -> gemmi.Structure:
     """A gemmi Structure with one model per coordinate set, residues and atoms as in the topology;
     ``b_factors (A,)`` (A^2 or any per-atom value) fill the B-factor column of every model (default 0)."""
     template = gemmi.Model(1)

@@ -38,13 +38,20 @@ def anm_modes(ca_coords: np.ndarray, n_modes: int, cutoff: float = 15.0) -> np.n
     values, vectors = np.linalg.eigh(hessian)
     scale = max(float(values[-1]), 1e-12)
     if np.count_nonzero(values < 1e-8 * scale) > 6:
-        raise ValueError(f"the elastic network at a {cutoff} A cutoff falls apart into pieces; "
-                         "use a larger cutoff")
-    return vectors[:, 6:6 + n_modes].T.reshape(n_modes, n, 3)
+        raise ValueError(
+            f"the elastic network at a {cutoff} A cutoff falls apart into pieces; use a larger cutoff"
+        )
+    return vectors[:, 6 : 6 + n_modes].T.reshape(n_modes, n, 3)
 
 
-def displaced_references(coords: np.ndarray, residue_index: np.ndarray, ca_coords: np.ndarray, n_modes: int,
-                         amplitudes: tuple[float, ...], cutoff: float = 15.0) -> np.ndarray:
+def displaced_references(
+    coords: np.ndarray,
+    residue_index: np.ndarray,
+    ca_coords: np.ndarray,
+    n_modes: int,
+    amplitudes: tuple[float, ...],
+    cutoff: float = 15.0,
+) -> np.ndarray:
     """The base and copies moved along each of its ``n_modes`` slowest modes by each RMSD in ``amplitudes``
     (A, both signs): (1 + 2 * n_modes * len(amplitudes), A, 3). Every atom moves with its residue's C-alpha.
 

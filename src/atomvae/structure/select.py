@@ -20,22 +20,32 @@ def parse_atom_selection(selection: str, topology: Topology, source=None) -> int
     """
     match = _SELECTION.match(selection)
     if match is None:
-        raise InputError(source, f"atom selection {selection!r} is malformed; write CHAIN:RESNUM:ATOM, "
-                                 "e.g. A:284:CA (residue number may carry an insertion code: A:52A:CB)")
+        raise InputError(
+            source,
+            f"atom selection {selection!r} is malformed; write CHAIN:RESNUM:ATOM, "
+            "e.g. A:284:CA (residue number may carry an insertion code: A:52A:CB)",
+        )
     chain, number, icode, atom = match.group(1), int(match.group(2)), match.group(3), match.group(4)
     chains = list(dict.fromkeys(topology.chain_id.tolist()))
     if chain not in chains:
-        raise InputError(source, f"atom selection {selection!r}: no chain {chain}; "
-                                 f"chains are {', '.join(chains)}")
+        raise InputError(
+            source, f"atom selection {selection!r}: no chain {chain}; chains are {', '.join(chains)}"
+        )
     in_chain = np.nonzero(topology.chain_id == chain)[0]
     hit = in_chain[(topology.res_seq[in_chain] == number) & (topology.ins_code[in_chain] == icode)]
     if len(hit) == 0:
         seq = topology.res_seq[in_chain]
-        raise InputError(source, f"atom selection {selection!r}: no residue {number}{icode} in chain {chain} "
-                                 f"(its residues are numbered {seq.min()}..{seq.max()})")
+        raise InputError(
+            source,
+            f"atom selection {selection!r}: no residue {number}{icode} in chain {chain} "
+            f"(its residues are numbered {seq.min()}..{seq.max()})",
+        )
     r = int(hit[0])
-    names = topology.atom_name[topology.residue_start[r]:topology.residue_start[r + 1]].tolist()
+    names = topology.atom_name[topology.residue_start[r] : topology.residue_start[r + 1]].tolist()
     if atom not in names:
-        raise InputError(source, f"atom selection {selection!r}: residue found but no atom {atom} in "
-                                 f"{topology.res_name[r]}; its atoms are {' '.join(names)}")
+        raise InputError(
+            source,
+            f"atom selection {selection!r}: residue found but no atom {atom} in "
+            f"{topology.res_name[r]}; its atoms are {' '.join(names)}",
+        )
     return int(topology.residue_start[r]) + names.index(atom)

@@ -14,11 +14,40 @@ BACKBONE_ATOMS = ("N", "CA", "C", "O")
 
 # Residue names that are protein amino acids besides those gemmi tabulates: force-field variants of
 # protonation states (CHARMM, AMBER, GROMACS) that MD topologies and the PDBs written from them use.
-MD_AMINO_ACID_NAMES = frozenset({
-    "HSD", "HSE", "HSP", "HID", "HIE", "HIP", "HISA", "HISB", "HISD", "HISE", "HISH", "HISP", "HIS1", "HIS2",
-    "CYX", "CYM", "CYS1", "CYS2", "CYSH", "ASH", "ASPH", "GLH", "GLUH", "LYN", "LSN", "LYSH", "LYSN",
-    "ARN", "ARGN", "TYM",
-})
+MD_AMINO_ACID_NAMES = frozenset(
+    {
+        "HSD",
+        "HSE",
+        "HSP",
+        "HID",
+        "HIE",
+        "HIP",
+        "HISA",
+        "HISB",
+        "HISD",
+        "HISE",
+        "HISH",
+        "HISP",
+        "HIS1",
+        "HIS2",
+        "CYX",
+        "CYM",
+        "CYS1",
+        "CYS2",
+        "CYSH",
+        "ASH",
+        "ASPH",
+        "GLH",
+        "GLUH",
+        "LYN",
+        "LSN",
+        "LYSH",
+        "LYSN",
+        "ARN",
+        "ARGN",
+        "TYM",
+    }
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,17 +154,33 @@ class Topology:
         if len(kept_res):
             bonded[-1] = False  # the last kept residue has no successor in the subset
         return Topology(
-            atom_name=self.atom_name[idx], element=self.element[idx], residue_index=new_res_index,
-            res_name=self.res_name[kept_res], res_seq=self.res_seq[kept_res],
-            ins_code=self.ins_code[kept_res], chain_id=self.chain_id[kept_res], bonded_to_next=bonded,
+            atom_name=self.atom_name[idx],
+            element=self.element[idx],
+            residue_index=new_res_index,
+            res_name=self.res_name[kept_res],
+            res_seq=self.res_seq[kept_res],
+            ins_code=self.ins_code[kept_res],
+            chain_id=self.chain_id[kept_res],
+            bonded_to_next=bonded,
         )
 
     def same_atoms(self, other: Topology) -> bool:
         """True when both describe the same atoms in the same order (names, elements, residues, chains)."""
         return (
-            self.n_atoms == other.n_atoms and self.n_residues == other.n_residues
-            and all(np.array_equal(getattr(self, f), getattr(other, f)) for f in (
-                "atom_name", "element", "residue_index", "res_name", "res_seq", "ins_code", "chain_id"))
+            self.n_atoms == other.n_atoms
+            and self.n_residues == other.n_residues
+            and all(
+                np.array_equal(getattr(self, f), getattr(other, f))
+                for f in (
+                    "atom_name",
+                    "element",
+                    "residue_index",
+                    "res_name",
+                    "res_seq",
+                    "ins_code",
+                    "chain_id",
+                )
+            )
         )
 
 
@@ -149,8 +194,9 @@ class Structure:
     def __post_init__(self):
         coords = np.asarray(self.coords, dtype=np.float64)
         if coords.shape != (self.topology.n_atoms, 3):
-            raise ValueError(f"Structure coords have shape {coords.shape}, "
-                             f"expected ({self.topology.n_atoms}, 3)")
+            raise ValueError(
+                f"Structure coords have shape {coords.shape}, expected ({self.topology.n_atoms}, 3)"
+            )
         object.__setattr__(self, "coords", coords)
 
 

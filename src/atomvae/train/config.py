@@ -153,8 +153,9 @@ def _cpu() -> TrainConfig:
         # fitted from the truth on noise-free simulated images it drifted 0.86 A C-alpha RMSD and left 10
         # nats per image unexplained; the residue model drifts 0.34 A and leaves 1.4 nats. Demo: recovered
         # 0.66 -> 0.78 (prior samples).
-        model=ModelConfig(render_atoms="residue", render_sigma=1.5, learn_render_sigma=True,
-                          amplitude="per_image"),
+        model=ModelConfig(
+            render_atoms="residue", render_sigma=1.5, learn_render_sigma=True, amplitude="per_image"
+        ),
         # Stage 1: 8 pose samples instead of 128, 8 epochs instead of 2000 (lr halved for the last 2, as the
         # paper halves it for its second half): a much coarser search over SO(3) per image, so pose
         # errors (e.g. near-symmetric views) survive more often; the learnt amortised encoder shares what
@@ -293,8 +294,12 @@ def apply_overrides(config: Any, overrides: dict[str, Any], source: str = "confi
         raise InputError(source, f"{prefix or 'config'}: {err}") from None
 
 
-def load_config(path: str | Path, base: TrainConfig | None = None, preset: str | None = None,
-                default_preset: str = "paper") -> TrainConfig:
+def load_config(
+    path: str | Path,
+    base: TrainConfig | None = None,
+    preset: str | None = None,
+    default_preset: str = "paper",
+) -> TrainConfig:
     """Read a YAML file and apply it field by field over a starting config.
 
     The start is ``base`` if given, else the preset named by ``preset``, else by the file's own

@@ -89,8 +89,11 @@ def process_group(device: torch.device, timeout_minutes: float = 30.0) -> Iterat
         backend = "nccl" if device.type == "cuda" else "gloo"
         # Binding the process to its GPU (torch >= 2.3) lets NCCL set up its communicator at once.
         bind = device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes),
-                                **({"device_id": device} if bind else {}))
+        dist.init_process_group(
+            backend=backend,
+            timeout=timedelta(minutes=timeout_minutes),
+            **({"device_id": device} if bind else {}),
+        )
         created = True
     try:
         yield device
@@ -137,10 +140,22 @@ def shard(batch: Sequence[int], rank_: int | None = None, world_size_: int | Non
     batch = [int(i) for i in batch]
     rows = list(range(r, len(batch), w))
     if not rows:
-        return Shard(indices=batch[:1], rows=torch.zeros(1, dtype=torch.long), weight=0.0,
-                     global_size=len(batch), rank=r, world_size=w)
-    return Shard(indices=[batch[i] for i in rows], rows=torch.as_tensor(rows, dtype=torch.long),
-                 weight=len(rows) * w / len(batch), global_size=len(batch), rank=r, world_size=w)
+        return Shard(
+            indices=batch[:1],
+            rows=torch.zeros(1, dtype=torch.long),
+            weight=0.0,
+            global_size=len(batch),
+            rank=r,
+            world_size=w,
+        )
+    return Shard(
+        indices=[batch[i] for i in rows],
+        rows=torch.as_tensor(rows, dtype=torch.long),
+        weight=len(rows) * w / len(batch),
+        global_size=len(batch),
+        rank=r,
+        world_size=w,
+    )
 
 
 def shard_positions(n: int) -> np.ndarray:
@@ -204,8 +219,9 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return summed.to(values.device)
 
 
-def gather_rows(local: dict[str, np.ndarray], positions: np.ndarray, n_total: int
-                ) -> dict[str, np.ndarray] | None:
+def gather_rows(
+    local: dict[str, np.ndarray], positions: np.ndarray, n_total: int
+) -> dict[str, np.ndarray] | None:
     """Arrays whose rows are the items at ``positions`` of this rank, assembled in global order on rank 0
     (``n_total`` rows each); None on the other ranks. With one process, ``local`` itself. A rank with no
     items may pass an empty dict."""
@@ -241,8 +257,9 @@ class MethodAsForward(nn.Module):
 
 
 @contextmanager
-def data_parallel(model: nn.Module, method: str, trainable: Sequence[nn.Parameter],
-                  find_unused_parameters: bool) -> Iterator[Callable[..., Any]]:
+def data_parallel(
+    model: nn.Module, method: str, trainable: Sequence[nn.Parameter], find_unused_parameters: bool
+) -> Iterator[Callable[..., Any]]:
     """Yields ``model.<method>`` whose backward averages gradients over ranks (DistributedDataParallel)
     when several processes run; the plain bound method otherwise.
 
@@ -262,8 +279,11 @@ def data_parallel(model: nn.Module, method: str, trainable: Sequence[nn.Paramete
         parameter.requires_grad_(id(parameter) in keep)
     try:
         yield nn.parallel.DistributedDataParallel(
-            MethodAsForward(model, method), device_ids=None, find_unused_parameters=find_unused_parameters,
-            **_no_buffer_sync_each_step())
+            MethodAsForward(model, method),
+            device_ids=None,
+            find_unused_parameters=find_unused_parameters,
+            **_no_buffer_sync_each_step(),
+        )
     finally:
         for parameter, requires_grad in previous:
             parameter.requires_grad_(requires_grad)

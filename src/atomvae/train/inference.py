@@ -38,8 +38,13 @@ def _write_structures(run: LoadedRun, coords: torch.Tensor, out_path: Path) -> N
 
 
 @torch.no_grad()
-def sample_structures(run: LoadedRun, n: int, seed: int = 0, chunk: int = 256,
-                      posterior: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+def sample_structures(
+    run: LoadedRun,
+    n: int,
+    seed: int = 0,
+    chunk: int = 256,
+    posterior: tuple[np.ndarray, np.ndarray] | None = None,
+) -> torch.Tensor:
     """n all-atom structures (n, A, 3) A (model frame), decoded in chunks of ``chunk``.
 
     Latents come from the prior z ~ N(0, I) (the paper), or with ``posterior = (mu (N, D), sigma (N, D))``
@@ -57,7 +62,7 @@ def sample_structures(run: LoadedRun, n: int, seed: int = 0, chunk: int = 256,
     mu, sigma = (torch.as_tensor(np.asarray(t), dtype=torch.float32, device=run.device) for t in posterior)
     particle = torch.randint(len(mu), (n,), generator=generator, device=run.device)
     z = mu[particle] + sigma[particle] * torch.randn(n, mu.shape[1], generator=generator, device=run.device)
-    return torch.cat([run.model.decode(z[start:start + chunk], "all") for start in range(0, n, chunk)])
+    return torch.cat([run.model.decode(z[start : start + chunk], "all") for start in range(0, n, chunk)])
 
 
 def read_posteriors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +74,15 @@ def read_posteriors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-def sample_to_file(run_dir: str | Path, n: int, out_path: str | Path, seed: int = 0,
-                   device: str = "cpu", latents: str | Path | None = None, overwrite: bool = False) -> Path:
+def sample_to_file(
+    run_dir: str | Path,
+    n: int,
+    out_path: str | Path,
+    seed: int = 0,
+    device: str = "cpu",
+    latents: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
     """``atomvae sample``: n structures from the prior, or from the particles' aggregate posterior when
     ``latents`` (an ``encode`` output) is given, written to .pdb / .cif / .dcd (by suffix); an existing
     file is replaced only with ``overwrite`` (a file of the run folder never)."""
@@ -91,8 +103,9 @@ def latent_line(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Ten
     return (1.0 - t) * start + t * end
 
 
-def principal_axis_endpoints(mu: np.ndarray, percentile: float = 1.0, component: int = 0
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def principal_axis_endpoints(
+    mu: np.ndarray, percentile: float = 1.0, component: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Two points on the first (or the ``component``-th, 0-based) principal axis of posterior means ``mu``
     (N, D): the mean plus the axis times the ``percentile`` and ``100 - percentile`` percentiles of the
     projections (percentile 0 = the extremes; the default 1 keeps single outlier particles from setting
@@ -128,8 +141,9 @@ def parse_latent_point(text: str, dim: int, option: str) -> np.ndarray:
         try:
             values = np.array([float(v) for v in text.split(",")], dtype=np.float64)
         except ValueError:
-            raise InputError(option, f"expected {dim} comma-separated numbers or a .npy file, got {text!r}"
-                             ) from None
+            raise InputError(
+                option, f"expected {dim} comma-separated numbers or a .npy file, got {text!r}"
+            ) from None
         where = option
     if values.shape != (dim,):
         raise InputError(where, f"a latent point has {dim} values, got {values.size}")
@@ -138,10 +152,18 @@ def parse_latent_point(text: str, dim: int, option: str) -> np.ndarray:
     return values
 
 
-def interpolate_to_file(run_dir: str | Path, out_path: str | Path, steps: int = 10,
-                        start: str | None = None, end: str | None = None, latents: str | Path | None = None,
-                        n_particles: int = 2048, percentile: float = 1.0, device: str = "cpu",
-                        overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def interpolate_to_file(
+    run_dir: str | Path,
+    out_path: str | Path,
+    steps: int = 10,
+    start: str | None = None,
+    end: str | None = None,
+    latents: str | Path | None = None,
+    n_particles: int = 2048,
+    percentile: float = 1.0,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """``atomvae interpolate``: structures along a latent line written as a multi-model file.
 
     The line runs from ``start`` to ``end`` (comma lists or .npy) when both are given; otherwise between
@@ -170,8 +192,11 @@ def interpolate_to_file(run_dir: str | Path, out_path: str | Path, steps: int = 
         else:
             mu = _posterior_means_of_run_particles(run, n_particles)
         z_start, z_end = principal_axis_endpoints(mu, percentile)
-    line = latent_line(torch.as_tensor(z_start, dtype=torch.float32, device=run.device),
-                       torch.as_tensor(z_end, dtype=torch.float32, device=run.device), steps)
+    line = latent_line(
+        torch.as_tensor(z_start, dtype=torch.float32, device=run.device),
+        torch.as_tensor(z_end, dtype=torch.float32, device=run.device),
+        steps,
+    )
     with torch.no_grad():
         coords = run.model.decode(line, "all")
     _write_structures(run, coords, out_path)
@@ -202,8 +227,11 @@ def _read_latent_means(path: Path, dim: int) -> np.ndarray:
 def _posterior_means_of_run_particles(run: LoadedRun, n_particles: int) -> np.ndarray:
     particles = run.info.get("particles")
     if not particles or not Path(particles).is_file():
-        raise InputError(run.run_dir, f"the run's particle file ({particles}) is not available; "
-                                      "pass --latents from atomvae encode, or --from/--to")
+        raise InputError(
+            run.run_dir,
+            f"the run's particle file ({particles}) is not available; "
+            "pass --latents from atomvae encode, or --from/--to",
+        )
     train_idx, val_idx = read_split(run.run_dir)
     # A spread-out subset of all particles (fixed, so repeated calls agree).
     indices = np.sort(np.concatenate([train_idx, val_idx]))
@@ -213,8 +241,13 @@ def _posterior_means_of_run_particles(run: LoadedRun, n_particles: int) -> np.nd
 
 
 @torch.no_grad()
-def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.ndarray | None = None,
-                     batch_size: int = 256, split_over_ranks: bool = False) -> dict[str, np.ndarray] | None:
+def encode_particles(
+    run: LoadedRun,
+    particles_path: str | Path,
+    indices: np.ndarray | None = None,
+    batch_size: int = 256,
+    split_over_ranks: bool = False,
+) -> dict[str, np.ndarray] | None:
     """Posterior means and sigmas of the conformation latent and the pose estimate of each particle.
 
     Returns mu, sigma (N, D); rotation (N, 3, 3), shift (N, 2) A (the pose posterior mean at
@@ -231,28 +264,43 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
     from atomvae.train.particles import open_particles
 
     pose_mode = run.config.pose_mode
-    source = open_particles(Path(particles_path), run.config,
-                            need_poses=get_pose_mode(pose_mode).needs_given_poses)
+    source = open_particles(
+        Path(particles_path), run.config, need_poses=get_pose_mode(pose_mode).needs_given_poses
+    )
     run_pixel_size = float(run.info["pixel_size"])
     same_pixel_size = math.isclose(source.pixel_size, run_pixel_size, rel_tol=1e-3)
     if source.box != int(run.info["box"]) or not same_pixel_size:
-        raise InputError(particles_path, f"images are {source.box} px at {source.pixel_size:.4g} A/px after "
-                                         f"downsampling; the run was trained on {run.info['box']} px at "
-                                         f"{float(run.info['pixel_size']):.4g} A/px")
+        raise InputError(
+            particles_path,
+            f"images are {source.box} px at {source.pixel_size:.4g} A/px after "
+            f"downsampling; the run was trained on {run.info['box']} px at "
+            f"{float(run.info['pixel_size']):.4g} A/px",
+        )
     if indices is None:
         indices = np.arange(source.n_particles)
     n_total = len(indices)
     positions = distributed.shard_positions(n_total) if split_over_ranks else np.arange(n_total)
     indices = np.asarray(indices)[positions]
-    outputs: dict[str, list[np.ndarray]] = {k: [] for k in ("mu", "sigma", "rotation", "shift", "pose_mu",
-                                                            "pose_sigma", "index")}
-    batches = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+    outputs: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("mu", "sigma", "rotation", "shift", "pose_mu", "pose_sigma", "index")
+    }
+    batches = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     for batch in source.batches(batches, run.device):
-        encoded = run.model.encode(batch["image"], pose_mode, given_rotation=batch.get("rotation"),
-                                   given_shift=batch.get("shift"), ctf=batch["ctf"])
-        values = {"mu": encoded["mu_conf"], "sigma": encoded["sigma_conf"], "rotation": encoded["rotation"],
-                  "shift": encoded["shift"], "pose_mu": encoded["pose_mu"],
-                  "pose_sigma": encoded["pose_sigma"]}
+        encoded = run.model.encode(
+            batch["image"],
+            pose_mode,
+            given_rotation=batch.get("rotation"),
+            given_shift=batch.get("shift"),
+            ctf=batch["ctf"],
+        )
+        values = {
+            "mu": encoded["mu_conf"],
+            "sigma": encoded["sigma_conf"],
+            "rotation": encoded["rotation"],
+            "shift": encoded["shift"],
+            "pose_mu": encoded["pose_mu"],
+            "pose_sigma": encoded["pose_sigma"],
+        }
         for key, value in values.items():
             outputs[key].append(value.detach().float().cpu().numpy())
         outputs["index"].append(batch["index"].cpu().numpy().astype(np.int64))
@@ -263,9 +311,14 @@ def encode_particles(run: LoadedRun, particles_path: str | Path, indices: np.nda
     return distributed.gather_rows(result, positions, n_total) if split_over_ranks else result
 
 
-def encode_to_file(run_dir: str | Path, particles_path: str | Path, out_path: str | Path,
-                   device: str = "cpu", batch_size: int = 256, overwrite: bool = False
-                   ) -> dict[str, np.ndarray] | None:
+def encode_to_file(
+    run_dir: str | Path,
+    particles_path: str | Path,
+    out_path: str | Path,
+    device: str = "cpu",
+    batch_size: int = 256,
+    overwrite: bool = False,
+) -> dict[str, np.ndarray] | None:
     """``atomvae encode``: latents.npz with mu, sigma, rotation, shift, euler, pose_mu, pose_sigma, index.
     An existing output is replaced only with ``overwrite`` (an input never).
 

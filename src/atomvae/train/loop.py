@@ -75,8 +75,13 @@ class RunSummary:
 
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (numpy SeedSequence: well separated streams for nearby inputs)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).astype(np.uint64)
-               .dot(np.array([1, 2**32], dtype=np.uint64)) % np.uint64(2**63))
+    return int(
+        np.random.SeedSequence([int(p) for p in parts])
+        .generate_state(2, np.uint32)
+        .astype(np.uint64)
+        .dot(np.array([1, 2**32], dtype=np.uint64))
+        % np.uint64(2**63)
+    )
 
 
 def split_indices(n_particles: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +94,15 @@ def split_indices(n_particles: int, val_fraction: float, seed: int) -> tuple[np.
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def epoch_batches(train_indices: np.ndarray, batch_size: int, seed: int, stage: int, epoch: int
-                  ) -> list[list[int]]:
+def epoch_batches(
+    train_indices: np.ndarray, batch_size: int, seed: int, stage: int, epoch: int
+) -> list[list[int]]:
     """The batches of one epoch: a permutation of the training indices from (seed, stage, epoch), cut into
     ``batch_size`` pieces (the last may be smaller)."""
     generator = torch.Generator().manual_seed(derived_seed(seed, _ORDER, stage, epoch))
     order = torch.randperm(len(train_indices), generator=generator).numpy()
     shuffled = np.asarray(train_indices)[order]
-    return [shuffled[i:i + batch_size].tolist() for i in range(0, len(shuffled), batch_size)]
+    return [shuffled[i : i + batch_size].tolist() for i in range(0, len(shuffled), batch_size)]
 
 
 def sampling_generator(device: torch.device, *parts: int) -> torch.Generator:
@@ -132,13 +138,17 @@ def rank_loss_weights(weights: LossWeights, shard: distributed.Shard) -> LossWei
     return replace(weights, heavy_clash=heavy, heavy_clash_images=per_rank)
 
 
-def _loss_kwargs(config: TrainConfig, stage: int, batch: dict[str, Any],
-                 shard: distributed.Shard | None = None) -> dict[str, Any]:
+def _loss_kwargs(
+    config: TrainConfig, stage: int, batch: dict[str, Any], shard: distributed.Shard | None = None
+) -> dict[str, Any]:
     stage_config = config.stage1 if stage == 1 else config.stage2
     weights = config.loss if shard is None else rank_loss_weights(config.loss, shard)
     kwargs: dict[str, Any] = dict(
-        stage=stage, n_conf=1 if stage == 1 else stage_config.n_conf, n_pose=stage_config.n_pose,
-        weights=weights, pose_mode=config.pose_mode,
+        stage=stage,
+        n_conf=1 if stage == 1 else stage_config.n_conf,
+        n_pose=stage_config.n_pose,
+        weights=weights,
+        pose_mode=config.pose_mode,
     )
     if pose_mode(config.pose_mode).needs_given_poses:
         kwargs["given_rotation"] = batch["rotation"]
@@ -158,22 +168,35 @@ def _autocast(device: torch.device, config: TrainConfig):
 
 
 @torch.no_grad()
-def validation_log_likelihood(model, source: ParticleSource, indices: Sequence[int], config: TrainConfig,
-                              stage: int, seed: int, device: torch.device) -> float:
+def validation_log_likelihood(
+    model,
+    source: ParticleSource,
+    indices: Sequence[int],
+    config: TrainConfig,
+    stage: int,
+    seed: int,
+    device: torch.device,
+) -> float:
     """Mean held-out per-image log-likelihood (the model's IWAE-style term, nats), with sampling noise
     fixed per run seed so successive passes differ only by the parameters. With several processes each
     rank evaluates its share of every batch and the sums are reduced over ranks (the same value on all)."""
     was_training = model.training
     model.eval()
     generator = sampling_generator(device, seed, _VALIDATION, stage)
-    shards = [distributed.shard(indices[i:i + config.batch_size])
-              for i in range(0, len(indices), config.batch_size)]
+    shards = [
+        distributed.shard(indices[i : i + config.batch_size])
+        for i in range(0, len(indices), config.batch_size)
+    ]
     sums = torch.zeros(2, dtype=torch.float64)  # sum of log-likelihoods, number of images
     try:
         for shard, batch in zip(shards, source.batches([s.indices for s in shards], device), strict=True):
             with _autocast(device, config):
-                out = model.loss(batch["image"], batch["ctf"], generator=_sampling_noise(generator, shard),
-                                 **_loss_kwargs(config, stage, batch, shard))
+                out = model.loss(
+                    batch["image"],
+                    batch["ctf"],
+                    generator=_sampling_noise(generator, shard),
+                    **_loss_kwargs(config, stage, batch, shard),
+                )
             if shard.n_images:
                 values = out.per_image_log_likelihood.double()
                 sums += torch.stack([values.sum().cpu(), torch.tensor(float(values.numel()))])
@@ -194,17 +217,26 @@ def _check_resume_config(config: TrainConfig, run_dir: Path) -> None:
         return out
 
     saved_flat, given_flat = flatten(saved), flatten(given)
-    differing = sorted(k for k in saved_flat
-                       if saved_flat[k] != given_flat.get(k) and k not in RESUMABLE_CHANGES)
+    differing = sorted(
+        k for k in saved_flat if saved_flat[k] != given_flat.get(k) and k not in RESUMABLE_CHANGES
+    )
     if differing:
-        raise InputError(run_dir / run_folder.CONFIG_FILE,
-                         f"--resume with a different configuration ({', '.join(differing)}); "
-                         "resume with the run's own config or start a new run")
+        raise InputError(
+            run_dir / run_folder.CONFIG_FILE,
+            f"--resume with a different configuration ({', '.join(differing)}); "
+            "resume with the run's own config or start a new run",
+        )
 
 
-def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Path, run_dir: Path,
-                        resume: bool, argv: Sequence[str] | None, source: ParticleSource
-                        ) -> dict[str, Any]:
+def _prepare_run_folder(
+    config: TrainConfig,
+    particles_path: Path,
+    base_path: Path,
+    run_dir: Path,
+    resume: bool,
+    argv: Sequence[str] | None,
+    source: ParticleSource,
+) -> dict[str, Any]:
     """Write (fresh run) or check (resume) config.yaml, run.yaml, base.*, split.npz; return run.yaml."""
     if resume:
         if not (run_dir / run_folder.CONFIG_FILE).is_file():
@@ -212,13 +244,17 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
         _check_resume_config(config, run_dir)
         info = run_folder.read_run_info(run_dir)
         preflight.check_same_particles(info, particles_path, source, run_dir)
-        same_grid = int(info["box"]) == source.box and math.isclose(info["pixel_size"], source.pixel_size,
-                                                                    rel_tol=1e-4)
+        same_grid = int(info["box"]) == source.box and math.isclose(
+            info["pixel_size"], source.pixel_size, rel_tol=1e-4
+        )
         if not same_grid or int(info.get("n_particles", source.n_particles)) != source.n_particles:
-            raise InputError(particles_path, f"{source.n_particles} particles of {source.box} px at "
-                                             f"{source.pixel_size:.4g} A differ from the run's "
-                                             f"{info.get('n_particles')} of {info['box']} px at "
-                                             f"{info['pixel_size']:.4g} A (resume with the same particles)")
+            raise InputError(
+                particles_path,
+                f"{source.n_particles} particles of {source.box} px at "
+                f"{source.pixel_size:.4g} A differ from the run's "
+                f"{info.get('n_particles')} of {info['box']} px at "
+                f"{info['pixel_size']:.4g} A (resume with the same particles)",
+            )
         if info.get("world_size") != distributed.world_size():
             # Resumed with another number of processes: run.yaml says how the run continues.
             info["world_size"] = distributed.world_size()
@@ -227,8 +263,10 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError(run_dir, "output folder is not empty; use --resume to continue it or choose another")
     if source.n_particles < 2:
-        raise InputError(particles_path, f"{source.n_particles} usable particle(s): at least 2 are needed "
-                                         "(one held out for validation)")
+        raise InputError(
+            particles_path,
+            f"{source.n_particles} usable particle(s): at least 2 are needed (one held out for validation)",
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(source.n_particles, config.data.val_fraction, config.seed)
     with atomic_path(run_dir / run_folder.SPLIT_FILE) as tmp:
@@ -262,9 +300,16 @@ def _prepare_run_folder(config: TrainConfig, particles_path: Path, base_path: Pa
     return info
 
 
-def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path, run_dir: str | Path,
-          resume: bool = False, max_steps: int | None = None, argv: Sequence[str] | None = None,
-          show_progress: bool | None = None) -> RunSummary:
+def train(
+    config: TrainConfig,
+    particles_path: str | Path,
+    base_path: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    max_steps: int | None = None,
+    argv: Sequence[str] | None = None,
+    show_progress: bool | None = None,
+) -> RunSummary:
     """Train ``config.n_seeds`` models on a particle file and keep the best by held-out log-likelihood.
 
     particles_path: .star (or any format ``atomvae.data`` reads); base_path: PDB/mmCIF base structure.
@@ -280,46 +325,100 @@ def train(config: TrainConfig, particles_path: str | Path, base_path: str | Path
     user_base = preflight.read_base_structure(base_path) if fresh else None
     device = run_folder.resolve_device(config.device)
     with distributed.process_group(device) as device:
-        source = open_particles(particles_path, config,
-                                need_poses=pose_mode(config.pose_mode).needs_given_poses)
+        source = open_particles(
+            particles_path, config, need_poses=pose_mode(config.pose_mode).needs_given_poses
+        )
         if user_base is not None:
             preflight.warn_about_geometry(user_base, base_path, source.box, source.pixel_size)
             preflight.check_init_run(config, user_base, source)
         # Rank 0 writes or checks the run folder and reads it back; the other ranks get its contents.
-        info, (train_idx, val_idx), structure = distributed.from_main(lambda: (
-            _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source),
-            run_folder.read_split(run_dir),
-            read_structure(run_folder.base_structure_path(run_dir))))
+        info, (train_idx, val_idx), structure = distributed.from_main(
+            lambda: (
+                _prepare_run_folder(config, particles_path, base_path, run_dir, resume, argv, source),
+                run_folder.read_split(run_dir),
+                read_structure(run_folder.base_structure_path(run_dir)),
+            )
+        )
         note = pose_mode(config.pose_mode).route_note(source.has_poses)
         if note is not None and not resume and distributed.is_main():
             print(f"atomvae train: {particles_path}: {note}", file=sys.stderr)
         val_idx = val_idx[: config.data.max_val_images]
-        return _train_seeds(config, source, structure, info, train_idx, val_idx, run_dir, device, resume,
-                            max_steps, show_progress)
+        return _train_seeds(
+            config,
+            source,
+            structure,
+            info,
+            train_idx,
+            val_idx,
+            run_dir,
+            device,
+            resume,
+            max_steps,
+            show_progress,
+        )
 
 
-def _train_seeds(config: TrainConfig, source: ParticleSource, structure, info: dict[str, Any],
-                 train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, device: torch.device,
-                 resume: bool, max_steps: int | None, show_progress: bool | None) -> RunSummary:
+def _train_seeds(
+    config: TrainConfig,
+    source: ParticleSource,
+    structure,
+    info: dict[str, Any],
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool,
+    max_steps: int | None,
+    show_progress: bool | None,
+) -> RunSummary:
     """Every seed, then best.yaml and the best seed's metrics at the top of the run folder (rank 0)."""
     results = []
     for seed in config.seeds:
-        results.append(train_seed(config, seed, source, structure, info, train_idx, val_idx, run_dir,
-                                  device, resume=resume, max_steps=max_steps, show_progress=show_progress))
-    best = max(results, key=lambda r: r.val_log_likelihood if math.isfinite(r.val_log_likelihood)
-               else -math.inf)
-    summary = RunSummary(run_dir=run_dir, seeds=results, best_seed=best.seed, best_checkpoint=best.checkpoint,
-                         complete=all(r.position.complete for r in results))
+        results.append(
+            train_seed(
+                config,
+                seed,
+                source,
+                structure,
+                info,
+                train_idx,
+                val_idx,
+                run_dir,
+                device,
+                resume=resume,
+                max_steps=max_steps,
+                show_progress=show_progress,
+            )
+        )
+    best = max(
+        results, key=lambda r: r.val_log_likelihood if math.isfinite(r.val_log_likelihood) else -math.inf
+    )
+    summary = RunSummary(
+        run_dir=run_dir,
+        seeds=results,
+        best_seed=best.seed,
+        best_checkpoint=best.checkpoint,
+        complete=all(r.position.complete for r in results),
+    )
     if not distributed.is_main():
         return summary
-    run_folder.write_yaml(run_dir / run_folder.BEST_FILE, {
-        "seed": best.seed,
-        "checkpoint": str(best.checkpoint.relative_to(run_dir)),
-        "val_log_likelihood": best.val_log_likelihood,
-        "complete": all(r.position.complete for r in results),
-        "seeds": {r.seed: {"val_log_likelihood": r.val_log_likelihood, "global_step": r.position.global_step,
-                           "complete": r.position.complete} for r in results},
-    })
+    run_folder.write_yaml(
+        run_dir / run_folder.BEST_FILE,
+        {
+            "seed": best.seed,
+            "checkpoint": str(best.checkpoint.relative_to(run_dir)),
+            "val_log_likelihood": best.val_log_likelihood,
+            "complete": all(r.position.complete for r in results),
+            "seeds": {
+                r.seed: {
+                    "val_log_likelihood": r.val_log_likelihood,
+                    "global_step": r.position.global_step,
+                    "complete": r.position.complete,
+                }
+                for r in results
+            },
+        },
+    )
     # The best seed's log and curve also at the top of the run folder, where a user looks first.
     for name in (METRICS_FILE, CURVE_FILE):
         with atomic_path(run_dir / name) as tmp:
@@ -327,19 +426,35 @@ def _train_seeds(config: TrainConfig, source: ParticleSource, structure, info: d
     return summary
 
 
-def train_seed(config: TrainConfig, seed: int, source: ParticleSource, structure, info: dict[str, Any],
-               train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, device: torch.device, *,
-               resume: bool = False, max_steps: int | None = None, show_progress: bool | None = None
-               ) -> SeedResult:
+def train_seed(
+    config: TrainConfig,
+    seed: int,
+    source: ParticleSource,
+    structure,
+    info: dict[str, Any],
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    show_progress: bool | None = None,
+) -> SeedResult:
     """Train one seed in RUN/seed_<seed>/ (resuming from its last checkpoint when asked and present)."""
-    trainer = _SeedTrainer(config, seed, source, structure, info, train_idx, val_idx, run_dir, device,
-                           resume=resume)
+    trainer = _SeedTrainer(
+        config, seed, source, structure, info, train_idx, val_idx, run_dir, device, resume=resume
+    )
     seed_dir = run_folder.seed_dir(run_dir, seed)
     total_images = sum(len(train_idx) * _stage_config(config, s).epochs for s in _stages(config))
     main = distributed.is_main()  # only rank 0 logs, shows progress and writes
-    with (MetricsLogger(seed_dir, resume_step=trainer.resumed_step) if main else _NoMetrics()) as metrics, \
-            TrainingProgress(total_images, trainer.images_done(), enabled=show_progress if main else False,
-                             desc=f"seed {seed}") as bar, _StopRequest() as stop:
+    with (
+        MetricsLogger(seed_dir, resume_step=trainer.resumed_step) if main else _NoMetrics() as metrics,
+        TrainingProgress(
+            total_images, trainer.images_done(), enabled=show_progress if main else False, desc=f"seed {seed}"
+        ) as bar,
+        _StopRequest() as stop,
+    ):
         trainer.run(metrics, bar, max_steps, stop)
     if trainer.stopped:
         raise KeyboardInterrupt(f"stopped at step {trainer.position.global_step}; checkpoint {trainer.last}")
@@ -389,8 +504,11 @@ class _StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\natomvae: stopping after this step with a checkpoint (Ctrl-C again to abort now)",
-              file=sys.stderr, flush=True)
+        print(
+            "\natomvae: stopping after this step with a checkpoint (Ctrl-C again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
@@ -400,9 +518,19 @@ class _StopRequest:
 class _SeedTrainer:
     """The state of one seed's training (model, position, resumed checkpoint) and its stage/epoch loops."""
 
-    def __init__(self, config: TrainConfig, seed: int, source: ParticleSource, structure,
-                 info: dict[str, Any], train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path,
-                 device: torch.device, resume: bool):
+    def __init__(
+        self,
+        config: TrainConfig,
+        seed: int,
+        source: ParticleSource,
+        structure,
+        info: dict[str, Any],
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        run_dir: Path,
+        device: torch.device,
+        resume: bool,
+    ):
         self.config, self.seed, self.source, self.device = config, seed, source, device
         self.train_idx, self.val_idx = train_idx, val_idx
         self.ckpt_dir = run_folder.checkpoint_dir(run_dir, seed)
@@ -411,8 +539,9 @@ class _SeedTrainer:
         self.stopped = False  # a stop was requested (on any rank) and training ended with a checkpoint
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and Adam moments to the
         # parameters' device. Rank 0 reads it and sends it to the others.
-        self.payload = distributed.from_main(lambda: load_checkpoint(self.last, map_location="cpu")
-                                             if resume and self.last.is_file() else None)
+        self.payload = distributed.from_main(
+            lambda: load_checkpoint(self.last, map_location="cpu") if resume and self.last.is_file() else None
+        )
         self.resumed_step = None if self.payload is None else self.payload["position"].global_step
         self.position = self.payload["position"] if self.payload else Position(stage=_stages(config)[0])
 
@@ -427,32 +556,39 @@ class _SeedTrainer:
             self._initialise_amplitude()
         distributed.broadcast_module(self.model)  # identical already; made certain before DDP's first step
         self.model.train()
-        self.nonfinite = preflight.NonFiniteStreak(run_folder.seed_dir(run_dir, seed),
-                                                   math.ceil(len(train_idx) / config.batch_size))
+        self.nonfinite = preflight.NonFiniteStreak(
+            run_folder.seed_dir(run_dir, seed), math.ceil(len(train_idx) / config.batch_size)
+        )
 
     def _load_initial_weights(self, run_dir: Path) -> None:
         """Weights (amplitude included) from another run's best checkpoint; this run's noise level is kept.
         InputError when that run's model does not fit this one (other base structure or architecture)."""
-        state = distributed.from_main(lambda: load_checkpoint(run_folder.best_checkpoint_path(run_dir)[1],
-                                                              map_location="cpu")["model"])
+        state = distributed.from_main(
+            lambda: load_checkpoint(run_folder.best_checkpoint_path(run_dir)[1], map_location="cpu")["model"]
+        )
         state = {k: v for k, v in state.items() if k != "noise_sigma"}
         try:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
         except RuntimeError as err:
             raise InputError(run_dir, f"--init: its model does not fit this run's: {err}") from None
         if [k for k in missing if k != "noise_sigma"] or unexpected:
-            raise InputError(run_dir, f"--init: its model does not fit this run's (missing {missing}, "
-                                      f"unexpected {unexpected})")
+            raise InputError(
+                run_dir,
+                f"--init: its model does not fit this run's (missing {missing}, unexpected {unexpected})",
+            )
 
     def _initialise_amplitude(self) -> None:
         config = self.config
         indices = self.train_idx[: config.data.n_calibration_images].tolist()
         calibration = self.source.load(indices, self.device)
         given = pose_mode(config.pose_mode).needs_given_poses
-        self.model.initialise_amplitude(calibration["image"], calibration["ctf"],
-                                        rotation=calibration["rotation"] if given else None,
-                                        shift=calibration["shift"] if given else None,
-                                        generator=sampling_generator(self.device, self.seed, _CALIBRATION))
+        self.model.initialise_amplitude(
+            calibration["image"],
+            calibration["ctf"],
+            rotation=calibration["rotation"] if given else None,
+            shift=calibration["shift"] if given else None,
+            generator=sampling_generator(self.device, self.seed, _CALIBRATION),
+        )
 
     def images_done(self) -> int:
         """Images already processed before ``position`` (the progress bar's starting point)."""
@@ -469,19 +605,27 @@ class _SeedTrainer:
         """Rank 0 writes; the others hold the same model and optimizer state."""
         if not distributed.is_main():
             return
-        save_checkpoint(path, model=self.model, optimizer=optimizer, position=self.position,
-                        model_init=self.model_init, seed=self.seed)
+        save_checkpoint(
+            path,
+            model=self.model,
+            optimizer=optimizer,
+            position=self.position,
+            model_init=self.model_init,
+            seed=self.seed,
+        )
 
-    def run(self, metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None,
-            stop: _StopRequest) -> None:
+    def run(
+        self, metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None, stop: _StopRequest
+    ) -> None:
         """Stages from the current position on; returns at the end, once ``max_steps`` is reached, or after
         the step during which a stop was requested."""
         if max_steps is not None and self.position.global_step >= max_steps:
             return  # resuming a run that already stopped at this max_steps
         for stage in [s for s in _stages(self.config) if s >= self.position.stage]:
             stage_config = _stage_config(self.config, stage)
-            optimizer = make_optimizer(self.model.trainable_parameters(stage), stage_config.learning_rate,
-                                       self.device)
+            optimizer = make_optimizer(
+                self.model.trainable_parameters(stage), stage_config.learning_rate, self.device
+            )
             # A stage-end checkpoint carries no optimizer (the next stage starts a fresh Adam on its own
             # parameter set); a mid-stage one carries the stage's Adam moments.
             payload = self.payload
@@ -491,8 +635,12 @@ class _SeedTrainer:
             # DistributedDataParallel over the stage's parameters with several processes (the pose head gets
             # no gradient when poses are given); the model's own loss with one.
             pose_head_unused = not pose_mode(self.config.pose_mode).uses_pose_head
-            with distributed.data_parallel(self.model, "loss", self.model.trainable_parameters(stage),
-                                           find_unused_parameters=pose_head_unused) as loss_fn:
+            with distributed.data_parallel(
+                self.model,
+                "loss",
+                self.model.trainable_parameters(stage),
+                find_unused_parameters=pose_head_unused,
+            ) as loss_fn:
                 for epoch in range(first_epoch, stage_config.epochs):
                     if not self._run_epoch(stage, epoch, loss_fn, optimizer, metrics, bar, max_steps, stop):
                         self.save(self.last, optimizer)  # stopped by max_steps or Ctrl-C
@@ -508,15 +656,31 @@ class _SeedTrainer:
         """Validation when due, and the position at the start of the next epoch."""
         last_epoch = epoch + 1 == _stage_config(self.config, stage).epochs
         if (epoch + 1) % self.config.validate_every == 0 or last_epoch:
-            val = validation_log_likelihood(self.model, self.source, self.val_idx, self.config, stage,
-                                            self.seed, self.device)
-            metrics.log({"kind": "val", "step": self.position.global_step, "stage": stage,
-                         "epoch": epoch, "val_log_likelihood": val})
+            val = validation_log_likelihood(
+                self.model, self.source, self.val_idx, self.config, stage, self.seed, self.device
+            )
+            metrics.log(
+                {
+                    "kind": "val",
+                    "step": self.position.global_step,
+                    "stage": stage,
+                    "epoch": epoch,
+                    "val_log_likelihood": val,
+                }
+            )
         self.position = Position(stage, epoch + 1, 0, self.position.global_step)
 
-    def _run_epoch(self, stage: int, epoch: int, loss_fn, optimizer: torch.optim.Optimizer,
-                   metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None, stop: _StopRequest
-                   ) -> bool:
+    def _run_epoch(
+        self,
+        stage: int,
+        epoch: int,
+        loss_fn,
+        optimizer: torch.optim.Optimizer,
+        metrics: MetricsLogger,
+        bar: TrainingProgress,
+        max_steps: int | None,
+        stop: _StopRequest,
+    ) -> bool:
         """The remaining steps of one epoch; False when stopped early (``max_steps`` or Ctrl-C).
         loss_fn: the model's loss (through DistributedDataParallel with several processes)."""
         config, seed = self.config, self.seed
@@ -527,21 +691,40 @@ class _SeedTrainer:
         first_step = self.position.step_in_epoch if resuming_here else 0
         shards = [distributed.shard(b) for b in batches[first_step:]]  # this rank's part of each batch
         for step_in_epoch, (shard, batch) in enumerate(
-                zip(shards, self.source.batches([s.indices for s in shards], self.device), strict=True),
-                start=first_step):
+            zip(shards, self.source.batches([s.indices for s in shards], self.device), strict=True),
+            start=first_step,
+        ):
             started = time.perf_counter()
             generator = sampling_generator(self.device, seed, _SAMPLING, stage, self.position.global_step)
-            result = _train_step(loss_fn, optimizer, batch, config, stage, self.device,
-                                 _sampling_noise(generator, shard), shard, stop.requested)
+            result = _train_step(
+                loss_fn,
+                optimizer,
+                batch,
+                config,
+                stage,
+                self.device,
+                _sampling_noise(generator, shard),
+                shard,
+                stop.requested,
+            )
             n_images = shard.global_size
             self.position = Position(stage, epoch, step_in_epoch + 1, self.position.global_step + 1)
             step = self.position.global_step
             loss = result.terms["total"]
             if step % config.log_every == 0 or not result.finite:
-                metrics.log({"kind": "train", "step": step, "stage": stage, "epoch": epoch,
-                             "loss": loss, "finite": result.finite, **result.terms,
-                             "images_per_s": n_images / (time.perf_counter() - started),
-                             "lr": optimizer.param_groups[0]["lr"]})
+                metrics.log(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "stage": stage,
+                        "epoch": epoch,
+                        "loss": loss,
+                        "finite": result.finite,
+                        **result.terms,
+                        "images_per_s": n_images / (time.perf_counter() - started),
+                        "lr": optimizer.param_groups[0]["lr"],
+                    }
+                )
             bar.update(n_images, stage=stage, loss=loss)
             self.nonfinite.record(result.finite, self.position)
             # With several processes the ranks agree on a stop in the step's collective (a signal that
@@ -564,9 +747,17 @@ class StepResult:
     stop_requested: bool
 
 
-def _train_step(loss_fn, optimizer, batch: dict[str, Any], config: TrainConfig, stage: int,
-                device: torch.device, generator: torch.Generator | BatchNoiseRows,
-                shard: distributed.Shard | None = None, stop_requested: bool = False) -> StepResult:
+def _train_step(
+    loss_fn,
+    optimizer,
+    batch: dict[str, Any],
+    config: TrainConfig,
+    stage: int,
+    device: torch.device,
+    generator: torch.Generator | BatchNoiseRows,
+    shard: distributed.Shard | None = None,
+    stop_requested: bool = False,
+) -> StepResult:
     """One Adam step on one batch (with several processes: this rank's ``shard`` of the global batch).
 
     A non-finite loss would poison Adam's moments, so that update is skipped (and logged by the caller).
@@ -574,8 +765,9 @@ def _train_step(loss_fn, optimizer, batch: dict[str, Any], config: TrainConfig, 
     the gradient of the global batch's loss (see ``rank_loss_weights``).
     """
     with _autocast(device, config):
-        out = loss_fn(batch["image"], batch["ctf"], generator=generator,
-                      **_loss_kwargs(config, stage, batch, shard))
+        out = loss_fn(
+            batch["image"], batch["ctf"], generator=generator, **_loss_kwargs(config, stage, batch, shard)
+        )
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(out.total))
     terms = {k: float(v) for k, v in out.terms.items()}
@@ -589,9 +781,14 @@ def _train_step(loss_fn, optimizer, batch: dict[str, Any], config: TrainConfig, 
         _, heavy_share = distributed.subset_share(config.loss.heavy_clash_images, shard)
         # (A rank's "total" has its clash part at the rescaled weight already, so it sums like the others.)
         shares = {k: heavy_share if k == "heavy_clash" else weight / shard.world_size for k in names}
-        local = torch.tensor([0.0 if finite else 1.0, float(stop_requested),
-                              *(shares[k] * terms[k] if shares[k] > 0 else 0.0 for k in names)],
-                             dtype=torch.float64)
+        local = torch.tensor(
+            [
+                0.0 if finite else 1.0,
+                float(stop_requested),
+                *(shares[k] * terms[k] if shares[k] > 0 else 0.0 for k in names),
+            ],
+            dtype=torch.float64,
+        )
         summed = distributed.sum_over_ranks(local).tolist()
         finite, stop_requested = summed[0] == 0, summed[1] > 0
         terms = dict(zip(names, summed[2:], strict=True))

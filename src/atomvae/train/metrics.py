@@ -114,8 +114,10 @@ def plot_training_curve(metrics_path: str | Path, out_path: str | Path) -> None:
     if steps:
         ax_loss.plot(steps, loss, lw=0.5, alpha=0.4, color="C0", label="loss per step")
         window = max(1, len(loss) // 50)
-        running = [sum(loss[max(0, i - window + 1): i + 1]) / len(loss[max(0, i - window + 1): i + 1])
-                   for i in range(len(loss))]
+        running = [
+            sum(loss[max(0, i - window + 1) : i + 1]) / len(loss[max(0, i - window + 1) : i + 1])
+            for i in range(len(loss))
+        ]
         ax_loss.plot(steps, running, color="C0", label=f"running mean ({window} steps)")
     ax_loss.set_ylabel("training loss per image")
     ax_loss.legend(loc="upper right")

@@ -56,16 +56,21 @@ class ParticleSource:
         when the file has poses, index (B,) rows in the file."""
         return _to_device(self.dataset.__getitems__(list(indices)), device)
 
-    def batches(self, index_batches: Sequence[Sequence[int]], device: torch.device
-                ) -> Iterator[dict[str, Any]]:
+    def batches(
+        self, index_batches: Sequence[Sequence[int]], device: torch.device
+    ) -> Iterator[dict[str, Any]]:
         """Batches in exactly the given order (worker processes only prefetch; they never reorder)."""
         if len(index_batches) == 0:
             return iter(())
         if self.num_workers == 0:
             return (self.load(batch, device) for batch in index_batches)
-        loader = DataLoader(self.dataset, batch_sampler=[list(map(int, b)) for b in index_batches],
-                            collate_fn=collate, num_workers=self.num_workers,
-                            pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[list(map(int, b)) for b in index_batches],
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+        )
         return (_to_device(batch, device) for batch in loader)
 
 
@@ -90,8 +95,11 @@ def open_particles(path: Path, config, need_poses: bool = False) -> ParticleSour
     metadata = read_particles(path)
     image_size = config.model.image_size
     if metadata.box < image_size:
-        raise InputError(path, f"particles are {metadata.box} px; the model needs at least {image_size} px "
-                               "(set model.image_size in the config to train on smaller images)")
+        raise InputError(
+            path,
+            f"particles are {metadata.box} px; the model needs at least {image_size} px "
+            "(set model.image_size in the config to train on smaller images)",
+        )
     if need_poses and not metadata.has_poses:
         fields = POSE_FIELDS.get(Path(path).suffix.lower(), POSE_FIELDS[".star"])
         raise InputError(path, f"--poses given/refine needs poses in the file ({fields})")

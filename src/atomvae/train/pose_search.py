@@ -157,16 +157,22 @@ class _Scorer:
         c = ctf_2d(ctf.to(dtype=torch.float32), self.box, self.pixel_size, rfft=True)
         return torch.fft.rfft2(images) * (self.mask * c), c.square() * self.weights
 
-    def global_scores(self, filtered: torch.Tensor, ctf_power: torch.Tensor, templates: torch.Tensor,
-                      template_power: torch.Tensor) -> torch.Tensor:
+    def global_scores(
+        self,
+        filtered: torch.Tensor,
+        ctf_power: torch.Tensor,
+        templates: torch.Tensor,
+        template_power: torch.Tensor,
+    ) -> torch.Tensor:
         """Scores (B, T) at zero shift. templates (T, H*W) real space, template_power (T, H*(W//2+1))."""
         images = torch.fft.irfft2(filtered, s=(self.box, self.box)).flatten(1)
         numerator = images @ templates.T
         norm = (ctf_power.flatten(1) @ template_power.T).clamp_min(1e-30) / self.box**2  # Parseval
         return numerator / norm.sqrt()
 
-    def shifted_scores(self, filtered: torch.Tensor, ctf_power: torch.Tensor, templates: torch.Tensor,
-                       max_shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def shifted_scores(
+        self, filtered: torch.Tensor, ctf_power: torch.Tensor, templates: torch.Tensor, max_shift: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best score over shifts and the shift (x, y) in A for templates (B, K, H, W) of each image.
 
         The cross-correlation map corr[s] = sum_x T(x - s) (M C y)(x) peaks where the template moved by
@@ -198,9 +204,13 @@ class _Scorer:
         return best / norm.sqrt(), shift
 
 
-def search_poses(dataset: ParticleDataset, references: torch.Tensor,
-                 config: PoseSearchConfig = PoseSearchConfig(),
-                 progress: bool | None = None, indices: np.ndarray | None = None) -> PoseSearchResult:
+def search_poses(
+    dataset: ParticleDataset,
+    references: torch.Tensor,
+    config: PoseSearchConfig = PoseSearchConfig(),
+    progress: bool | None = None,
+    indices: np.ndarray | None = None,
+) -> PoseSearchResult:
     """Poses of every particle of ``dataset`` (normalised images of dataset.box px, dataset.pixel_size A)
     against ``references`` (M, A, 3) or (A, 3) A: the atoms to render of the base (and of its deformed
     copies, ``structure.normal_modes.displaced_references``), centred on the rotation centre. Each image
@@ -218,11 +228,18 @@ def search_poses(dataset: ParticleDataset, references: torch.Tensor,
     spacing = grid_spacing_deg(grid)
     # Templates rendered on the model's grid then Fourier-cropped: point-sampled Gaussians narrower than the
     # coarse pixels would alias. Order: reference-major, template t = (t // n_rotations, t % n_rotations).
-    templates = torch.cat([
-        fourier_crop(render_projections(reference, grid[i:i + 1024], torch.zeros(2), box, pixel_size,
-                                        config.sigma), search_box)
-        for reference in coords for i in range(0, len(grid), 1024)
-    ])
+    templates = torch.cat(
+        [
+            fourier_crop(
+                render_projections(
+                    reference, grid[i : i + 1024], torch.zeros(2), box, pixel_size, config.sigma
+                ),
+                search_box,
+            )
+            for reference in coords
+            for i in range(0, len(grid), 1024)
+        ]
+    )
     template_power = torch.fft.rfft2(templates).abs().square().flatten(1)
     templates = templates.flatten(1)
 
@@ -235,7 +252,7 @@ def search_poses(dataset: ParticleDataset, references: torch.Tensor,
     reference = torch.empty(n, dtype=torch.long)
     bar = tqdm(total=n, unit="img", desc="pose search", disable=None if progress is None else not progress)
     for start in range(0, n, config.batch_size):
-        batch = dataset.__getitems__(indices[start:start + config.batch_size].tolist())
+        batch = dataset.__getitems__(indices[start : start + config.batch_size].tolist())
         images, ctf = batch["image"].float(), batch["ctf"]
         # 1. global grid, coarse box, no shift
         filtered, ctf_power = coarse.filtered_images(fourier_crop(images, search_box), ctf)
@@ -244,36 +261,50 @@ def search_poses(dataset: ParticleDataset, references: torch.Tensor,
         candidate_coords = coords[top.indices // len(grid)]  # (B, K, A, 3)
         # 2. candidates with shifts on the model's grid
         filtered, ctf_power = fine.filtered_images(images, ctf)
-        best_rotation, best_shift, best_score, best = _best_of(fine, filtered, ctf_power, candidate_coords,
-                                                               candidates, config)
+        best_rotation, best_shift, best_score, best = _best_of(
+            fine, filtered, ctf_power, candidate_coords, candidates, config
+        )
         best_coords = candidate_coords[torch.arange(len(best)), best][:, None]  # (B, 1, A, 3)
         # 3. local hill climbing (each image keeps its best reference)
         step = spacing / 2.0
         for round_index in range(config.local_rounds):
             trial = small_rotations(step) @ best_rotation[:, None]  # turn in the image frame
-            best_rotation, best_shift, best_score, _ = _best_of(fine, filtered, ctf_power, best_coords, trial,
-                                                                config)
+            best_rotation, best_shift, best_score, _ = _best_of(
+                fine, filtered, ctf_power, best_coords, trial, config
+            )
             if round_index % 2 == 1:
                 step /= 2.0
         # products of float32 turns drift off SO(3) by ~1e-7: project back
-        rotation[start:start + len(images)] = roma.special_procrustes(best_rotation.double()).float()
-        shift[start:start + len(images)] = best_shift
-        score[start:start + len(images)] = best_score
-        global_score[start:start + len(images)] = top.values[:, 0]
-        reference[start:start + len(images)] = top.indices[torch.arange(len(best)), best] // len(grid)
+        rotation[start : start + len(images)] = roma.special_procrustes(best_rotation.double()).float()
+        shift[start : start + len(images)] = best_shift
+        score[start : start + len(images)] = best_score
+        global_score[start : start + len(images)] = top.values[:, 0]
+        reference[start : start + len(images)] = top.indices[torch.arange(len(best)), best] // len(grid)
         bar.update(len(images))
     bar.close()
-    return PoseSearchResult(rotation=rotation, shift=shift, score=score, global_score=global_score,
-                            reference=reference, grid_spacing=spacing)
+    return PoseSearchResult(
+        rotation=rotation,
+        shift=shift,
+        score=score,
+        global_score=global_score,
+        reference=reference,
+        grid_spacing=spacing,
+    )
 
 
-def _best_of(scorer: _Scorer, filtered: torch.Tensor, ctf_power: torch.Tensor, coords: torch.Tensor,
-             candidates: torch.Tensor, config: PoseSearchConfig
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _best_of(
+    scorer: _Scorer,
+    filtered: torch.Tensor,
+    ctf_power: torch.Tensor,
+    coords: torch.Tensor,
+    candidates: torch.Tensor,
+    config: PoseSearchConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best of candidates (B, K, 3, 3) of coords (B, K or 1, A, 3) per image, each at its best shift:
     rotation (B, 3, 3), shift (B, 2) A, score (B,) and the candidate's index (B,)."""
-    templates = render_projections(coords, candidates, torch.zeros(2), scorer.box, scorer.pixel_size,
-                                   config.sigma)
+    templates = render_projections(
+        coords, candidates, torch.zeros(2), scorer.box, scorer.pixel_size, config.sigma
+    )
     scores, shifts = scorer.shifted_scores(filtered, ctf_power, templates, config.max_shift)
     best = scores.argmax(dim=1)
     rows = torch.arange(len(best))
@@ -288,8 +319,9 @@ def pose_errors_deg(estimated: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
 # ------------------------------------------------------------------------------------ files in and out
 
 
-def base_references(structure, config: PoseSearchConfig, n_modes: int = 0,
-                    amplitudes: tuple[float, ...] = ()) -> torch.Tensor:
+def base_references(
+    structure, config: PoseSearchConfig, n_modes: int = 0, amplitudes: tuple[float, ...] = ()
+) -> torch.Tensor:
     """The base structure's ``config.atoms`` centred on its centre of atoms (the rotation centre a run
     uses by default), and its ANM-deformed copies when n_modes > 0: (M, A_sel, 3) float32 A."""
     from atomvae.structure.normal_modes import displaced_references
@@ -298,13 +330,19 @@ def base_references(structure, config: PoseSearchConfig, n_modes: int = 0,
     coords = coords - coords.mean(axis=0)
     selected = structure.topology.select(config.atoms)
     ca = structure.topology.select("CA")
-    references = displaced_references(coords[selected], structure.topology.residue_index[selected],
-                                      coords[ca], n_modes, amplitudes)
+    references = displaced_references(
+        coords[selected], structure.topology.residue_index[selected], coords[ca], n_modes, amplitudes
+    )
     return torch.as_tensor(references, dtype=torch.float32)
 
 
-def run_references(run_dir: Path, particles_path: Path, n_references: int, config: PoseSearchConfig,
-                   max_particles: int = 4000) -> torch.Tensor:
+def run_references(
+    run_dir: Path,
+    particles_path: Path,
+    n_references: int,
+    config: PoseSearchConfig,
+    max_particles: int = 4000,
+) -> torch.Tensor:
     """References learnt by a trained run: the base and ``n_references`` of the structures the run decodes
     at its particles' posterior means, chosen by farthest-point sampling from the base (C-alpha RMSD), in
     the frame of ``base_references`` (centred on the base's centre of atoms): (1 + n_references, A_sel, 3) A.
@@ -340,8 +378,9 @@ def run_references(run_dir: Path, particles_path: Path, n_references: int, confi
     return torch.as_tensor(structures - base.mean(axis=0), dtype=torch.float32)
 
 
-def write_poses_star(metadata, rows: np.ndarray, rotation: torch.Tensor, shift: torch.Tensor,
-                     out_path: Path) -> None:
+def write_poses_star(
+    metadata, rows: np.ndarray, rotation: torch.Tensor, shift: torch.Tensor, out_path: Path
+) -> None:
     """A RELION 3.1 STAR file of ``metadata``'s particles with the poses of ``rows`` replaced (rows left out,
     e.g. images with NaN pixels, keep the identity pose). Image paths are written relative to out_path's
     folder. Atomic."""
@@ -363,11 +402,20 @@ def write_poses_star(metadata, rows: np.ndarray, rotation: torch.Tensor, shift: 
         starfile.write(tables, tmp, float_format="%.12g")
 
 
-def search_poses_to_file(particles_path: Path, base_path: Path, out_path: Path, *,
-                         config: PoseSearchConfig = PoseSearchConfig(), image_size: int = 64,
-                         references_from: Path | None = None, n_references: int = 4, n_modes: int = 0,
-                         amplitudes: tuple[float, ...] = (), overwrite: bool = False,
-                         progress: bool | None = None) -> PoseSearchResult | None:
+def search_poses_to_file(
+    particles_path: Path,
+    base_path: Path,
+    out_path: Path,
+    *,
+    config: PoseSearchConfig = PoseSearchConfig(),
+    image_size: int = 64,
+    references_from: Path | None = None,
+    n_references: int = 4,
+    n_modes: int = 0,
+    amplitudes: tuple[float, ...] = (),
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PoseSearchResult | None:
     """``atomvae search-poses``: poses of the particles in ``particles_path`` (downsampled to image_size px)
     against the base structure (and a run's learnt states or ANM-deformed copies), written as a STAR file
     (out_path) plus out_path.with_suffix('.npz') (rotation, shift, score, global_score, reference, index).
@@ -387,8 +435,9 @@ def search_poses_to_file(particles_path: Path, base_path: Path, out_path: Path, 
     with distributed.process_group(torch.device("cpu")):
         metadata = read_particles(particles_path)
         if metadata.box < image_size:
-            raise InputError(particles_path,
-                             f"particles are {metadata.box} px; the search needs at least {image_size}")
+            raise InputError(
+                particles_path, f"particles are {metadata.box} px; the search needs at least {image_size}"
+            )
 
         def references() -> torch.Tensor:
             if out_path.exists() and not overwrite:
@@ -400,18 +449,31 @@ def search_poses_to_file(particles_path: Path, base_path: Path, out_path: Path, 
         references = distributed.from_main(references)  # rank 0's, so every rank searches the same ones
         dataset = ParticleDataset(metadata, downsample_to=image_size)
         positions = distributed.shard_positions(len(dataset))
-        local = search_poses(dataset, references, config, indices=positions,
-                             progress=progress if distributed.is_main() else False)
+        local = search_poses(
+            dataset,
+            references,
+            config,
+            indices=positions,
+            progress=progress if distributed.is_main() else False,
+        )
         fields = ("rotation", "shift", "score", "global_score", "reference")
-        gathered = distributed.gather_rows({k: getattr(local, k).numpy() for k in fields}, positions,
-                                           len(dataset))
+        gathered = distributed.gather_rows(
+            {k: getattr(local, k).numpy() for k in fields}, positions, len(dataset)
+        )
     if gathered is None:
         return None
-    result = PoseSearchResult(**{k: torch.from_numpy(v) for k, v in gathered.items()},
-                              grid_spacing=local.grid_spacing)
+    result = PoseSearchResult(
+        **{k: torch.from_numpy(v) for k, v in gathered.items()}, grid_spacing=local.grid_spacing
+    )
     write_poses_star(metadata, dataset.rows, result.rotation, result.shift, out_path)
     with atomic_path(out_path.with_suffix(".npz")) as tmp:
-        np.savez(tmp, rotation=result.rotation.numpy(), shift=result.shift.numpy(),
-                 score=result.score.numpy(), global_score=result.global_score.numpy(),
-                 reference=result.reference.numpy(), index=np.asarray(dataset.rows))
+        np.savez(
+            tmp,
+            rotation=result.rotation.numpy(),
+            shift=result.shift.numpy(),
+            score=result.score.numpy(),
+            global_score=result.global_score.numpy(),
+            reference=result.reference.numpy(),
+            index=np.asarray(dataset.rows),
+        )
     return result

@@ -31,8 +31,9 @@ def check_options(config: TrainConfig, run_dir: Path, resume: bool, fresh: bool)
     """Options the config's own validation leaves to the run, and the run folder: for a new run (``fresh``)
     it must be absent or empty and creatable."""
     if config.data.num_workers < 0:
-        raise InputError("--workers", f"must be 0 (load in this process) or more, got "
-                                      f"{config.data.num_workers}")
+        raise InputError(
+            "--workers", f"must be 0 (load in this process) or more, got {config.data.num_workers}"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(run_dir, "exists and is not a folder; -o names the run folder")
     if fresh and not resume and run_dir.is_dir() and any(run_dir.iterdir()):
@@ -46,16 +47,22 @@ def read_base_structure(base_path: Path):
     from atomvae.structure.io import count_models, read_structure
 
     if not base_path.is_file():
-        raise InputError(base_path, "base structure not found" if not base_path.exists()
-                         else "base structure is not a regular file")
+        raise InputError(
+            base_path,
+            "base structure not found" if not base_path.exists() else "base structure is not a regular file",
+        )
     n_models = count_models(base_path)
     if n_models > 1:
-        raise InputError(base_path, f"holds {n_models} models; the base structure must be one model "
-                                    "(save the one to start from, e.g. model 1, in its own file)")
+        raise InputError(
+            base_path,
+            f"holds {n_models} models; the base structure must be one model "
+            "(save the one to start from, e.g. model 1, in its own file)",
+        )
     structure = read_structure(base_path)
     if structure.topology.n_residues < 2:
-        raise InputError(base_path, f"has {structure.topology.n_residues} usable residue; at least 2 are "
-                                    "needed")
+        raise InputError(
+            base_path, f"has {structure.topology.n_residues} usable residue; at least 2 are needed"
+        )
     return structure
 
 
@@ -72,17 +79,21 @@ def warn_about_geometry(structure, base_path: Path, box: int, pixel_size: float)
     if radius.max() > half_box:
         atom = int(radius.argmax())
         label = structure.topology.residue_label(int(structure.topology.residue_index[atom]))
-        messages.append(f"atoms reach {radius.max():.0f} A from the structure's centre (farthest: residue "
-                        f"{label}) but the images are {2 * half_box:.0f} A wide: parts of the particle fall "
-                        "outside the box (larger box, or check the structure)")
+        messages.append(
+            f"atoms reach {radius.max():.0f} A from the structure's centre (farthest: residue "
+            f"{label}) but the images are {2 * half_box:.0f} A wide: parts of the particle fall "
+            "outside the box (larger box, or check the structure)"
+        )
     ca = structure.topology.select("CA")
     if len(ca) >= 2:
         distance, _ = cKDTree(coords[ca]).query(coords[ca], k=2)
         isolated = np.flatnonzero(distance[:, 1] > ISOLATED_RESIDUE_DISTANCE)
         if isolated.size:
             label = structure.topology.residue_label(int(structure.topology.residue_index[ca[isolated[0]]]))
-            messages.append(f"residue {label} is {distance[isolated[0], 1]:.0f} A from any other residue "
-                            f"({isolated.size} such residue(s)); misplaced coordinates?")
+            messages.append(
+                f"residue {label} is {distance[isolated[0], 1]:.0f} A from any other residue "
+                f"({isolated.size} such residue(s)); misplaced coordinates?"
+            )
     for message in messages:
         warnings.warn(f"{base_path}: {message}", UserWarning, stacklevel=2)
     return messages
@@ -102,12 +113,18 @@ def check_init_run(config: TrainConfig, structure, source) -> None:
     theirs = read_structure(run_folder.base_structure_path(init_dir)).topology
     ours = structure.topology
     if theirs.n_residues != ours.n_residues or theirs.n_atoms != ours.n_atoms:
-        raise InputError(init_dir, f"--init: its base structure has {theirs.n_residues} residues, "
-                                   f"{theirs.n_atoms} atoms; this run's has {ours.n_residues}, "
-                                   f"{ours.n_atoms}")
+        raise InputError(
+            init_dir,
+            f"--init: its base structure has {theirs.n_residues} residues, "
+            f"{theirs.n_atoms} atoms; this run's has {ours.n_residues}, "
+            f"{ours.n_atoms}",
+        )
     _, checkpoint = run_folder.best_checkpoint_path(init_dir)
-    state = {k: v for k, v in load_checkpoint(checkpoint, map_location="cpu")["model"].items()
-             if k != "noise_sigma"}
+    state = {
+        k: v
+        for k, v in load_checkpoint(checkpoint, map_location="cpu")["model"].items()
+        if k != "noise_sigma"
+    }
     noise_sigma = config.data.noise_sigma or source.noise_sigma
     facts = {"box": source.box, "pixel_size": source.pixel_size, "noise_sigma": noise_sigma}
     model = run_folder.build_model(config, structure.topology, structure.coords, facts)
@@ -116,9 +133,15 @@ def check_init_run(config: TrainConfig, structure, source) -> None:
     unexpected = sorted(set(state) - set(own))
     reshaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or reshaped:
-        parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("different shapes of", reshaped)) if keys]
+        parts = [
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("different shapes of", reshaped),
+            )
+            if keys
+        ]
         raise InputError(init_dir, f"--init: its model does not fit this run's ({'; '.join(parts)})")
 
 
@@ -147,14 +170,19 @@ def check_same_particles(info: dict[str, Any], particles_path: Path, source, run
     moved = recorded_path is not None and Path(recorded_path) != particles_path.resolve()
     recorded = info.get("particles_fingerprint")
     if recorded is not None and recorded != particles_fingerprint(source):
-        raise InputError(particles_path, f"is not the particle file this run started with ({recorded_path}; "
-                                         f"contents differ): --resume needs the same particles; start a new "
-                                         f"run to train on these")
+        raise InputError(
+            particles_path,
+            f"is not the particle file this run started with ({recorded_path}; "
+            f"contents differ): --resume needs the same particles; start a new "
+            f"run to train on these",
+        )
     if moved:
         note = "same contents" if recorded is not None else "contents not recorded by this older run"
-        warnings.warn(f"{particles_path}: the run {run_dir} started with {recorded_path} ({note}); "
-                      "continuing", UserWarning, stacklevel=2)
-
+        warnings.warn(
+            f"{particles_path}: the run {run_dir} started with {recorded_path} ({note}); continuing",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 class NonFiniteStreak:
@@ -179,10 +207,13 @@ class NonFiniteStreak:
         self.streak += 1
         self.first = self.first or position.global_step
         if self.streak >= self.limit:
-            raise InputError(self.where, f"{self.streak} consecutive training steps (global steps "
-                                         f"{self.first} to {position.global_step}, stage {position.stage}) "
-                                         "had a non-finite loss, so nothing is being learnt; stopping. Check "
-                                         "the particles and the base structure for extreme values")
+            raise InputError(
+                self.where,
+                f"{self.streak} consecutive training steps (global steps "
+                f"{self.first} to {position.global_step}, stage {position.stage}) "
+                "had a non-finite loss, so nothing is being learnt; stopping. Check "
+                "the particles and the base structure for extreme values",
+            )
 
 
 # Consecutive non-finite steps tolerated at most (fewer when an epoch has fewer steps).

@@ -13,8 +13,15 @@ class TrainingProgress:
     def __init__(self, total_images: int, done_images: int = 0, enabled: bool | None = None, desc: str = ""):
         # enabled=None: show only on a terminal (tqdm's rule), so logs and tests stay clean.
         self._bar = tqdm(
-            total=total_images, initial=done_images, unit="img", unit_scale=False, dynamic_ncols=True,
-            smoothing=0.1, disable=(None if enabled is None else not enabled), file=sys.stderr, desc=desc,
+            total=total_images,
+            initial=done_images,
+            unit="img",
+            unit_scale=False,
+            dynamic_ncols=True,
+            smoothing=0.1,
+            disable=(None if enabled is None else not enabled),
+            file=sys.stderr,
+            desc=desc,
         )
 
     def update(self, n_images: int, **postfix: float | int | str) -> None:

@@ -140,8 +140,12 @@ def build_model(config: TrainConfig, topology, base_coords, info: dict[str, Any]
 
     center = config.data.pose_center
     return AtomVAE(
-        config.model, topology, torch.as_tensor(np.asarray(base_coords), dtype=torch.float32),
-        box=int(info["box"]), pixel_size=float(info["pixel_size"]), noise_sigma=float(info["noise_sigma"]),
+        config.model,
+        topology,
+        torch.as_tensor(np.asarray(base_coords), dtype=torch.float32),
+        box=int(info["box"]),
+        pixel_size=float(info["pixel_size"]),
+        noise_sigma=float(info["noise_sigma"]),
         center=None if center is None else np.asarray(center, dtype=np.float64),
     )
 
@@ -173,6 +177,14 @@ def load_run(run_dir: str | Path, device: str = "cpu", seed: int | None = None) 
     except RuntimeError as err:
         raise InputError(checkpoint, f"checkpoint does not fit the run's model: {err}") from None
     model.to(torch_device).eval()
-    return LoadedRun(run_dir=run_dir, config=config, info=info, model=model, topology=structure.topology,
-                     base_coords=np.asarray(structure.coords), seed=seed, checkpoint=checkpoint,
-                     device=torch_device)
+    return LoadedRun(
+        run_dir=run_dir,
+        config=config,
+        info=info,
+        model=model,
+        topology=structure.topology,
+        base_coords=np.asarray(structure.coords),
+        seed=seed,
+        checkpoint=checkpoint,
+        device=torch_device,
+    )
