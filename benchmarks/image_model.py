@@ -35,7 +35,7 @@ from atomvae.geometry.rotations import random_rotations
 from atomvae.model.losses import backbone_continuity, neighbour_orientation, relative_orientations
 from atomvae.physics import noise, scattering
 from atomvae.physics.coarse_grain import coarse_grained_density, forward_scattering
-from atomvae.physics.ctf import CTFParams
+from atomvae.physics.ctf import CTFParams, gaussian_blur
 from atomvae.physics.render import render
 from atomvae.simulate import SimulationConfig, _draw_ctf
 from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
@@ -84,6 +84,7 @@ def fit(
     orientation: float = 0.0,
     base_relative=None,
     start=None,
+    anneal: float = 0.0,
 ):
     top = base_topology
     if model.atoms == "residue":
@@ -103,15 +104,14 @@ def fit(
     params = [rotvec, delta] + ([log_sigma] if model.learn_sigma else [])
     opt = torch.optim.Adam(params, lr=lr)
     bonded = torch.as_tensor(top.bonded_to_next)
-    y = clean
 
-    def objective():
+    def objective(extra: float = 0.0):
+        y = gaussian_blur(clean, extra, pixel_size) if extra > 0 else clean
         rot = start_rot @ roma.rotvec_to_rotmat(rotvec)
         trans = start_trans + delta
         coords = frames_to_coordinates(rot, trans, local, residue)
-        renders = render(
-            coords, rotation, shift, ctf, clean.shape[-1], pixel_size, log_sigma.exp(), weights=weights
-        )
+        sigma = (log_sigma.exp() ** 2 + extra**2).sqrt()
+        renders = render(coords, rotation, shift, ctf, clean.shape[-1], pixel_size, sigma, weights=weights)
         amplitude = (renders * y).sum() / renders.square().sum()  # least squares, profiled out
         nll = (y - amplitude * renders).square().sum(dim=(-2, -1)).mean() / (2 * noise_sigma**2)
         all_atoms = frames_to_coordinates(rot, trans, base_local, res_all)
@@ -126,7 +126,8 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = lr * (0.1 ** (step / steps))
         opt.zero_grad()
-        loss, _, _ = objective()
+        # coarse to fine: extra blur of data and renders, from ``anneal`` A to 0 over the first half
+        loss, _, _ = objective(anneal * max(0.0, 1.0 - step / (0.5 * steps)))
         loss.backward()
         opt.step()
     with torch.no_grad():
@@ -160,6 +161,13 @@ def main() -> None:
         type=float,
         default=0.0,
         help="weight of the neighbour-orientation term towards the (open) base (cpu preset: 100)",
+    )
+    parser.add_argument("--lr", type=float, default=0.03, help="Adam's start (decays 10x over the fit)")
+    parser.add_argument(
+        "--anneal-sigma",
+        type=float,
+        default=0.0,
+        help="coarse to fine: blur data and renders by this many A more at the start, down to 0 at mid-fit",
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -237,6 +245,8 @@ def main() -> None:
                     orientation=args.orientation,
                     base_relative=base_relative,
                     start=base_frames if args.from_base else None,
+                    anneal=args.anneal_sigma,
+                    lr=args.lr,
                 )
                 print(
                     f"{variant:<12} {model.name:<22} {state:<13} {result['drift']:8.2f} {result['gap']:8.2f} "

@@ -433,3 +433,68 @@ def test_sleep_phase_teaches_the_encoder_only(base):
         optimizer.step()
     last = float(model.sleep_loss(images, batch_ctf(n), rotation, shift, generator).mean().detach())
     assert last < first - 10.0  # -log q(z | y) of fresh synthetic particles fell by > 10 nats per image
+
+
+def test_conformation_search_finds_the_latent_of_a_clean_image(base):
+    model = make_model(base, latent_conf=2, render_atoms="CA", render_sigma=2.0)
+    perturb_decoder(model, seed=5, scale=0.3)
+    generator = torch.Generator().manual_seed(1)
+    n = 6
+    z_true = torch.randn(n, 2, generator=generator)
+    rotation = random_rotations(n, generator=generator)
+    shift = torch.zeros(n, 2)
+    with torch.no_grad():
+        images = model.render_images(model.decoder(z_true, "render"), rotation, shift, batch_ctf(n))
+    start = -z_true
+    best, gain = model.search_conformations(
+        images, batch_ctf(n), rotation, shift, start, 32, 0.5, generator, rounds=3
+    )
+    assert (gain >= 0).all() and (gain > 0).any()
+
+    def rmsd_to_truth(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (model.decoder(z, "CA") - model.decoder(z_true, "CA")).square().sum(-1).mean(-1).sqrt()
+
+    assert (rmsd_to_truth(best) <= rmsd_to_truth(start) + 1e-6).all()
+    assert rmsd_to_truth(best).mean() < 0.3 * rmsd_to_truth(start).mean()
+
+
+def test_search_loss_samples_around_the_search_and_fits_the_encoder_to_it(base):
+    model = make_model(base, render_atoms="CA", render_sigma=2.0)
+    perturb_decoder(model, seed=2, scale=0.2)
+    n = 4
+    generator = torch.Generator().manual_seed(0)
+    images = 0.1 * torch.randn(n, BOX, BOX, generator=generator)
+    rotation = random_rotations(n, generator=generator)
+    weights = LossWeights(search_candidates=8, search_width=0.1)
+    out = model.loss(
+        images,
+        batch_ctf(n),
+        stage=2,
+        n_conf=2,
+        n_pose=1,
+        weights=weights,
+        given_rotation=rotation,
+        given_shift=torch.zeros(n, 2),
+        pose_mode="given",
+        generator=generator,
+    )
+    assert out.terms["search_gain"] >= 0 and out.terms["search_encoder"] > 0
+    # the search posterior's KL: N(best, 0.1^2) in latent_conf dims is at least its variance part
+    latent = model.config.latent_conf
+    assert out.terms["kl_conf"] >= 0.5 * latent * (0.01 - 1 - math.log(0.01)) - 1e-4
+    out.total.backward()
+    assert all(p.grad is not None for p in model.conf_posterior.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+    encoded = model.encode(
+        images,
+        "given",
+        given_rotation=rotation,
+        given_shift=torch.zeros(n, 2),
+        ctf=batch_ctf(n),
+        search=weights,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.allclose(encoded["sigma_conf"], torch.full((n, latent), 0.1))
+    plain = model.encode(images, "given", given_rotation=rotation, given_shift=torch.zeros(n, 2))
+    assert not torch.allclose(encoded["mu_conf"], plain["mu_conf"])

@@ -200,3 +200,18 @@ def test_empty_and_unbatched_inputs():
     assert no_atoms.shape == (2, 8, 8) and no_atoms.abs().max() == 0
     single = render_projections(torch.zeros(1, 3), eye, torch.zeros(2), 9, 1.0)
     assert single.shape == (9, 9) and single.argmax().item() == 4 * 9 + 4
+
+
+def test_gaussian_blur_of_a_render_is_the_render_with_wider_atoms():
+    from atomvae.physics.ctf import gaussian_blur
+
+    generator = torch.Generator().manual_seed(0)
+    coords = 6.0 * torch.randn(1, 12, 3, generator=generator, dtype=torch.float64)
+    rotation = torch.eye(3, dtype=torch.float64)[None]
+    shift = torch.zeros(1, 2, dtype=torch.float64)
+    # atoms at 2 A on 1.5 A pixels are well sampled, so the discrete blur is exact to ~1e-8
+    sharp = render_projections(coords, rotation, shift, 48, 1.5, 2.0)
+    wide = render_projections(coords, rotation, shift, 48, 1.5, math.sqrt(2.0**2 + 2.0**2))
+    blurred = gaussian_blur(sharp, 2.0, 1.5)
+    assert torch.allclose(blurred, wide, atol=1e-6 * float(wide.abs().max()))
+    assert torch.equal(gaussian_blur(sharp, 0.0, 1.5), sharp)

@@ -123,8 +123,22 @@ class LossWeights:
     # little (its signal falls with the number of samples, Rainforth et al. 2018): measured on adk, the
     # conformation posterior carried ~1 nat per image.
     sleep: float = 0.0
+    # Not in the paper (0 there): conformation search. The paper's encoder cannot tell the states apart on
+    # its own (BENCHMARKS.md, "Conformation search": trained supervised on the true states it reaches r 0.65),
+    # while the likelihood can. Each image's stage-2 samples are then drawn around the best of its encoder
+    # mean and this many other latents (a quarter of them near that mean, the rest prior draws), scored by
+    # log p(y | z) + log p(z) at the image's pose, without gradients; the encoder learns to predict that
+    # best latent (-log q(best | y), times ``search_encoder``), so it proposes better starts as it learns.
+    search_candidates: int = 0
+    search_width: float = 0.1  # sd of the samples around the best latent (the search posterior's width)
+    search_local: float = 0.5  # sd of the candidates drawn near the encoder's mean
+    search_encoder: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.search_candidates < 0:
+            raise ValueError(f"search_candidates must be >= 0, got {self.search_candidates}")
+        if self.search_width <= 0 or self.search_local <= 0:
+            raise ValueError("search_width and search_local must be > 0")
         if self.heavy_clash_distance <= 0:
             raise ValueError(f"heavy_clash_distance must be > 0 A, got {self.heavy_clash_distance}")
         if self.heavy_clash_images is not None and self.heavy_clash_images < 1:

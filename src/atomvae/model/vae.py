@@ -282,10 +282,29 @@ class AtomVAE(nn.Module):
         kl_conf = backbone = outliers = center_sq = clash = heavy_clash = orientation = zero
 
         # Stage 1: the pose head's input as stage 2 will give it, without gradient (module docstring).
+        searching = stage == 2 and weights.search_candidates > 0
+        encoder_fit = search_gain = zero
         with torch.set_grad_enabled(stage == 2 and torch.is_grad_enabled()):
             mu_c, sigma_c = (_full(t) for t in self.conf_posterior(h))
             eps = standard_normal((batch, n_conf, mu_c.shape[-1]), generator, mu_c.device, mu_c.dtype)
-            z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
+            if searching:
+                # The samples are drawn around the best latent the likelihood finds (LossWeights, "search");
+                # the encoder learns to propose it.
+                rotation0, shift0 = self._search_pose(h, mu_c.detach(), mode, given_rotation, given_shift)
+                best, search_gain = self.search_conformations(
+                    images,
+                    ctf,
+                    rotation0,
+                    shift0,
+                    mu_c.detach(),
+                    weights.search_candidates,
+                    weights.search_local,
+                    generator,
+                )
+                z_conf = best.unsqueeze(1) + weights.search_width * eps  # (B, Kc, latent)
+                encoder_fit = -torch.distributions.Normal(mu_c, sigma_c).log_prob(best).sum(dim=-1)
+            else:
+                z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
             d = self.decoder.representation(z_conf)  # (B, Kc, D)
         if mode.uses_pose_head:
             mu_p, sigma_p = (_full(t) for t in self.pose_head(h, d))  # (B, Kc, 8)
@@ -300,7 +319,10 @@ class AtomVAE(nn.Module):
             else:
                 rot, trans = self.decoder.frames(_full(d))
                 coords = self.decoder.atoms(rot, trans, "render")  # (B, Kc, A_r, 3)
-                kl_conf = kl_diagonal_normal(mu_c, sigma_c)
+                if searching:  # the search posterior N(best, width^2): its KL has no gradient
+                    kl_conf = kl_diagonal_normal(best, torch.full_like(best, weights.search_width))
+                else:
+                    kl_conf = kl_diagonal_normal(mu_c, sigma_c)
                 c_atoms, n_atoms = self.decoder.atoms(rot, trans, "C"), self.decoder.atoms(rot, trans, "N")
                 bond = backbone_continuity(c_atoms, n_atoms, self.bonded_to_next, weights.peptide_bond_length)
                 backbone = bond.mean(dim=1)
@@ -376,6 +398,7 @@ class AtomVAE(nn.Module):
                 + weights.centering * center_sq
                 + weights.clash * clash
                 + weights.orientation * orientation
+                + weights.search_encoder * encoder_fit
             )
             total = per_image_loss.mean() + weights.heavy_clash * heavy_clash.mean()
         terms = {
@@ -389,11 +412,84 @@ class AtomVAE(nn.Module):
             "heavy_clash": float(heavy_clash.detach().mean()),
             "orientation": float(orientation.detach().mean()),
             "sleep": float(sleep.detach().mean()),
+            "search_encoder": float(encoder_fit.detach().mean()),
+            "search_gain": float(search_gain.mean()),
             "amplitude": float(self.amplitude.detach()),
             "render_sigma": float(torch.as_tensor(self.render_sigma).detach()),
             "total": float(total.detach()),
         }
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
+
+    def _search_pose(
+        self,
+        h: torch.Tensor,
+        mu_c: torch.Tensor,
+        mode,
+        given_rotation: torch.Tensor | None,
+        given_shift: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pose (B, 3, 3), (B, 2) A each image's conformation search renders at: the given pose, or the
+        pose head's mean at the encoder's mean conformation (as ``encode`` reports it)."""
+        with torch.no_grad():
+            if mode.uses_pose_head:
+                mu_p = _full(self.pose_head(h, self.decoder.representation(mu_c))[0])
+            else:
+                mu_p = mu_c.new_zeros(mu_c.shape[0], self.config.latent_pose)
+            rotation, shift = mode.mean_pose(mu_p, self.config, given_rotation, given_shift)
+        return rotation.to(mu_c.dtype), shift.to(mu_c.dtype)
+
+    @torch.no_grad()
+    def search_conformations(
+        self,
+        images: torch.Tensor,
+        ctf: CTFParams | None,
+        rotation: torch.Tensor,
+        shift: torch.Tensor,
+        start: torch.Tensor,
+        n_candidates: int,
+        local_scale: float,
+        generator: torch.Generator | BatchNoiseRows | None = None,
+        rounds: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best latent of each image by log p(y | z) + log p(z) (nats), and its gain over ``start``.
+
+        images (B, H, W); ctf (B,) or None; rotation (B, 3, 3), shift (B, 2) A: the pose each candidate is
+        rendered at; start (B, latent): the first candidate (the encoder's mean). Each round scores the
+        current best, n_candidates // 4 latents drawn around it (sd ``local_scale``, halved each round) and,
+        in the first round, the rest drawn from the prior N(0, I). Returns best (B, latent), gain (B,) >= 0.
+        """
+        batch, latent = start.shape
+        with torch.autocast(device_type=start.device.type, enabled=False):
+            target = images.to(start.dtype)[:, None]
+            rotation, shift = rotation[:, None].to(start.dtype), shift[:, None].to(start.dtype)
+
+            def score(z: torch.Tensor) -> torch.Tensor:  # (B, M, latent) -> (B, M) nats
+                predicted = self.render_images(self.decoder(z, "render"), rotation, shift, ctf, target)
+                return gaussian_log_likelihood(target, predicted, self.noise_sigma) - 0.5 * z.square().sum(-1)
+
+            best = start
+            best_score = start_score = score(start[:, None])[:, 0]
+            n_local = max(1, n_candidates // 4)
+            rows = torch.arange(batch, device=start.device)
+            for round_index in range(rounds):
+                scale = local_scale / 2**round_index
+                near = best[:, None] + scale * standard_normal(
+                    (batch, n_local, latent), generator, start.device, start.dtype
+                )
+                parts = [near]
+                if round_index == 0 and n_candidates > n_local:
+                    parts.append(
+                        standard_normal(
+                            (batch, n_candidates - n_local, latent), generator, start.device, start.dtype
+                        )
+                    )
+                candidates = torch.cat(parts, dim=1)  # (B, M, latent)
+                scores = score(candidates)
+                top = scores.argmax(dim=1)
+                better = scores[rows, top] > best_score
+                best = torch.where(better[:, None], candidates[rows, top], best)
+                best_score = torch.where(better, scores[rows, top], best_score)
+        return best, best_score - start_score
 
     def sleep_loss(
         self,
@@ -442,6 +538,9 @@ class AtomVAE(nn.Module):
         given_rotation: torch.Tensor | None = None,
         given_shift: torch.Tensor | None = None,
         ctf: CTFParams | None = None,
+        search: LossWeights | None = None,
+        search_rounds: int = 3,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """images (B, H, W) and their CTFs (B,) (used when the encoder sees phase-flipped images) ->
         mu_conf, sigma_conf (B, latent_conf), and the pose the model uses for each image as rotation
@@ -449,11 +548,30 @@ class AtomVAE(nn.Module):
         of the conformation samples it was trained on, in both stages), in ``refine`` the given pose
         corrected by that mean, in ``given`` the given pose (given_rotation (B, 3, 3), given_shift (B, 2) A,
         needed by refine and given). pose_mu,
-        pose_sigma (B, 8): the pose posterior at z_conf = mu_conf (all zeros / ones in ``given``)."""
+        pose_sigma (B, 8): the pose posterior at z_conf = mu_conf (all zeros / ones in ``given``).
+
+        search: the run's loss weights when it was trained with conformation search
+        (``search_candidates`` > 0): mu_conf is then the best latent a search of ``search_rounds`` rounds
+        from the encoder's mean finds (``search_conformations``, candidates drawn from ``generator``) and
+        sigma_conf the search posterior's width."""
         mode = get_pose_mode(pose_mode)
         mode.check_given(given_rotation, given_shift)
         h = self.encoder(self.encoder_input(images, ctf))
         mu_c, sigma_c = self.conf_posterior(h)
+        if search is not None and search.search_candidates > 0:
+            rotation0, shift0 = self._search_pose(h, _full(mu_c), mode, given_rotation, given_shift)
+            mu_c, _ = self.search_conformations(
+                images,
+                ctf,
+                rotation0,
+                shift0,
+                _full(mu_c),
+                search.search_candidates,
+                search.search_local,
+                generator,
+                rounds=search_rounds,
+            )
+            sigma_c = torch.full_like(mu_c, search.search_width)
         if mode.uses_pose_head:
             mu_p, sigma_p = self.pose_head(h, self.decoder.representation(mu_c))
         else:

@@ -227,6 +227,17 @@ def apply_ctf(
     return convolved[..., :height, :width]
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float | torch.Tensor, pixel_size: float) -> torch.Tensor:
+    """images (..., H, W) convolved (circularly, through the FFT) with a unit-mass 2D Gaussian of standard
+    deviation ``sigma`` A: the blur a render gains when every atom's width grows from s to sqrt(s^2 +
+    sigma^2), so data blurred this way match renders blurred that way (the CTF commutes with both)."""
+    if float(sigma) == 0.0:
+        return images
+    s2 = _frequency_grids(tuple(images.shape[-2:]), float(pixel_size), True, images.device, images.dtype)[0]
+    transfer = torch.exp(-2.0 * math.pi**2 * torch.as_tensor(sigma, dtype=images.dtype) ** 2 * s2)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * transfer, s=images.shape[-2:])
+
+
 def phase_flip(images: torch.Tensor, params: CTFParams, pixel_size: float) -> torch.Tensor:
     """``images (B, H, W)`` with each Fourier component multiplied by the sign of its particle's CTF.
 

@@ -285,6 +285,9 @@ def encode_particles(
         k: [] for k in ("mu", "sigma", "rotation", "shift", "pose_mu", "pose_sigma", "index")
     }
     batches = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+    search = run.config.loss if run.config.loss.search_candidates > 0 else None
+    # Candidates of the conformation search drawn from a fixed seed: encoding is reproducible.
+    generator = torch.Generator(run.device).manual_seed(0)
     for batch in source.batches(batches, run.device):
         encoded = run.model.encode(
             batch["image"],
@@ -292,6 +295,8 @@ def encode_particles(
             given_rotation=batch.get("rotation"),
             given_shift=batch.get("shift"),
             ctf=batch["ctf"],
+            search=search,
+            generator=generator,
         )
         values = {
             "mu": encoded["mu_conf"],
