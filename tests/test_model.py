@@ -498,3 +498,19 @@ def test_search_loss_samples_around_the_search_and_fits_the_encoder_to_it(base):
     assert torch.allclose(encoded["sigma_conf"], torch.full((n, latent), 0.1))
     plain = model.encode(images, "given", given_rotation=rotation, given_shift=torch.zeros(n, 2))
     assert not torch.allclose(encoded["mu_conf"], plain["mu_conf"])
+
+
+def test_render_sigma_by_kind_equals_one_width_when_the_widths_agree(base):
+    by_kind = make_model(base, render_atoms="residue", learn_render_sigma=True, render_sigma_by_kind=True)
+    single = make_model(base, render_atoms="residue", learn_render_sigma=True)
+    assert by_kind.log_render_sigma.shape == (3,)
+    generator = torch.Generator().manual_seed(0)
+    n = 3
+    coords = single.base_render_coords.expand(n, -1, -1)
+    rotation = random_rotations(n, generator=generator)
+    shift = torch.zeros(n, 2)
+    a = by_kind._unit_renders(coords, rotation, shift, batch_ctf(n))
+    b = single._unit_renders(coords, rotation, shift, batch_ctf(n))
+    assert torch.allclose(a, b, atol=1e-5 * float(b.abs().max()))
+    a.square().sum().backward()
+    assert (by_kind.log_render_sigma.grad.abs() > 0).all()  # every kind present in the 10 residues

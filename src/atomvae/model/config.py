@@ -39,6 +39,11 @@ class ModelConfig:
     # Learn one global Gaussian width: the data's blur (atomic B-factors, motion, detector MTF, pixel
     # averaging) is never stated in a STAR file, and a fixed width that is wrong biases the structure.
     learn_render_sigma: bool = False
+    # With "residue" rendering and a learnt width: one width per pseudo-atom kind (backbone, proximal and
+    # distal side chain). The base's side-chain rotamers are not the particles' (adenylate kinase: 27% of
+    # side-chain atoms > 2 A apart between the crystal structure and the DIMS frames, backbone superposed),
+    # and a wider side-chain blob lets that uncertainty show as blur instead of as moved residues.
+    render_sigma_by_kind: bool = False
     # Image intensity scale: "learnt" (one global amplitude, a parameter) or "per_image" (the least-squares
     # scale of each render onto its image, in closed form: contrast varies between micrographs with ice
     # thickness, and a profiled scale never lags behind the structure the way a learnt one does).
@@ -77,6 +82,8 @@ class ModelConfig:
             raise ValueError("latent_pose must be 8 (2D shift + 6D rotation)")
         if not self.encoder_widths:
             raise ValueError("encoder_widths must name at least one layer")
+        if self.render_sigma_by_kind and not (self.render_atoms == "residue" and self.learn_render_sigma):
+            raise ValueError("render_sigma_by_kind needs render_atoms 'residue' and learn_render_sigma")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.amplitude not in AMPLITUDE_MODES:

@@ -47,8 +47,8 @@ from atomvae.model.losses import (
 )
 from atomvae.model.pose import PoseHead
 from atomvae.model.pose_modes import pose_mode as get_pose_mode
-from atomvae.physics.coarse_grain import coarse_grained_density
-from atomvae.physics.ctf import CTFParams, phase_flip
+from atomvae.physics.coarse_grain import coarse_grained_density, group_kinds
+from atomvae.physics.ctf import CTFParams, apply_ctf, phase_flip
 from atomvae.physics.render import render, render_projections
 from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
 
@@ -135,18 +135,28 @@ class AtomVAE(nn.Module):
             base_render = frames_to_coordinates(base_rot, base_trans, render_local, pseudo_residue)
             # Masses in units of their mean, so the amplitude keeps the scale of unit-mass atoms.
             render_mass = torch.as_tensor(mass / mass.mean(), dtype=torch.float32)
+            render_kind = torch.as_tensor(group_kinds(base_topology))
         else:
             render_idx = _indices(base_topology.select(config.render_atoms))
             self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
             base_render = coords64[render_idx]
-            render_mass = None
+            render_mass = render_kind = None
         # Derived from the base and the config: kept out of the state dict.
         self.register_buffer("render_mass", render_mass, persistent=False)
+        self.render_kinds = (
+            [torch.nonzero(render_kind == k).flatten() for k in range(3)]
+            if config.render_sigma_by_kind
+            else None
+        )
         # Learnt blur: sigma = exp(SIGMA_RATE * parameter), positive, and moved by Adam SIGMA_RATE times
         # faster than a plain log-parameter (one width shared by every image would otherwise creep at the
         # learning rate per step and still be moving when training ends). A fixed width stays the config's.
         self.log_render_sigma = (
-            nn.Parameter(torch.tensor(math.log(config.render_sigma) / SIGMA_RATE))
+            nn.Parameter(
+                torch.full(
+                    (3,) if config.render_sigma_by_kind else (), math.log(config.render_sigma) / SIGMA_RATE
+                )
+            )
             if config.learn_render_sigma
             else None
         )
@@ -190,10 +200,17 @@ class AtomVAE(nn.Module):
 
     @property
     def render_sigma(self) -> torch.Tensor | float:
-        """Gaussian width of the rendered atoms, A (a 0-dim tensor when learnt)."""
+        """Gaussian width of the rendered atoms, A (a 0-dim tensor when learnt; (3,) by pseudo-atom kind with
+        ``config.render_sigma_by_kind``)."""
         if self.log_render_sigma is None:
             return self.config.render_sigma
         return (SIGMA_RATE * self.log_render_sigma).exp()
+
+    def _render_sigma_terms(self) -> dict[str, float]:
+        sigma = torch.as_tensor(self.render_sigma).detach().flatten().tolist()
+        if len(sigma) == 1:
+            return {"render_sigma": sigma[0]}
+        return dict(zip(("render_sigma", "render_sigma_proximal", "render_sigma_distal"), sigma, strict=True))
 
     def _unit_renders(
         self, coords: torch.Tensor, rotation: torch.Tensor, shift: torch.Tensor, ctf: CTFParams | None
@@ -204,6 +221,21 @@ class AtomVAE(nn.Module):
         if isinstance(sigma, torch.Tensor):
             sigma = sigma.to(coords.dtype)
         mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
+        if self.render_kinds is not None:  # one width per kind: three projections, one CTF
+            images = sum(
+                render_projections(
+                    coords[..., idx.to(coords.device), :],
+                    rotation,
+                    shift,
+                    self.box,
+                    self.pixel_size,
+                    sigma[k],
+                    mass[idx.to(mass.device)],
+                )
+                for k, idx in enumerate(self.render_kinds)
+                if len(idx)
+            )
+            return images if ctf is None else apply_ctf(images, ctf, self.pixel_size)
         if ctf is None:
             return render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
         return render(coords, rotation, shift, ctf, self.box, self.pixel_size, sigma, weights=mass)
@@ -415,7 +447,7 @@ class AtomVAE(nn.Module):
             "search_encoder": float(encoder_fit.detach().mean()),
             "search_gain": float(search_gain.mean()),
             "amplitude": float(self.amplitude.detach()),
-            "render_sigma": float(torch.as_tensor(self.render_sigma).detach()),
+            **self._render_sigma_terms(),
             "total": float(total.detach()),
         }
         return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)

@@ -32,9 +32,8 @@ def forward_scattering(elements) -> np.ndarray:
     return a.sum(dim=-1).numpy()
 
 
-def residue_groups(topology: Topology) -> np.ndarray:
-    """Pseudo-atom index of every atom: ``(A,)`` int, groups numbered 0..G-1 residue by residue
-    (backbone, then proximal, then distal side chain; empty groups are skipped)."""
+def _group_keys(topology: Topology) -> np.ndarray:
+    """residue * 3 + kind of every atom: ``(A,)`` int (kind 0 backbone, 1 proximal, 2 distal)."""
     kind = np.empty(topology.n_atoms, dtype=np.int64)
     for i, (name, element) in enumerate(zip(topology.atom_name, topology.element, strict=True)):
         if name in BACKBONE_NAMES:
@@ -46,9 +45,20 @@ def residue_groups(topology: Topology) -> np.ndarray:
             name[len(element) : len(element) + 1].upper() if name.upper().startswith(element.upper()) else ""
         )
         kind[i] = 2 if letter and letter in _DISTAL else 1
-    key = topology.residue_index * 3 + kind
-    _unique, group = np.unique(key, return_inverse=True)  # sorted keys: residue order, then kind
+    return topology.residue_index * 3 + kind
+
+
+def residue_groups(topology: Topology) -> np.ndarray:
+    """Pseudo-atom index of every atom: ``(A,)`` int, groups numbered 0..G-1 residue by residue
+    (backbone, then proximal, then distal side chain; empty groups are skipped)."""
+    _unique, group = np.unique(_group_keys(topology), return_inverse=True)  # residue order, then kind
     return group.astype(np.int64)
+
+
+def group_kinds(topology: Topology) -> np.ndarray:
+    """Kind of every pseudo-atom, in ``residue_groups`` order: ``(G,)`` int, 0 backbone, 1 proximal and
+    2 distal side chain."""
+    return (np.unique(_group_keys(topology)) % 3).astype(np.int64)
 
 
 def coarse_grained_density(

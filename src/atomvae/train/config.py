@@ -197,10 +197,10 @@ def _cpu() -> TrainConfig:
         # pull harder on each residue, and at 100 single peptide bonds were strained past 0.2 A in 15-60%
         # of samples (demo: 82% plausible); at 1000 none were (100%), at some cost in recovered fraction
         # (BENCHMARKS.md, "Image model").
-        # Conformation search (LossWeights.search_candidates): the paper's encoder alone cannot tell the states
-        # apart (supervised on the true states it reaches r 0.65 on the demo data); with the search each
-        # particle's latent follows its true state (demo: r 0.43 -> 0.94 between true and inferred NMP-LID
-        # gap) at ~1.3x the step time (BENCHMARKS.md, "Conformation search").
+        # Conformation search (LossWeights.search_candidates): the paper's encoder alone cannot tell the
+        # states apart (supervised on the true states it reaches r 0.65 on the demo data); with the search
+        # each particle's latent follows its true state (demo: r 0.43 -> 0.94 between true and inferred
+        # NMP-LID gap) at ~1.3x the step time (BENCHMARKS.md, "Conformation search").
         loss=LossWeights(
             backbone=1000.0, clash=10.0, orientation=10.0, heavy_clash=10.0, search_candidates=16
         ),
