@@ -1,0 +1,234 @@
+"""Where the ensemble's error comes from, with the truth's help (adenylate-kinase demo data; diagnostics that
+use the simulator's truth, never part of the pipeline). Four commands:
+
+- ``capacity PARTICLES_DIR``: can the paper's encoder (LayerNorm + MLP on raw pixels) learn the state at
+  all? It is trained *supervised* on each particle's true DIMS frame (standardised; a linear read-out; the
+  cpu preset's 12 epochs, batch 64, Adam 3e-4; 10% held out) and the held-out Pearson r is printed.
+- ``oracle OUT [YAML]``: the demo, but every particle's conformation posterior is the truth: latent
+  dimension 0 = (frame - 48.5) / 28, the others 0, sd 0.05. What decoder, image model and structure terms
+  reach with perfect latents. YAML overrides the cpu preset (e.g. ``'{stage2: {learning_rate: 0.001}}'``).
+- ``domains RUN_DIR``: C-alpha error per domain (CORE superposed) of the run's decoding at the oracle
+  latent of DIMS frames 8, 48 and 88 (closed, intermediate and open modes).
+- ``truth DEMO_DIR [--oracle]``: log-likelihood per image, under the trained model's own image model (its
+  width, per-image amplitude, the true poses and CTF), of each particle's truth (the base's rigid residues
+  on the true residue frames) minus that of the model's decoding of the particle (its oracle latent, or its
+  encoded mean from ``run/latents.npz``); 200 particles per state.
+
+Run: ``.venv/bin/python benchmarks/latent_oracle.py capacity out/demo/particles`` (see BENCHMARKS.md,
+"Conformation search").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adk import machine_reference  # benchmarks/ is first on sys.path
+from atomvae.demo import adk_inputs
+
+ORACLE_SD = 0.05
+N_FRAMES = 98
+
+
+def oracle_latent(frames: np.ndarray, latent_dim: int) -> torch.Tensor:
+    """(N,) DIMS frames -> (N, latent_dim) latents: the frame, standardised, in dimension 0."""
+    z = torch.zeros(len(frames), latent_dim)
+    z[:, 0] = torch.as_tensor((np.asarray(frames) - (N_FRAMES - 1) / 2) / 28.0, dtype=torch.float32)
+    return z
+
+
+def dims_frames():
+    from atomvae.structure.io import read_ensemble
+
+    inputs = adk_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_ensemble(inputs.trajectory, inputs.topology)
+
+
+def capacity(particles: Path, epochs: int) -> None:
+    import mrcfile
+
+    from atomvae.model.config import ModelConfig
+    from atomvae.model.encoder import ImageEncoder
+    from atomvae.model.layers import linear
+
+    torch.manual_seed(0)
+    with mrcfile.mmap(particles / "particles.mrcs", mode="r") as stack:
+        images = torch.as_tensor(np.array(stack.data), dtype=torch.float32)
+    frames = np.load(particles / "truth.npz")["frame"][: len(images)]
+    target = oracle_latent(frames, 1)[:, 0]
+    images = images / images.std()
+    order = torch.randperm(len(images))
+    held_out, train = order[: len(images) // 10], order[len(images) // 10 :]
+    encoder = ImageEncoder(ModelConfig())
+    readout = linear(encoder.out_features, 1)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *readout.parameters()], lr=3e-4)
+    for epoch in range(epochs):
+        for batch in train[torch.randperm(len(train))].split(64):
+            loss = (readout(encoder(images[batch])).squeeze(-1) - target[batch]).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            predicted = readout(encoder(images[held_out])).squeeze(-1)
+        r = np.corrcoef(predicted.numpy(), target[held_out].numpy())[0, 1]
+        right_side = float(((predicted > 0) == (target[held_out] > 0)).float().mean())
+        print(
+            f"epoch {epoch}: train MSE {float(loss.detach()):.3f}, held-out r {r:.3f}, right side {right_side:.3f}",
+            flush=True,
+        )
+
+
+def oracle(out: Path, overrides: str | None, particles: Path | None) -> None:
+    import yaml
+
+    import atomvae.train.config as train_config
+    from atomvae.data import dataset
+    from atomvae.demo import DemoConfig, run_demo
+    from atomvae.model import encoder
+
+    if overrides:
+        preset = train_config.apply_overrides(train_config.PRESETS["cpu"], yaml.safe_load(overrides))
+        train_config.PRESETS["cpu"] = preset
+    out.mkdir(parents=True, exist_ok=True)
+    if particles is not None and not (out / "particles").exists():
+        shutil.copytree(particles, out / "particles")
+    # The demo simulates into OUT/particles (or reuses it); the truth is read after that, lazily.
+    state: dict = {}
+
+    def rows_read(self, indices):  # remember which particles the next posterior is for
+        batch = read_rows(self, indices)
+        state["rows"] = batch["index"]
+        return batch
+
+    def posterior(self, h):
+        if "latents" not in state:
+            state["latents"] = oracle_latent(
+                np.load(out / "particles" / "truth.npz")["frame"], self.mu.out_features
+            )
+        rows = state["rows"]
+        if len(rows) != h.shape[0]:
+            raise RuntimeError("the oracle lost track of the batch's particles")
+        mu = state["latents"][rows].to(h) + 0.0 * self.mu(self.norm(h))  # keeps the parameters in the graph
+        return mu, torch.full_like(mu, ORACLE_SD)
+
+    read_rows = dataset.ParticleDataset.__getitems__
+    dataset.ParticleDataset.__getitems__ = rows_read
+    encoder.ConformationPosterior.forward = posterior
+    summary = run_demo(DemoConfig(out=out, progress=False))
+    recovered, emd = summary["recovered_fraction"], summary["emd_rmsd"]
+    print(f"oracle latents: recovered {recovered:.3f}, EMD-RMSD {emd:.3f} A")
+
+
+def _superposed(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """a (N, 3) moved onto b by the rigid motion that superposes a[mask] on b[mask]."""
+    from atomvae.geometry.superpose import kabsch
+
+    rotation, translation = (t.numpy() for t in kabsch(torch.as_tensor(a[mask]), torch.as_tensor(b[mask])))
+    return a @ rotation.T + translation
+
+
+def domains(run_dir: Path) -> None:
+    from atomvae.train.run import load_run
+
+    model = load_run(run_dir).model
+    topology, frames = dims_frames()
+    ca = topology.select("CA")
+    resid = topology.res_seq[topology.residue_index[ca]]
+    groups = {
+        "CORE": (resid <= 29) | ((resid >= 60) & (resid <= 121)) | (resid >= 160),
+        "NMP 30-59": (resid >= 30) & (resid <= 59),
+        "LID 122-159": (resid >= 122) & (resid <= 159),
+    }
+    header = " ".join(f"{name:>12}" for name in groups)
+    print(f"frame {header}   (C-alpha rms error, A; CORE superposed)")
+    for frame in (8, 48, 88):
+        with torch.no_grad():
+            decoded = (
+                model.decoder(oracle_latent([frame], model.config.latent_conf), "CA")[0].double().numpy()
+            )
+        truth = frames[frame][ca]
+        error = np.linalg.norm(_superposed(decoded, truth, groups["CORE"]) - truth, axis=1)
+        print(f"{frame:5d} " + " ".join(f"{np.sqrt((error[m] ** 2).mean()):12.2f}" for m in groups.values()))
+
+
+def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
+    from atomvae.model.losses import gaussian_log_likelihood
+    from atomvae.structure.frames import backbone_frames
+    from atomvae.train.particles import open_particles
+    from atomvae.train.run import load_run
+
+    run = load_run(demo_dir / "run")
+    model = run.model
+    topology, frames = dims_frames()
+    particle_frame = np.load(demo_dir / "particles" / "truth.npz")["frame"]
+    source = open_particles(demo_dir / "particles" / "particles.star", run.config, need_poses=True)
+    if not use_oracle:
+        latents = np.load(demo_dir / "run" / "latents.npz")
+        encoded = dict(zip(latents["index"].tolist(), latents["mu"], strict=True))
+    rng = np.random.default_rng(0)
+    states = {"closed": particle_frame < 20, "intermediate": (particle_frame >= 30) & (particle_frame < 70)}
+    states["open"] = particle_frame >= 80
+    for name, in_state in states.items():
+        rows = np.sort(rng.choice(np.flatnonzero(in_state), 200, replace=False))
+        batch = source.load(rows.tolist(), torch.device("cpu"))
+        with torch.no_grad():
+            truth = (
+                torch.as_tensor(frames[particle_frame[rows]], dtype=torch.float64)
+                - model.base_center.double()
+            )
+            rotation, translation = backbone_frames(truth, topology)
+            true_coords = model.decoder.atoms(rotation.float(), translation.float(), "render")
+            if use_oracle:
+                z = oracle_latent(particle_frame[rows], model.config.latent_conf)
+            else:
+                z = torch.as_tensor(np.stack([encoded[i] for i in rows.tolist()]), dtype=torch.float32)
+            scores = []
+            for coords in (true_coords, model.decoder(z, "render")):
+                predicted = model.render_images(
+                    coords, batch["rotation"].float(), batch["shift"].float(), batch["ctf"], batch["image"]
+                )
+                scores.append(gaussian_log_likelihood(batch["image"], predicted, model.noise_sigma))
+        print(f"{name:<13} truth - decoded: {float((scores[0] - scores[1]).mean()):+.2f} nats per image")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("capacity")
+    p.add_argument("particles", type=Path)
+    p.add_argument("--epochs", type=int, default=12)
+    p = commands.add_parser("oracle")
+    p.add_argument("out", type=Path)
+    p.add_argument("overrides", nargs="?")
+    p.add_argument("--particles", type=Path, help="reuse these simulated demo particles (copied into OUT)")
+    p = commands.add_parser("domains")
+    p.add_argument("run_dir", type=Path)
+    p = commands.add_parser("truth")
+    p.add_argument("demo_dir", type=Path)
+    p.add_argument("--oracle", action="store_true")
+    args = parser.parse_args()
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    gflops = machine_reference()
+    threads = torch.get_num_threads()
+    print(f"machine reference: batched matmul float32 {gflops:.1f} GFLOP/s, {threads} threads")
+    if args.command == "capacity":
+        capacity(args.particles, args.epochs)
+    elif args.command == "oracle":
+        oracle(args.out, args.overrides, args.particles)
+    elif args.command == "domains":
+        domains(args.run_dir)
+    else:
+        truth_scores(args.demo_dir, args.oracle)
+
+
+if __name__ == "__main__":
+    main()
