@@ -7,6 +7,7 @@ written in the base structure's own coordinate frame (``AtomVAE.to_base_frame``)
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,15 @@ def sample_to_file(
     _check_structure_output(out_path, run_dir, overwrite)
     run = load_run(run_dir, device=device)
     posterior = None if latents is None else read_posteriors(Path(latents), run.model.config.latent_conf)
+    if posterior is None and run.config.loss.search_candidates > 0:
+        # Measured on the demo data (BENCHMARKS.md, "Conformation search"): prior samples of a run trained
+        # with the search recovered 0.55 of the gap, its particles' aggregate posterior 0.76.
+        warnings.warn(
+            f"{run_dir}: this run placed its particles' latents by conformation search, so the ensemble is "
+            "their aggregate posterior, not N(0, I): sample with --latents LATENTS.npz (atomvae encode)",
+            UserWarning,
+            stacklevel=2,
+        )
     _write_structures(run, sample_structures(run, n, seed, posterior=posterior), out_path)
     return out_path
 
