@@ -359,3 +359,23 @@ def test_sample_from_the_aggregate_posterior(trained_run):
     bad = folder / "not_latents.npz"
     np.savez(bad, mu=np.zeros((3, 32)))
     assert main(["sample", str(run_dir), "-n", "3", "-o", str(folder / "x.pdb"), "--latents", str(bad)]) == 2
+
+
+def test_a_search_trained_run_encodes_by_search_and_warns_on_prior_sampling(tmp_path):
+    from atomvae.model.config import LossWeights
+
+    star = write_particles(tmp_path / "data", n=24)
+    config_path = tmp_path / "search.yaml"
+    save_config(tiny_config(loss=LossWeights(search_candidates=4, search_width=0.2)), config_path)
+    run_dir = tmp_path / "run"
+    argv = ["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(config_path)]
+    assert main([*argv, "--max-steps", "8", "--no-progress"]) == 0
+    latents = tmp_path / "latents.npz"
+    assert main(["encode", str(run_dir), str(star), "-o", str(latents)]) == 0
+    assert np.allclose(np.load(latents)["sigma"], 0.2)  # the search posterior's width
+    with pytest.warns(UserWarning, match="--latents"):
+        assert main(["sample", str(run_dir), "-n", "2", "-o", str(tmp_path / "prior.pdb")]) == 0
+    assert (
+        main(["sample", str(run_dir), "-n", "2", "-o", str(tmp_path / "post.pdb"), "--latents", str(latents)])
+        == 0
+    )
