@@ -194,9 +194,9 @@ def _check_config(config: SimulationConfig) -> None:
             raise InputError(option, f"must be a positive integer, got {value}")
     if not 0 < config.defocus_min <= config.defocus_max:
         raise InputError("--defocus-min", "need 0 < defocus-min <= defocus-max (A)")
-    for option, value in (("--astigmatism", config.astigmatism), ("--shift-spread", config.shift_spread)):
-        if not value >= 0:
-            raise InputError(option, f"must not be negative, got {value}")
+    for option, spread in (("--astigmatism", config.astigmatism), ("--shift-spread", config.shift_spread)):
+        if not spread >= 0:
+            raise InputError(option, f"must not be negative, got {spread}")
     if not 0 <= config.amplitude_contrast < 1:
         raise InputError("--amplitude-contrast", f"must be in [0, 1), got {config.amplitude_contrast}")
 

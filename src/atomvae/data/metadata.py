@@ -74,12 +74,22 @@ class ParticleMetadata:
     shift: torch.Tensor | None = None
     source: Path | None = None
 
+    def __post_init__(self) -> None:
+        if (self.rotation is None) != (self.shift is None):
+            raise ValueError("ParticleMetadata needs rotation and shift together (or neither)")
+
     def __len__(self) -> int:
         return len(self.file_index)
 
     @property
     def has_poses(self) -> bool:
         return self.rotation is not None
+
+    def poses(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rotation (N, 3, 3), shift (N, 2) A), or None when the particles have no poses."""
+        if self.rotation is None or self.shift is None:
+            return None
+        return self.rotation, self.shift
 
     def subset(self, indices) -> ParticleMetadata:
         """The particles ``indices`` (any 1D integer index), in that order."""
@@ -531,9 +541,10 @@ def star_tables(meta: ParticleMetadata, image_names: list[str]) -> dict[str, pd.
         "rlnPhaseShift": ctf.phase_shift.numpy(),
         "rlnCtfBfactor": ctf.bfactor.numpy(),
     }
-    if meta.rotation is not None:
-        angles = euler.matrix_to_relion(meta.rotation.double())
-        origin = euler.shift_to_relion_origin(meta.shift.double())
+    poses = meta.poses()
+    if poses is not None:
+        angles = euler.matrix_to_relion(poses[0].double())
+        origin = euler.shift_to_relion_origin(poses[1].double())
         particles.update(
             {
                 "rlnAngleRot": angles[:, 0].numpy(),

@@ -33,11 +33,12 @@ MAX_OPEN_MAPS = 256
 RELEASE_EVERY_IMAGES = 1
 
 
-def release_pages(images: np.memmap) -> None:
+def release_pages(images: np.ndarray) -> None:
     """Unmap the pages of a memory map from this process (``madvise(MADV_DONTNEED)``; the next access maps
     them again from the kernel's page cache, without disk reads). Pages read through a map otherwise stay
     in the process's resident set (file-backed RSS) until it is unmapped: a pass over a 3 GB stack would
-    show as 3 GB of RSS, and random batches grow it to the stack's size over an epoch."""
+    show as 3 GB of RSS, and random batches grow it to the stack's size over an epoch. An array that is
+    not a memory map is left alone."""
     mapping = getattr(images, "_mmap", None)  # numpy keeps the mmap.mmap object of a memmap here
     if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED)

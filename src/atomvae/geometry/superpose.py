@@ -16,6 +16,7 @@ eigenvalue is a double root (collinear atoms), where it is good to ~1e-8 relativ
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import overload
 
 import numpy as np
 import roma
@@ -70,6 +71,22 @@ def _as_float64_tensor(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float64)
 
 
+@overload
+def pairwise_rmsd(
+    X: np.ndarray,
+    Y: torch.Tensor | np.ndarray,
+    chunk: int | None = None,
+    max_newton_steps: int = 100,
+    workers: int | None = None,
+) -> np.ndarray: ...
+@overload
+def pairwise_rmsd(
+    X: torch.Tensor,
+    Y: torch.Tensor | np.ndarray,
+    chunk: int | None = None,
+    max_newton_steps: int = 100,
+    workers: int | None = None,
+) -> torch.Tensor: ...
 def pairwise_rmsd(
     X: torch.Tensor | np.ndarray,
     Y: torch.Tensor | np.ndarray,

@@ -48,6 +48,9 @@ class ConformationDecoder(nn.Module):
     residue index (A',), registered with :meth:`add_atom_set`.
     """
 
+    base_rot: torch.Tensor  # buffers, declared for the type checker
+    base_trans: torch.Tensor
+
     def __init__(self, config: ModelConfig, base_rot: torch.Tensor, base_trans: torch.Tensor):
         super().__init__()
         n_residues = base_rot.shape[0]

@@ -60,14 +60,16 @@ class CTFParams:
     the device of the first tensor given.
     """
 
+    # Plain-number defaults are converted to tensors by __post_init__, so after construction every
+    # field is a tensor; the ignores let the annotations say so.
     defocus_u: torch.Tensor
     defocus_v: torch.Tensor
-    astigmatism_angle: torch.Tensor = 0.0
-    voltage: torch.Tensor = 300.0
-    spherical_aberration: torch.Tensor = 2.7
-    amplitude_contrast: torch.Tensor = 0.1
-    phase_shift: torch.Tensor = 0.0
-    bfactor: torch.Tensor = 0.0
+    astigmatism_angle: torch.Tensor = 0.0  # type: ignore[assignment]
+    voltage: torch.Tensor = 300.0  # type: ignore[assignment]
+    spherical_aberration: torch.Tensor = 2.7  # type: ignore[assignment]
+    amplitude_contrast: torch.Tensor = 0.1  # type: ignore[assignment]
+    phase_shift: torch.Tensor = 0.0  # type: ignore[assignment]
+    bfactor: torch.Tensor = 0.0  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         values = [getattr(self, name) for name in _FIELDS]

@@ -73,7 +73,7 @@ PENG1996: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 
 def scattering_parameters(
-    elements: Sequence[str], dtype: torch.dtype = torch.float64, device=None
+    elements: Sequence[str] | np.ndarray, dtype: torch.dtype = torch.float64, device=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Peng 1996 parameters per atom: ``(a (A, 5) in A, b (A, 5) in A^2)``.
 

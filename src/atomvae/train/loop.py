@@ -171,7 +171,7 @@ def _autocast(device: torch.device, config: TrainConfig):
 def validation_log_likelihood(
     model,
     source: ParticleSource,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     config: TrainConfig,
     stage: int,
     seed: int,
@@ -490,7 +490,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # the handlers to restore (callables, SIG_DFL, SIG_IGN)
 
     def __enter__(self) -> _StopRequest:
         # SIGTERM (a scheduler ending the job) is treated as the first Ctrl-C: a step ends in well under
@@ -615,7 +615,11 @@ class _SeedTrainer:
         )
 
     def run(
-        self, metrics: MetricsLogger, bar: TrainingProgress, max_steps: int | None, stop: _StopRequest
+        self,
+        metrics: MetricsLogger | _NoMetrics,
+        bar: TrainingProgress,
+        max_steps: int | None,
+        stop: _StopRequest,
     ) -> None:
         """Stages from the current position on; returns at the end, once ``max_steps`` is reached, or after
         the step during which a stop was requested."""
@@ -652,7 +656,7 @@ class _SeedTrainer:
         if not self.last.is_file():  # no step at all (zero epochs): keep the initial model usable
             self.save(self.last, None)
 
-    def _end_epoch(self, stage: int, epoch: int, metrics: MetricsLogger) -> None:
+    def _end_epoch(self, stage: int, epoch: int, metrics: MetricsLogger | _NoMetrics) -> None:
         """Validation when due, and the position at the start of the next epoch."""
         last_epoch = epoch + 1 == _stage_config(self.config, stage).epochs
         if (epoch + 1) % self.config.validate_every == 0 or last_epoch:
@@ -676,7 +680,7 @@ class _SeedTrainer:
         epoch: int,
         loss_fn,
         optimizer: torch.optim.Optimizer,
-        metrics: MetricsLogger,
+        metrics: MetricsLogger | _NoMetrics,
         bar: TrainingProgress,
         max_steps: int | None,
         stop: _StopRequest,
@@ -755,7 +759,7 @@ def _train_step(
     stage: int,
     device: torch.device,
     generator: torch.Generator | BatchNoiseRows,
-    shard: distributed.Shard | None = None,
+    shard: distributed.Shard,
     stop_requested: bool = False,
 ) -> StepResult:
     """One Adam step on one batch (with several processes: this rank's ``shard`` of the global batch).

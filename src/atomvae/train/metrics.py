@@ -76,9 +76,9 @@ class MetricsLogger:
         self._file.flush()
         if self._tb is not None:
             kind = record.get("kind", "train")
-            for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(f"{kind}/{key}", value, record["step"])
+            for name, value in record.items():
+                if name not in ("step", "kind") and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{name}", value, record["step"])
 
     def close(self) -> None:
         self._file.close()

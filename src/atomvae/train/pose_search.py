@@ -363,8 +363,8 @@ def run_references(
     base = np.asarray(run.base_coords, dtype=np.float64)
     with torch.no_grad():
         chunks = torch.as_tensor(mu, dtype=torch.float32).split(512)
-        decoded = torch.cat([run.model.to_base_frame(run.model.decode(c))[:, ca] for c in chunks])
-    decoded = decoded.double().numpy()
+        decoded_ca = [run.model.to_base_frame(run.model.decode(c))[:, ca] for c in chunks]
+    decoded = torch.cat(decoded_ca).double().numpy()
     chosen: list[int] = []
     nearest = np.sqrt(((decoded - base[ca]) ** 2).sum(-1).mean(-1))  # RMSD to the closest chosen structure
     for _ in range(min(n_references, len(decoded))):
@@ -439,14 +439,14 @@ def search_poses_to_file(
                 particles_path, f"particles are {metadata.box} px; the search needs at least {image_size}"
             )
 
-        def references() -> torch.Tensor:
+        def build_references() -> torch.Tensor:
             if out_path.exists() and not overwrite:
                 raise InputError(out_path, "output file already exists; pass --overwrite to replace it")
             if references_from is not None:
                 return run_references(Path(references_from), Path(particles_path), n_references, config)
             return base_references(read_structure(base_path), config, n_modes, amplitudes)
 
-        references = distributed.from_main(references)  # rank 0's, so every rank searches the same ones
+        references = distributed.from_main(build_references)  # rank 0's, so every rank searches the same ones
         dataset = ParticleDataset(metadata, downsample_to=image_size)
         positions = distributed.shard_positions(len(dataset))
         local = search_poses(
