@@ -26,10 +26,10 @@ from atomvae.errors import InputError
 
 MAX_OPEN_MAPS = 256
 # Images read between releases of the pages the reads mapped (see release_pages). 1: after every read. A
-# fault on a page-cache page can map far more than the image (a whole large folio: measured, 1000 random
-# 64-px images left ~1.4 GiB of a freshly written 3 GiB stack resident), so a count of images bounds
-# nothing; releasing after every read costs re-mapping the pages on the next access (measured ~0.2 ms per
-# 64-px image on a loaded machine, small against a training step).
+# fault on a page-cache page can map far more than the image (a whole large folio: a few random images can
+# leave a large share of a freshly written stack resident), so a count of images bounds nothing; releasing
+# after every read costs re-mapping the pages on the next access, small against a training step (memory
+# against stack size: BENCHMARKS.md, section "Training memory against the stack size").
 RELEASE_EVERY_IMAGES = 1
 
 

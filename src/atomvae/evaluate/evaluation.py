@@ -343,7 +343,7 @@ def _distance_part(
     return section, summary
 
 
-# Structures checked for bonds and clashes per ensemble: enough for fractions to ~2%, ~1 s for 1,700 atoms.
+# Structures checked for bonds and clashes per ensemble: enough for fractions to ~2% (binomial error).
 PLAUSIBILITY_STRUCTURES = 512
 
 

@@ -9,7 +9,7 @@ centring, the optimal RMSD of a pair depends only on the 3x3 correlation matrix 
 ``N*M`` of them come from one matrix product, and the largest eigenvalue of Horn's 4x4 quaternion
 matrix of each ``H`` (the maximal ``trace(R H)``) is found by Newton's method on its characteristic
 polynomial (Theobald's QCP, Acta Cryst. A61, 2005). That is elementwise arithmetic on all pairs at
-once, ~10x faster here than a batched 3x3 SVD, and accurate to float64 rounding except where that
+once, much faster here than a batched 3x3 SVD, and accurate to float64 rounding except where that
 eigenvalue is a double root (collinear atoms), where it is good to ~1e-8 relative.
 """
 
@@ -105,7 +105,8 @@ def pairwise_rmsd(
     it stays in cache, and ``workers`` (default: torch's thread count) Python threads take chunks in
     turn. Chunks in parallel rather than torch's per-operation threads: the ~100 small elementwise
     operations per chunk each end in an OpenMP barrier, which on a loaded machine made the computation
-    ~10x slower. On a GPU the default is one large chunk at a time.
+    several times slower (BENCHMARKS.md, section "EMD-RMSD"). On a GPU the default is one large chunk
+    at a time.
     """
     return_numpy = not isinstance(X, torch.Tensor)
     Xt, Yt = _as_float64_tensor(X), _as_float64_tensor(Y)

@@ -84,8 +84,8 @@ def bond_outliers(
 
     Shapes as ``backbone_continuity``; returns (...). Why a sum of the excess and not a mean: the mean
     over ~200 bonds dilutes one strained bond 200-fold, and a state the rigid residues of the base do not
-    quite fit strains a few single bonds (measured on the adk demo: ~15% of samples had one peptide bond
-    0.2-0.3 A off while the mean deviation stayed at 0.05 A).
+    quite fit strains a few single bonds in some samples while the mean deviation stays small (measured on
+    the adk demo: BENCHMARKS.md, section "Image model").
     """
     mask = torch.as_tensor(bonded_to_next[:-1], dtype=torch.bool, device=c_atoms.device)
     if not bool(mask.any()):

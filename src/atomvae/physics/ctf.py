@@ -273,10 +273,10 @@ def for_each_chunk(work, n_items: int, chunk: int, device: torch.device) -> None
     """Run ``work(lo, hi)`` over chunks; on a multi-threaded CPU, on one Python thread per torch
     thread with torch single-threaded meanwhile.
 
-    Shared by the renderer and the CTF. Every chunk is a dozen operations of ~0.1 ms; with intra-op
-    threads each ends in an OpenMP barrier, and when other processes hold a core the barrier waits a
-    whole time slice (measured: 5-10x slower renders on the shared 2-core machine). Independent
-    single-threaded chunks never wait.
+    Shared by the renderer and the CTF. Every chunk is a dozen short operations; with intra-op threads
+    each ends in an OpenMP barrier, and when other processes hold a core the barrier waits a whole time
+    slice (renders several times slower on a shared machine: BENCHMARKS.md, section "Renderer").
+    Independent single-threaded chunks never wait.
     """
     starts = range(0, n_items, chunk)
     threads = torch.get_num_threads()

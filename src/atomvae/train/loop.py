@@ -111,8 +111,8 @@ def sampling_generator(device: torch.device, *parts: int) -> torch.Generator:
 
 def make_optimizer(parameters, learning_rate: float, device: torch.device) -> torch.optim.Adam:
     """Adam (paper). The fused kernel on CPU and CUDA: with the ~12M encoder parameters the default
-    per-tensor Adam costs ~350 ms a step on 2 cores against ~40 ms fused, more than the renders of a
-    CPU-preset batch."""
+    per-tensor Adam costs several times the fused one, more than the renders of a CPU-preset batch (the
+    fused Adam's share of a step: BENCHMARKS.md, section "Training step against the renderer")."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(parameters, lr=learning_rate, fused=fused)
 

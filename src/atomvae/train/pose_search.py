@@ -2,7 +2,8 @@
 
 Why: the paper pre-trains its pose encoder on the fixed base structure (stage 1) for 2000 epochs with 128
 pose samples per image. Under the CPU budget (8 epochs, 8 samples) that amortised search does not find the
-poses (measured on the adenylate-kinase benchmark: 121 deg median error after stage 1, random is 126). The
+poses (on the adenylate-kinase benchmark its median pose error after stage 1 is close to that of random
+poses: BENCHMARKS.md, section "End to end: adenylate kinase (issue 6)"). The
 classic cryo-EM answer to the same question -- which view of this known structure is this image? -- is
 an exhaustive search (paper section 2.2 cites it), and on the base structure it costs minutes, not hours.
 Its poses then start a "refine" training, where the pose head learns corrections.
