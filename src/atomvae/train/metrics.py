@@ -92,6 +92,19 @@ class MetricsLogger:
         self.close()
 
 
+class NullMetrics:
+    """The metrics log of ranks other than 0: records are dropped (rank 0 logs global values)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def __enter__(self) -> NullMetrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def _series(records: Iterable[dict[str, Any]], kind: str, key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for r in records:
