@@ -17,6 +17,7 @@ from atomvae.train import run as run_folder
 from atomvae.train.config import TrainConfig, config_to_dict, load_config, save_config
 from atomvae.train.metrics import CURVE_FILE, METRICS_FILE
 from atomvae.train.particles import ParticleSource
+from atomvae.train.seed_run import SeedResult
 from atomvae.train.seeding import split_indices
 
 # Config fields that may change when a run is resumed (where and how fast it runs, not what it computes).
@@ -118,9 +119,9 @@ def prepare_run_folder(
     return info
 
 
-def write_best(run_dir: Path, results: Sequence[Any], best: Any) -> None:
-    """best.yaml (every seed's held-out log-likelihood and position; ``results``: the loop's SeedResults),
-    and the best seed's metrics log and curve at the top of the run folder, where a user looks first."""
+def write_best(run_dir: Path, results: Sequence[SeedResult], best: SeedResult) -> None:
+    """best.yaml (every seed's held-out log-likelihood and position), and the best seed's metrics log and
+    curve at the top of the run folder, where a user looks first."""
     run_folder.write_yaml(
         run_dir / run_folder.BEST_FILE,
         {
