@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-from command_line import REPOSITORY, repository_command  # noqa: E402
+# Loaded from its file: putting benchmarks/ on sys.path would let its data.py, render.py, ... shadow modules.
+_spec = importlib.util.spec_from_file_location("command_line", BENCHMARKS / "command_line.py")
+assert _spec is not None and _spec.loader is not None
+command_line = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(command_line)
+REPOSITORY, repository_command = command_line.REPOSITORY, command_line.repository_command
 
 
 def test_paths_inside_the_repository_become_relative_and_others_stay(tmp_path, monkeypatch):
