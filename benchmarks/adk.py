@@ -61,6 +61,7 @@ from atomvae.evaluate.evaluation import score_ensemble
 from atomvae.evaluate.stereochemistry import stereochemistry_summary
 from atomvae.structure.io import read_ensemble
 from atomvae.train.run import base_structure_path
+from command_line import repository_command
 
 WEIGHTS = ADK_WEIGHTS
 DISTANCES = ADK_DISTANCES
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    command = repository_command() if argv is None else repository_command([__file__, *argv])
     print(f"command: {command}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     gflops = machine_reference()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 import tempfile
 import time
 import warnings
@@ -32,6 +30,7 @@ from atomvae.physics import scattering
 from atomvae.physics.ctf import CTFParams
 from atomvae.simulate import SimulationConfig, simulate
 from atomvae.structure.io import read_ensemble
+from command_line import repository_command
 
 
 def bench_simulate(n: int, workdir: Path) -> None:
@@ -131,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"command: {shlex.join([sys.executable.split('/')[-1], *sys.argv])}")
+    print(f"command: {repository_command()}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"

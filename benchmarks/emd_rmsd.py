@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 import time
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from atomvae.evaluate.emd_rmsd import emd_rmsd
+from command_line import repository_command
 
 
 def adk_ensembles(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pred, gt = adk_ensembles(args.n, args.noise, args.seed)
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"command: {repository_command()}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "

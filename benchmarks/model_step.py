@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from atomvae.physics.ctf import CTFParams
 from atomvae.physics.render import render
 from atomvae.structure.io import read_structure
 from atomvae.train.config import PRESETS, TrainConfig
+from command_line import repository_command
 
 BOX, PIXEL_SIZE = 64, 1.5
 
@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print("command:", repository_command())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine reference: batched matmul "
         f"(256,64,1024)@(256,1024,64) float32 {matmul_gflops(1024):.1f} GFLOP/s"

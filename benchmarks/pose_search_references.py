@@ -31,6 +31,7 @@ from atomvae.demo import adk_inputs
 from atomvae.structure.io import read_ensemble, read_structure
 from atomvae.structure.normal_modes import anm_modes
 from atomvae.train.pose_search import PoseSearchConfig, base_references, search_poses
+from command_line import repository_command
 
 
 def report(name: str, result, truth: dict, rows: np.ndarray, seconds: float) -> None:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         help="learning runs whose learnt states (search-poses --references-from) to describe",
     )
     args = parser.parse_args(argv)
-    print("command:", " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(argv))
+    print("command:", repository_command() if argv is None else repository_command([__file__, *argv]))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine reference: batched matmul "
         f"(256,64,1024)@(256,1024,64) float32 {machine_reference():.1f} GFLOP/s"

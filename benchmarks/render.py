@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shlex
-import sys
 import time
 
 import numpy as np
@@ -32,6 +30,7 @@ from atomvae.physics import render as render_module
 from atomvae.physics.ctf import CTFParams
 from atomvae.physics.render import render, render_projections
 from atomvae.structure.io import read_structure
+from command_line import repository_command
 
 BOX = 64
 PIXEL_SIZE = 1.5
@@ -76,7 +75,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("command:", shlex.join([sys.executable.split("/")[-1], *sys.argv]))
+    print("command:", repository_command())
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, box {BOX} px, pixel {PIXEL_SIZE} A,"
         f" float32, batch {args.particles} particles x {args.renders_per_particle} renders"

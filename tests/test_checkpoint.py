@@ -19,8 +19,9 @@ from atomvae.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from atomvae.train.loop import epoch_batches, split_indices, train
+from atomvae.train.loop import train
 from atomvae.train.metrics import read_metrics
+from atomvae.train.seeding import epoch_batches, split_indices
 from helpers_train import BASE_PDB, tiny_config, write_particles
 
 
@@ -149,7 +150,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
     first = train(config, star, BASE_PDB, interrupted, max_steps=4)
     assert not first.complete and first.seeds[0].position == Position(1, 1, 1, 4)
 
-    real_step, calls = loop._train_step, []
+    real_step, calls = loop.train_step, []
 
     def crash_on_the_seventh_step(*args, **kwargs):  # steps 5..10 run, step 11 dies
         calls.append(1)
@@ -157,7 +158,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_train_step", crash_on_the_seventh_step)
+    monkeypatch.setattr(loop, "train_step", crash_on_the_seventh_step)
     with pytest.raises(KeyboardInterrupt):
         train(config, star, BASE_PDB, interrupted, resume=True)
     monkeypatch.undo()
@@ -193,7 +194,7 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_a_used_folder(t
 
 def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, monkeypatch):
     star = write_particles(tmp_path / "data", n=24)
-    real_step, calls = loop._train_step, []
+    real_step, calls = loop.train_step, []
 
     def interrupt_during_the_second_step(*args, **kwargs):
         calls.append(1)
@@ -201,7 +202,7 @@ def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C mid-step
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_train_step", interrupt_during_the_second_step)
+    monkeypatch.setattr(loop, "train_step", interrupt_during_the_second_step)
     with pytest.raises(KeyboardInterrupt, match="stopped at step 2"):
         train(tiny_config(), star, BASE_PDB, tmp_path / "run")
     assert len(calls) == 2

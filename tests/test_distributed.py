@@ -20,8 +20,9 @@ import torch.multiprocessing as mp
 from atomvae.model.batch_noise import BatchNoiseRows
 from atomvae.train import distributed
 from atomvae.train.checkpoint import load_checkpoint
-from atomvae.train.loop import rank_loss_weights, train
+from atomvae.train.loop import train
 from atomvae.train.run import read_run_info
+from atomvae.train.step import rank_loss_weights
 from helpers_train import BASE_PDB, tiny_config, write_particles
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")

@@ -121,3 +121,17 @@ def test_rigid_compose_apply_inverse():
     assert Rigid.identity((4,)).apply(x[:4].float()).allclose(x[:4].float())
     with pytest.raises(ValueError):
         Rigid(torch.eye(3), torch.zeros(2))
+
+
+def test_residue_padded_layout_slots_follow_input_order_within_each_residue():
+    """One layout for placing atoms and for the heavy-atom clash penalty: atom k of residue r at r * K + k."""
+    from atomvae.structure.frames import residue_padded_layout, residue_slots
+
+    residue_index = np.array([1, 0, 1, 2, 1, 0])  # residue 1 holds the most atoms (K = 3)
+    slot, mask = residue_padded_layout(residue_index)
+    assert slot.tolist() == [3, 0, 4, 6, 5, 1]
+    assert mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    slot_t, width = residue_slots(torch.as_tensor(residue_index), 4)  # a trailing residue without atoms
+    assert width == 3 and slot_t.tolist() == slot.tolist()
+    empty_slot, empty_mask = residue_padded_layout(np.zeros(0, dtype=np.int64))
+    assert empty_slot.shape == (0,) and empty_mask.shape == (0, 0)

@@ -167,3 +167,49 @@ def test_cryosparc_shift_uses_refinement_pixel_size(tmp_path, particle_set):
     meta = md.read_cryosparc_cs(tmp_path / "binned.cs")
     # shifts were written in 1.5 A pixels; read as 3 A pixels they double
     np.testing.assert_allclose(meta.shift.numpy(), 2 * particle_set.shift, atol=1e-9)
+
+
+def test_ctf_from_columns_broadcasts_defaults_and_refuses_gaps():
+    """The one CTF constructor of the readers and the simulator: arrays or constants, optional fields 0."""
+    ctf = md.ctf_from_columns(
+        3,
+        {
+            "defocus_u": [1e4, 2e4, 3e4],
+            "defocus_v": np.array([9e3, 1.9e4, 2.9e4]),
+            "astigmatism_angle": 30.0,
+            "voltage": 300,
+            "spherical_aberration": 2.7,
+            "amplitude_contrast": 0.1,
+        },
+    )
+    assert ctf.dtype == torch.float64 and ctf.shape == (3,)
+    assert ctf.defocus_u.tolist() == [1e4, 2e4, 3e4] and ctf.voltage.tolist() == [300.0] * 3
+    assert ctf.phase_shift.tolist() == [0.0] * 3 and ctf.bfactor.tolist() == [0.0] * 3
+    with pytest.raises(ValueError, match="missing.*voltage"):
+        md.ctf_from_columns(1, {"defocus_u": 1e4, "defocus_v": 1e4})
+    with pytest.raises(ValueError, match="unknown.*defocus"):
+        md.ctf_from_columns(
+            1,
+            {f: 1.0 for f in md.CTF_FIELDS} | {"defocus": 1.0},
+        )
+
+
+def test_poses_come_together():
+    ctf = {f: 1.0 for f in md.CTF_FIELDS}
+    meta = md.ParticleMetadata.from_columns(["a.mrcs"], [0, 0], [0, 1], ctf, 1.5, 16)
+    assert meta.poses() is None and meta.rotation is None
+    with pytest.raises(ValueError, match="rotation and shift together"):
+        md.ParticleMetadata(
+            meta.image_paths,
+            meta.file_index,
+            meta.image_index,
+            meta.ctf,
+            1.5,
+            16,
+            rotation=torch.eye(3)[None],
+        )
+    posed = md.ParticleMetadata.from_columns(
+        ["a.mrcs"], [0, 0], [0, 1], ctf, 1.5, 16, poses=(np.eye(3)[None].repeat(2, 0), np.zeros((2, 2)))
+    )
+    rotation, shift = posed.poses()
+    assert rotation.dtype == torch.float64 and rotation.shape == (2, 3, 3) and shift.shape == (2, 2)

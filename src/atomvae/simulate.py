@@ -51,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from atomvae.data import validate
-from atomvae.data.metadata import ParticleMetadata, star_tables
+from atomvae.data.metadata import ParticleMetadata, ctf_from_columns, star_tables
 from atomvae.errors import InputError, check_writable_folder
 from atomvae.geometry.rotations import random_rotations
 from atomvae.physics import noise, scattering
@@ -157,18 +157,17 @@ def _draw_ctf(config: SimulationConfig, n: int, rng: np.random.Generator) -> CTF
     half = 0.5 * rng.uniform(0.0, config.astigmatism, n)
     angle = rng.uniform(0.0, 180.0, n)
 
-    def full(value: float) -> torch.Tensor:
-        return torch.full((n,), float(value), dtype=torch.float64)
-
-    return CTFParams(
-        defocus_u=torch.as_tensor(mean + half),
-        defocus_v=torch.as_tensor(mean - half),
-        astigmatism_angle=torch.as_tensor(angle),
-        voltage=full(config.voltage),
-        spherical_aberration=full(config.spherical_aberration),
-        amplitude_contrast=full(config.amplitude_contrast),
-        phase_shift=full(0.0),
-        bfactor=full(config.envelope_bfactor),
+    return ctf_from_columns(
+        n,
+        {
+            "defocus_u": mean + half,
+            "defocus_v": mean - half,
+            "astigmatism_angle": angle,
+            "voltage": config.voltage,
+            "spherical_aberration": config.spherical_aberration,
+            "amplitude_contrast": config.amplitude_contrast,
+            "bfactor": config.envelope_bfactor,
+        },
     )
 
 
@@ -194,9 +193,9 @@ def _check_config(config: SimulationConfig) -> None:
             raise InputError(option, f"must be a positive integer, got {value}")
     if not 0 < config.defocus_min <= config.defocus_max:
         raise InputError("--defocus-min", "need 0 < defocus-min <= defocus-max (A)")
-    for option, value in (("--astigmatism", config.astigmatism), ("--shift-spread", config.shift_spread)):
-        if not value >= 0:
-            raise InputError(option, f"must not be negative, got {value}")
+    for option, spread in (("--astigmatism", config.astigmatism), ("--shift-spread", config.shift_spread)):
+        if not spread >= 0:
+            raise InputError(option, f"must not be negative, got {spread}")
     if not 0 <= config.amplitude_contrast < 1:
         raise InputError("--amplitude-contrast", f"must be in [0, 1), got {config.amplitude_contrast}")
 
@@ -235,15 +234,14 @@ def simulate(config: SimulationConfig) -> SimulationResult:
             tmp / "particles.mrcs", config, coords, a, b, frames, rotation, shift, ctf, noise_generator
         )
         effective_snr = signal_variance / noise_sigma**2 if noise_sigma > 0 else math.inf
-        meta = ParticleMetadata(
-            image_paths=(tmp / "particles.mrcs",),
-            file_index=np.zeros(n, dtype=np.int64),
-            image_index=np.arange(n),
-            ctf=ctf,
-            pixel_size=config.pixel_size,
-            box=config.box,
-            rotation=rotation,
-            shift=shift,
+        meta = ParticleMetadata.from_columns(
+            (tmp / "particles.mrcs",),
+            np.zeros(n, dtype=np.int64),
+            np.arange(n),
+            ctf.as_dict(),
+            config.pixel_size,
+            config.box,
+            (rotation, shift),
         )
         names = [f"{i + 1}@particles.mrcs" for i in range(n)]
         starfile.write(star_tables(meta, names), tmp / "particles.star", float_format="%.12g")

@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,16 +44,62 @@ from atomvae.errors import InputError
 from atomvae.geometry import euler
 from atomvae.physics.ctf import CTFParams
 
-CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
-OPTICS_CTF_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-CS_CTF_FIELDS = (
-    "ctf/df1_A",
-    "ctf/df2_A",
-    "ctf/df_angle_rad",
-    "ctf/accel_kv",
-    "ctf/cs_mm",
-    "ctf/amp_contrast",
-)
+CTF_FIELDS = tuple(f.name for f in dataclasses.fields(CTFParams))
+OPTIONAL_CTF_FIELDS = ("phase_shift", "bfactor")  # absent from a file: 0
+
+# Where each format keeps each CTFParams field.
+STAR_CTF = {
+    "defocus_u": "rlnDefocusU",
+    "defocus_v": "rlnDefocusV",
+    "astigmatism_angle": "rlnDefocusAngle",
+    "voltage": "rlnVoltage",  # data_optics in RELION 3.1+
+    "spherical_aberration": "rlnSphericalAberration",  # data_optics
+    "amplitude_contrast": "rlnAmplitudeContrast",  # data_optics
+    "phase_shift": "rlnPhaseShift",
+    "bfactor": "rlnCtfBfactor",
+}
+CS_CTF = {
+    "defocus_u": "ctf/df1_A",
+    "defocus_v": "ctf/df2_A",
+    "astigmatism_angle": "ctf/df_angle_rad",
+    "voltage": "ctf/accel_kv",
+    "spherical_aberration": "ctf/cs_mm",
+    "amplitude_contrast": "ctf/amp_contrast",
+    "phase_shift": "ctf/phase_shift_rad",
+    "bfactor": "ctf/bfactor",
+}
+CS_RADIAN_FIELDS = ("astigmatism_angle", "phase_shift")  # cryoSPARC angles are in radians
+CRYODRGN_CTF = {  # columns of ctf.pkl; it has no B-factor
+    "defocus_u": 2,
+    "defocus_v": 3,
+    "astigmatism_angle": 4,
+    "voltage": 5,
+    "spherical_aberration": 6,
+    "amplitude_contrast": 7,
+    "phase_shift": 8,
+}
+CTF_COLUMNS = tuple(STAR_CTF[f] for f in ("defocus_u", "defocus_v", "astigmatism_angle"))
+OPTICS_CTF_COLUMNS = tuple(STAR_CTF[f] for f in ("voltage", "spherical_aberration", "amplitude_contrast"))
+CS_CTF_FIELDS = tuple(CS_CTF[f] for f in CTF_FIELDS if f not in OPTIONAL_CTF_FIELDS)
+
+
+def ctf_from_columns(n: int, columns: Mapping[str, Any]) -> CTFParams:
+    """The CTFs of ``n`` particles as float64 tensors ``(n,)``.
+
+    columns: keyed by CTFParams field, in CTFParams' units (defocus A, angles degrees, kV, mm, fraction,
+    B-factor A^2); each a per-particle array ``(n,)`` or one value for every particle. The optional fields
+    (phase shift, B-factor) are 0 when absent; the others must be given.
+    """
+    missing = [f for f in CTF_FIELDS if f not in columns and f not in OPTIONAL_CTF_FIELDS]
+    unknown = sorted(set(columns) - set(CTF_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"CTF columns: missing {missing}, unknown {unknown}")
+
+    def column(f: str) -> torch.Tensor:
+        values = np.asarray(columns.get(f, 0.0), dtype=np.float64)
+        return torch.as_tensor(np.broadcast_to(values, (n,)).copy())
+
+    return CTFParams(**{f: column(f) for f in CTF_FIELDS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +122,22 @@ class ParticleMetadata:
     shift: torch.Tensor | None = None
     source: Path | None = None
 
+    def __post_init__(self) -> None:
+        if (self.rotation is None) != (self.shift is None):
+            raise ValueError("ParticleMetadata needs rotation and shift together (or neither)")
+
     def __len__(self) -> int:
         return len(self.file_index)
 
     @property
     def has_poses(self) -> bool:
         return self.rotation is not None
+
+    def poses(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rotation (N, 3, 3), shift (N, 2) A), or None when the particles have no poses."""
+        if self.rotation is None or self.shift is None:
+            return None
+        return self.rotation, self.shift
 
     def subset(self, indices) -> ParticleMetadata:
         """The particles ``indices`` (any 1D integer index), in that order."""
@@ -97,6 +155,37 @@ class ParticleMetadata:
     def open_stack(self) -> ParticleStack:
         """The memory-mapped images of these particles (same order)."""
         return ParticleStack(self.image_paths, self.file_index, self.image_index)
+
+    @classmethod
+    def from_columns(
+        cls,
+        image_paths: Sequence[Path],
+        file_index: np.ndarray,
+        image_index: np.ndarray,
+        ctf: Mapping[str, Any],
+        pixel_size: float,
+        box: int,
+        poses: tuple[Any, Any] | None = None,
+        source: Path | None = None,
+    ) -> ParticleMetadata:
+        """The one constructor of every reader (and the simulator): ``ctf`` as for :func:`ctf_from_columns`,
+        ``poses`` (rotation (N, 3, 3), shift (N, 2) A) in our convention (see the module docstring) as
+        arrays or tensors, or None; everything is stored as float64 tensors."""
+        n = len(file_index)
+        rotation = shift = None
+        if poses is not None:
+            rotation, shift = (_float_tensor(p) for p in poses)
+        return cls(
+            image_paths=tuple(image_paths),
+            file_index=np.asarray(file_index, dtype=np.int64),
+            image_index=np.asarray(image_index, dtype=np.int64),
+            ctf=ctf_from_columns(n, ctf),
+            pixel_size=float(pixel_size),
+            box=int(box),
+            rotation=rotation,
+            shift=shift,
+            source=source,
+        )
 
 
 def _float_tensor(values) -> torch.Tensor:
@@ -256,39 +345,16 @@ def read_star(
         "rlnDefocusU/V",
     )
 
-    def column(name: str, default: float) -> np.ndarray:
-        return table[name].to_numpy(np.float64) if name in table.columns else np.full(len(table), default)
-
-    ctf = CTFParams(
-        defocus_u=_float_tensor(column("rlnDefocusU", 0.0)),
-        defocus_v=_float_tensor(column("rlnDefocusV", 0.0)),
-        astigmatism_angle=_float_tensor(column("rlnDefocusAngle", 0.0)),
-        voltage=_float_tensor(column("rlnVoltage", 0.0)),
-        spherical_aberration=_float_tensor(column("rlnSphericalAberration", 0.0)),
-        amplitude_contrast=_float_tensor(column("rlnAmplitudeContrast", 0.0)),
-        phase_shift=_float_tensor(column("rlnPhaseShift", 0.0)),
-        bfactor=_float_tensor(column("rlnCtfBfactor", 0.0)),
-    )
-    rotation = shift = None
+    ctf = {f: table[c].to_numpy(np.float64) for f, c in STAR_CTF.items() if c in table.columns}
+    poses = None
     angle_columns = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
     if set(angle_columns) <= set(table.columns):
         angles = [_float_tensor(table[c].to_numpy(np.float64)) for c in angle_columns]
-        rotation = euler.relion_to_matrix(*angles)
         origin = np.zeros((len(table), 2))
         if set(origin_columns) <= set(table.columns):
             origin = table[list(origin_columns)].to_numpy(np.float64) * origin_scale
-        shift = euler.relion_origin_to_shift(_float_tensor(origin))
-    return ParticleMetadata(
-        image_paths=tuple(paths),
-        file_index=file_index,
-        image_index=image_index,
-        ctf=ctf,
-        pixel_size=star_pixel,
-        box=box,
-        rotation=rotation,
-        shift=shift,
-        source=path,
-    )
+        poses = (euler.relion_to_matrix(*angles), euler.relion_origin_to_shift(origin))
+    return ParticleMetadata.from_columns(paths, file_index, image_index, ctf, star_pixel, box, poses, path)
 
 
 # ---------------------------------------------------------------------------------------- cryoSPARC
@@ -329,37 +395,21 @@ def read_cryosparc_cs(path: str | os.PathLike, datadir: str | os.PathLike | None
     def field(name: str, default: float = 0.0) -> np.ndarray:
         return data[name].astype(np.float64) if name in fields else np.full(len(data), default)
 
-    ctf = CTFParams(
-        defocus_u=_float_tensor(field("ctf/df1_A")),
-        defocus_v=_float_tensor(field("ctf/df2_A")),
-        astigmatism_angle=_float_tensor(np.rad2deg(field("ctf/df_angle_rad"))),
-        voltage=_float_tensor(field("ctf/accel_kv")),
-        spherical_aberration=_float_tensor(field("ctf/cs_mm")),
-        amplitude_contrast=_float_tensor(field("ctf/amp_contrast")),
-        phase_shift=_float_tensor(np.rad2deg(field("ctf/phase_shift_rad"))),
-        bfactor=_float_tensor(field("ctf/bfactor")),
-    )
-    rotation = shift = None
+    ctf = {f: field(c) for f, c in CS_CTF.items() if c in fields}
+    for f in CS_RADIAN_FIELDS:
+        if f in ctf:
+            ctf[f] = np.rad2deg(ctf[f])
+    poses = None
     pose_fields = ("alignments3D/pose", "alignments3D/shift")
     if any(f in fields for f in pose_fields):
         validate.check_columns(path, fields, pose_fields, "pose")
     if set(pose_fields) <= fields:
         pose = data["alignments3D/pose"].astype(np.float64).reshape(-1, 3)
-        rotation = _float_tensor(Rotation.from_rotvec(-pose).as_matrix())
         # shifts are in pixels of the refinement, whose pixel size cryoSPARC records separately
         shift_pixel = field("alignments3D/psize_A", pixel_size)[:, None]
-        shift = _float_tensor(-data["alignments3D/shift"].astype(np.float64).reshape(-1, 2) * shift_pixel)
-    return ParticleMetadata(
-        image_paths=tuple(paths),
-        file_index=file_index,
-        image_index=image_index,
-        ctf=ctf,
-        pixel_size=pixel_size,
-        box=box,
-        rotation=rotation,
-        shift=shift,
-        source=path,
-    )
+        shift = -data["alignments3D/shift"].astype(np.float64).reshape(-1, 2) * shift_pixel
+        poses = (Rotation.from_rotvec(-pose).as_matrix(), shift)
+    return ParticleMetadata.from_columns(paths, file_index, image_index, ctf, pixel_size, box, poses, path)
 
 
 # ----------------------------------------------------------------------------------------- cryoDRGN
@@ -399,17 +449,8 @@ def read_cryodrgn_pkl(
         raise InputError(ctf_pkl, f"box size {box} disagrees with {stack.box} pixels in {particles.name}")
     validate.check_pixel_size(particles, stack.pixel_size, ctf_pkl, pixel_size)
     validate.check_defocus_sign(ctf_pkl, table[:, 2], table[:, 3], "defocus (columns 2, 3)")
-    ctf = CTFParams(
-        defocus_u=_float_tensor(table[:, 2]),
-        defocus_v=_float_tensor(table[:, 3]),
-        astigmatism_angle=_float_tensor(table[:, 4]),
-        voltage=_float_tensor(table[:, 5]),
-        spherical_aberration=_float_tensor(table[:, 6]),
-        amplitude_contrast=_float_tensor(table[:, 7]),
-        phase_shift=_float_tensor(table[:, 8]),
-        bfactor=_float_tensor(np.zeros(len(table))),
-    )
-    rotation = shift = None
+    ctf = {f: table[:, column] for f, column in CRYODRGN_CTF.items()}
+    poses = None
     if poses_pkl is not None:
         poses_pkl = Path(poses_pkl)
         poses = _load_pickle(poses_pkl, "cryoDRGN poses.pkl")
@@ -422,19 +463,10 @@ def read_cryodrgn_pkl(
                 f"rotations {rot.shape} / translations {trans.shape} do not match {len(table)} "
                 "particles of shape (N,3,3) / (N,2)",
             )
-        rotation = _float_tensor(rot)
-        shift = _float_tensor(-trans * box * pixel_size)
+        poses = (rot, -trans * box * pixel_size)
     n = len(table)
-    return ParticleMetadata(
-        image_paths=(particles,),
-        file_index=np.zeros(n, dtype=np.int64),
-        image_index=np.arange(n),
-        ctf=ctf,
-        pixel_size=pixel_size,
-        box=box,
-        rotation=rotation,
-        shift=shift,
-        source=ctf_pkl,
+    return ParticleMetadata.from_columns(
+        (particles,), np.zeros(n, dtype=np.int64), np.arange(n), ctf, pixel_size, box, poses, ctf_pkl
     )
 
 
@@ -525,15 +557,15 @@ def star_tables(meta: ParticleMetadata, image_names: list[str]) -> dict[str, pd.
     particles = {
         "rlnImageName": image_names,
         "rlnOpticsGroup": group.reshape(-1) + 1,
-        "rlnDefocusU": ctf.defocus_u.numpy(),
-        "rlnDefocusV": ctf.defocus_v.numpy(),
-        "rlnDefocusAngle": ctf.astigmatism_angle.numpy(),
-        "rlnPhaseShift": ctf.phase_shift.numpy(),
-        "rlnCtfBfactor": ctf.bfactor.numpy(),
+        **{
+            STAR_CTF[f]: getattr(ctf, f).numpy()
+            for f in ("defocus_u", "defocus_v", "astigmatism_angle", "phase_shift", "bfactor")
+        },
     }
-    if meta.rotation is not None:
-        angles = euler.matrix_to_relion(meta.rotation.double())
-        origin = euler.shift_to_relion_origin(meta.shift.double())
+    poses = meta.poses()
+    if poses is not None:
+        angles = euler.matrix_to_relion(poses[0].double())
+        origin = euler.shift_to_relion_origin(poses[1].double())
         particles.update(
             {
                 "rlnAngleRot": angles[:, 0].numpy(),

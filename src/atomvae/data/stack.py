@@ -26,18 +26,19 @@ from atomvae.errors import InputError
 
 MAX_OPEN_MAPS = 256
 # Images read between releases of the pages the reads mapped (see release_pages). 1: after every read. A
-# fault on a page-cache page can map far more than the image (a whole large folio: measured, 1000 random
-# 64-px images left ~1.4 GiB of a freshly written 3 GiB stack resident), so a count of images bounds
-# nothing; releasing after every read costs re-mapping the pages on the next access (measured ~0.2 ms per
-# 64-px image on a loaded machine, small against a training step).
+# fault on a page-cache page can map far more than the image (a whole large folio: a few random images can
+# leave a large share of a freshly written stack resident), so a count of images bounds nothing; releasing
+# after every read costs re-mapping the pages on the next access, small against a training step (memory
+# against stack size: BENCHMARKS.md, section "Training memory against the stack size").
 RELEASE_EVERY_IMAGES = 1
 
 
-def release_pages(images: np.memmap) -> None:
+def release_pages(images: np.ndarray) -> None:
     """Unmap the pages of a memory map from this process (``madvise(MADV_DONTNEED)``; the next access maps
     them again from the kernel's page cache, without disk reads). Pages read through a map otherwise stay
     in the process's resident set (file-backed RSS) until it is unmapped: a pass over a 3 GB stack would
-    show as 3 GB of RSS, and random batches grow it to the stack's size over an epoch."""
+    show as 3 GB of RSS, and random batches grow it to the stack's size over an epoch. An array that is
+    not a memory map is left alone."""
     mapping = getattr(images, "_mmap", None)  # numpy keeps the mmap.mmap object of a memmap here
     if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED)

@@ -94,10 +94,10 @@ class AnalyzeConfig:
 @torch.no_grad()
 def decode_to_base_frame(run, z: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Latent points z (M, D) -> all-atom structures (M, A, 3) float64 A in the base's frame."""
-    z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=run.device)
+    points = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=run.device)
     parts = [
-        run.model.to_base_frame(run.model.decode(z[i : i + chunk], "all")).double().cpu().numpy()
-        for i in range(0, len(z), chunk)
+        run.model.to_base_frame(run.model.decode(points[i : i + chunk], "all")).double().cpu().numpy()
+        for i in range(0, len(points), chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, run.topology.n_atoms, 3))
 
@@ -540,7 +540,8 @@ class ExportConfig:
     overwrite: bool = False
 
 
-def _rows_of_state(config: ExportConfig) -> tuple[np.ndarray, str]:
+def _rows_of_state(config: ExportConfig, wanted: int) -> tuple[np.ndarray, str]:
+    """Rows of the particles in state ``wanted`` (1-based) of config.analysis."""
     if config.analysis is None:
         raise InputError("--state", "needs --analysis, the folder atomvae analyze wrote")
     path = Path(config.analysis)
@@ -555,25 +556,26 @@ def _rows_of_state(config: ExportConfig) -> tuple[np.ndarray, str]:
     except (KeyError, ValueError, OSError) as err:
         raise InputError(path, f"not an atomvae analyze states file: {err}") from None
     k = int(state.max()) if len(state) else 0
-    if not 1 <= config.state <= k:
-        raise InputError("--state", f"states are numbered 1..{k} in {path}, got {config.state}")
+    if not 1 <= wanted <= k:
+        raise InputError("--state", f"states are numbered 1..{k} in {path}, got {wanted}")
     if recorded and Path(recorded).resolve() != Path(config.particles).resolve():
         print(
             f"atomvae: note: the states were computed for {recorded}; selecting the same rows of "
             f"{config.particles}",
             file=sys.stderr,
         )
-    return index[state == config.state], f"state {config.state} of {k}"
+    return index[state == wanted], f"state {wanted} of {k}"
 
 
-def _rows_by_distance(config: ExportConfig) -> tuple[np.ndarray, str]:
+def _rows_by_distance(config: ExportConfig, distance: str) -> tuple[np.ndarray, str]:
+    """Rows of the particles whose decoded ``distance`` (an atom pair) is below/above config's cutoffs."""
     from atomvae.evaluate.marginals import atom_distances, parse_distance
     from atomvae.train.inference import encode_particles
     from atomvae.train.run import base_structure_path, load_run
 
     if config.below is None and config.above is None:
         raise InputError("--distance", "give --below and/or --above (A)")
-    spec = parse_distance(config.distance)
+    spec = parse_distance(distance)
     run = load_run(config.run, device=config.device)
     pair = np.array([spec.atom_indices(run.topology, base_structure_path(run.run_dir))])
     if config.latents is not None:
@@ -621,9 +623,10 @@ def select_particles(config: ExportConfig) -> tuple[np.ndarray, str]:
     if config.distance is None and (config.below is not None or config.above is not None):
         raise InputError("--below/--above", "only go with --distance")
     if config.state is not None:
-        return _rows_of_state(config)
+        return _rows_of_state(config, config.state)
     if config.distance is not None:
-        return _rows_by_distance(config)
+        return _rows_by_distance(config, config.distance)
+    assert config.index_file is not None  # exactly one selection was given (checked above)
     return read_index_list(config.index_file), f"rows listed in {config.index_file}"
 
 

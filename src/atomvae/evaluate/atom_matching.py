@@ -7,6 +7,8 @@ name) after the ``--atoms`` selection, and only the intersection is compared.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +70,7 @@ def _label(key: tuple) -> str:
     return f"{chain + ':' if chain else ''}{seq}{icode}:{name}"
 
 
-def match_atoms(topologies: dict[str, tuple[Topology, object]], atoms: str = "CA") -> AtomMatch:
+def match_atoms(topologies: Mapping[str, tuple[Topology, str | os.PathLike]], atoms: str = "CA") -> AtomMatch:
     """Intersect the ``atoms`` selection ("CA" | "backbone" | "heavy") of several topologies.
 
     topologies: label -> (topology, source path for error messages); the first entry fixes the order.

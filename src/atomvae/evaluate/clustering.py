@@ -82,12 +82,11 @@ def kmeans(
     rng = np.random.default_rng(seed)
     # relative tolerance: the same stopping point whatever the latents' scale
     scale = float(points.var(axis=0).sum()) or 1.0
-    best = None
-    for _ in range(max(1, restarts)):
-        result = _lloyd(points, _kmeans_plus_plus(points, k, rng), max_iterations, tolerance * scale)
-        if best is None or result[2] < best[2]:
-            best = result
-    centres, labels, inertia = best
+    starts = (
+        _lloyd(points, _kmeans_plus_plus(points, k, rng), max_iterations, tolerance * scale)
+        for _ in range(max(1, restarts))
+    )
+    centres, labels, inertia = min(starts, key=lambda result: result[2])  # ties: the first start
     counts = np.bincount(labels, minlength=k)
     order = np.argsort(-counts, kind="stable")
     renumber = np.empty(k, dtype=np.int64)

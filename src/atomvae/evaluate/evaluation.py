@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -211,6 +212,8 @@ def _emd_section(cmp: EmdComparison, config: EvaluateConfig, atom_note: str) -> 
 
 def _coverage_section(cmp: EmdComparison, config: EvaluateConfig) -> tuple[ReportSection, dict]:
     """COV / MAT (``ensemble_metrics.coverage_matching``) on the EMD-RMSD draws' RMSD matrix."""
+    if cmp.model.rmsd_matrix is None:
+        raise ValueError("COV / MAT need the RMSD matrix of the EMD-RMSD draws")
     result = coverage_matching(cmp.model.rmsd_matrix, config.cov_threshold)
     rows = [
         (f"COV-R (ground truth covered, RMSD < {result.threshold:g} Å)", f"{result.cov_recall:.1%}"),
@@ -280,7 +283,7 @@ def _distance_part(
     comparisons = [
         compare_marginal(pred_d[:, k], gt_d[:, k], s.label, cutoffs[k]) for k, s in enumerate(specs)
     ]
-    summary = {"distances": [c.to_dict() for c in comparisons]}
+    summary: dict[str, Any] = {"distances": [c.to_dict() for c in comparisons]}
     figures = [
         ReportFigure(
             "distance_histograms",
@@ -303,7 +306,7 @@ def _distance_part(
     with_cut = [k for k, c in enumerate(cutoffs) if c is not None]
     if with_cut:
         labels = [f"d{k + 1}" for k in with_cut]
-        cuts = [cutoffs[k] for k in with_cut]
+        cuts = [c for c in cutoffs if c is not None]
         props = {
             "prediction": mode_proportions(pred_d[:, with_cut], cuts, labels),
             "ground truth": mode_proportions(gt_d[:, with_cut], cuts, labels),
@@ -340,7 +343,7 @@ def _distance_part(
     return section, summary
 
 
-# Structures checked for bonds and clashes per ensemble: enough for fractions to ~2%, ~1 s for 1,700 atoms.
+# Structures checked for bonds and clashes per ensemble: enough for fractions to ~2% (binomial error).
 PLAUSIBILITY_STRUCTURES = 512
 
 
@@ -391,11 +394,11 @@ def _plausibility_section(ensembles: dict[str, tuple]) -> tuple[ReportSection | 
     return ReportSection("Physical plausibility", rows=rows, paragraphs=text), summary
 
 
-def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
-    """Latent space, conditional accuracy and training curves of a trained run."""
+def _run_part(config: EvaluateConfig, run_dir: Path, specs: list[DistanceSpec]):
+    """Latent space, conditional accuracy and training curves of the trained run in ``run_dir``."""
     sections, summary, missing = [], {}, []
-    records = run_metrics_records(config.run)
-    latents_path = config.latents if config.latents is not None else Path(config.run) / "latents.npz"
+    records = run_metrics_records(run_dir)
+    latents_path = config.latents if config.latents is not None else Path(run_dir) / "latents.npz"
     latents = read_latents(latents_path) if (config.latents is not None or latents_path.is_file()) else None
     frames = None
     if latents is not None:
@@ -440,9 +443,9 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
                 f"refers to structure {int(frames.max())} but "
                 f"{config.ensemble_source} holds {len(source_coords)}",
             )
-        run = load_run(config.run, device=config.device)
+        run = load_run(run_dir, device=config.device)
         true_pairs = np.array([s.atom_indices(source_top, config.ensemble_source) for s in specs])
-        model_pairs = np.array([s.atom_indices(run.topology, config.run) for s in specs])
+        model_pairs = np.array([s.atom_indices(run.topology, run_dir) for s in specs])
         keep = np.arange(len(frames))
         if len(keep) > config.conditional_particles:  # decoding N * S structures is the cost here
             rng = np.random.default_rng(config.seed)
@@ -498,15 +501,15 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
             )
         )
     if records:
-        fig = plots.training_curves_figure(records)
-        if fig is not None:
+        curves = plots.training_curves_figure(records)
+        if curves is not None:
             sections.append(
                 ReportSection(
                     "Training curves",
                     figures=[
                         ReportFigure(
                             "training_curves",
-                            fig,
+                            curves,
                             "Every numeric metric of the run's metrics.jsonl over "
                             "training steps, one colour per stage.",
                         )
@@ -515,7 +518,7 @@ def _run_part(config: EvaluateConfig, specs: list[DistanceSpec]):
                 )
             )
     else:
-        missing.append(f"No training curves: no metrics.jsonl in {config.run}.")
+        missing.append(f"No training curves: no metrics.jsonl in {run_dir}.")
     if missing:
         sections.append(ReportSection("Not shown", paragraphs=missing))
         summary["run_notes"] = missing
@@ -609,31 +612,31 @@ def evaluate(config: EvaluateConfig) -> dict:
     if config.notes:
         summary["about"] = list(config.notes)
     sections = [_emd_section(cmp, config, atom_note)]
-    section, summary["coverage"] = _coverage_section(cmp, config)
-    sections.append(section)
-    section, rmsf_summary = _rmsf_section(
+    coverage, summary["coverage"] = _coverage_section(cmp, config)
+    sections.append(coverage)
+    rmsf, rmsf_summary = _rmsf_section(
         pred_top, pred_coords[cmp.pred_index], gt_top, gt_coords[cmp.gt_index], config
     )
-    if section is not None:
-        sections.append(section)
+    if rmsf is not None:
+        sections.append(rmsf)
         summary["rmsf"] = rmsf_summary
     if specs:
-        section, dist_summary = _distance_part(
+        distances, dist_summary = _distance_part(
             specs, cutoffs, pred_top, pred_coords[cmp.pred_index], gt_top, gt_coords[cmp.gt_index], config
         )
-        sections.append(section)
+        sections.append(distances)
         summary.update(dist_summary)
-    section, plausibility = _plausibility_section(
+    plausibility_section, plausibility = _plausibility_section(
         {
             "prediction": (pred_top, pred_coords[cmp.pred_index]),
             "ground truth": (gt_top, gt_coords[cmp.gt_index]),
         }
     )
-    if section is not None:
-        sections.append(section)
+    if plausibility_section is not None:
+        sections.append(plausibility_section)
         summary["plausibility"] = plausibility
     if config.run is not None:
-        run_sections, run_summary = _run_part(config, specs)
+        run_sections, run_summary = _run_part(config, config.run, specs)
         sections += run_sections
         summary.update(run_summary)
         summary["inputs"]["run"] = str(config.run)

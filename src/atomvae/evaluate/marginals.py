@@ -87,6 +87,7 @@ class MarginalComparison:
             for k in ("label", "wasserstein_1", "pred_mean", "pred_std", "gt_mean", "gt_std")
         }
         if self.cutoff is not None:
+            assert self.pred_below is not None and self.gt_below is not None  # set with every cutoff
             out.update(
                 cutoff=self.cutoff,
                 pred_below=self.pred_below,

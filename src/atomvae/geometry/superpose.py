@@ -9,13 +9,14 @@ centring, the optimal RMSD of a pair depends only on the 3x3 correlation matrix 
 ``N*M`` of them come from one matrix product, and the largest eigenvalue of Horn's 4x4 quaternion
 matrix of each ``H`` (the maximal ``trace(R H)``) is found by Newton's method on its characteristic
 polynomial (Theobald's QCP, Acta Cryst. A61, 2005). That is elementwise arithmetic on all pairs at
-once, ~10x faster here than a batched 3x3 SVD, and accurate to float64 rounding except where that
+once, much faster here than a batched 3x3 SVD, and accurate to float64 rounding except where that
 eigenvalue is a double root (collinear atoms), where it is good to ~1e-8 relative.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import overload
 
 import numpy as np
 import roma
@@ -70,6 +71,22 @@ def _as_float64_tensor(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float64)
 
 
+@overload
+def pairwise_rmsd(
+    X: np.ndarray,
+    Y: torch.Tensor | np.ndarray,
+    chunk: int | None = None,
+    max_newton_steps: int = 100,
+    workers: int | None = None,
+) -> np.ndarray: ...
+@overload
+def pairwise_rmsd(
+    X: torch.Tensor,
+    Y: torch.Tensor | np.ndarray,
+    chunk: int | None = None,
+    max_newton_steps: int = 100,
+    workers: int | None = None,
+) -> torch.Tensor: ...
 def pairwise_rmsd(
     X: torch.Tensor | np.ndarray,
     Y: torch.Tensor | np.ndarray,
@@ -88,7 +105,8 @@ def pairwise_rmsd(
     it stays in cache, and ``workers`` (default: torch's thread count) Python threads take chunks in
     turn. Chunks in parallel rather than torch's per-operation threads: the ~100 small elementwise
     operations per chunk each end in an OpenMP barrier, which on a loaded machine made the computation
-    ~10x slower. On a GPU the default is one large chunk at a time.
+    several times slower (BENCHMARKS.md, section "EMD-RMSD"). On a GPU the default is one large chunk
+    at a time.
     """
     return_numpy = not isinstance(X, torch.Tensor)
     Xt, Yt = _as_float64_tensor(X), _as_float64_tensor(Y)

@@ -121,14 +121,15 @@ class LossWeights:
     # 4,096-member ground-truth ensemble's closest pairs 2.42-2.51 A.
     heavy_clash_distance: float = 2.5
     # Images of each batch (the first ones, one conformation sample each) the heavy-atom clash penalty is
-    # evaluated on; None = all. It costs ~1 ms per structure on one CPU core (adk, 214 residues).
+    # evaluated on; None = all. Its cost (cdist over heavy atoms) is a few percent of a cpu-preset step
+    # at 32 (BENCHMARKS.md, section "Training step against the renderer").
     heavy_clash_images: int | None = 32
     # Not in the paper (0 there): the "sleep" phase of reweighted wake-sleep (Bornschein & Bengio 2015).
     # Latents drawn from the prior are decoded, rendered at the batch's poses and CTFs with the data's noise,
     # and the encoder is trained to recover them (-log q(z | y_synthetic), nats per image, times this
     # weight; no gradient reaches the decoder). The importance-weighted bound alone teaches the encoder
-    # little (its signal falls with the number of samples, Rainforth et al. 2018): measured on adk, the
-    # conformation posterior carried ~1 nat per image.
+    # little (its signal falls with the number of samples, Rainforth et al. 2018): on adk the conformation
+    # posterior carried about one nat per image (BENCHMARKS.md, section "Image model").
     sleep: float = 0.0
     # Not in the paper (0 there): conformation search. The paper's encoder cannot tell the states apart on
     # its own (BENCHMARKS.md, "Conformation search": trained supervised on the true states it reaches r 0.65),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from atomvae.geometry.rigid import Rigid
 from atomvae.geometry.rotations import gram_schmidt
 from atomvae.model.config import ModelConfig
 from atomvae.model.layers import linear
@@ -47,6 +48,9 @@ class ConformationDecoder(nn.Module):
     convention); atom sets name subsets of atoms by their residue-local coordinates (A', 3) A and
     residue index (A',), registered with :meth:`add_atom_set`.
     """
+
+    base_rot: torch.Tensor  # buffers, declared for the type checker
+    base_trans: torch.Tensor
 
     def __init__(self, config: ModelConfig, base_rot: torch.Tensor, base_trans: torch.Tensor):
         super().__init__()
@@ -103,13 +107,10 @@ class ConformationDecoder(nn.Module):
         return rotation, translation
 
     def frames(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """d (..., decoded_dim) -> residue frames (..., R, 3, 3), (..., R, 3) A: base o delta."""
-        delta_rot, delta_trans = self.delta_frames(d)
-        rot = self.base_rot.to(delta_rot.dtype) @ delta_rot
-        trans = self.base_trans.to(delta_rot.dtype) + (
-            self.base_rot.to(delta_rot.dtype) @ delta_trans.unsqueeze(-1)
-        ).squeeze(-1)
-        return rot, trans
+        """d (..., decoded_dim) -> residue frames (..., R, 3, 3), (..., R, 3) A: new = base @ delta."""
+        delta = Rigid(*self.delta_frames(d))
+        new = Rigid(self.base_rot, self.base_trans).to(delta.rot.dtype) @ delta
+        return new.rot, new.trans
 
     def atoms(self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str) -> torch.Tensor:
         """Positions (..., A', 3) A of the atoms of ``atom_set`` in the frames (..., R, 3, 3), (..., R, 3)."""

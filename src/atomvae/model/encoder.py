@@ -31,7 +31,7 @@ class ImageEncoder(nn.Module):
 
     @property
     def out_features(self) -> int:
-        return self.mlp.layers[-1].out_features
+        return self.mlp.out_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):

@@ -38,6 +38,7 @@ class MLP(nn.Module):
         super().__init__()
         sizes = (in_features, *widths)
         self.layers = nn.ModuleList(linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.out_features = sizes[-1]
         self.activate_final = activate_final
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
+
+# The padded layout has one owner, structure.frames (which places atoms through it); imported from here too.
+from atomvae.structure.frames import residue_padded_layout as residue_padded_layout
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -84,8 +86,8 @@ def bond_outliers(
 
     Shapes as ``backbone_continuity``; returns (...). Why a sum of the excess and not a mean: the mean
     over ~200 bonds dilutes one strained bond 200-fold, and a state the rigid residues of the base do not
-    quite fit strains a few single bonds (measured on the adk demo: ~15% of samples had one peptide bond
-    0.2-0.3 A off while the mean deviation stayed at 0.05 A).
+    quite fit strains a few single bonds in some samples while the mean deviation stays small (measured on
+    the adk demo: BENCHMARKS.md, section "Image model").
     """
     mask = torch.as_tensor(bonded_to_next[:-1], dtype=torch.bool, device=c_atoms.device)
     if not bool(mask.any()):
@@ -138,27 +140,6 @@ def clash_penalty(ca_atoms: torch.Tensor, pair_mask: torch.Tensor, min_distance:
     overlap = (min_distance - distance).clamp_min(0.0).square()
     total = flat.new_zeros(flat.shape[0]).index_add(0, structure, overlap)
     return total.reshape(lead)
-
-
-def residue_padded_layout(residue_index) -> tuple[np.ndarray, np.ndarray]:
-    """Slots of a residue-padded atom layout: atom k (in input order) of residue r goes to r * K + k.
-
-    residue_index: (A,) ints in 0..R-1 (R = max + 1). Returns ``slot`` (A,) int64, the padded position
-    of each atom, and ``atom_mask`` (R, K) bool, True where a slot holds an atom (K = the largest
-    residue's atom count).
-    """
-    residue_index = np.asarray(residue_index, dtype=np.int64)
-    n_residues = int(residue_index.max()) + 1 if residue_index.size else 0
-    counts = np.bincount(residue_index, minlength=n_residues)
-    width = int(counts.max()) if counts.size else 0
-    order = np.argsort(residue_index, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty_like(residue_index)
-    rank[order] = np.arange(residue_index.size) - starts[residue_index[order]]
-    slot = residue_index * width + rank
-    atom_mask = np.zeros(n_residues * width, dtype=bool)
-    atom_mask[slot] = True
-    return slot, atom_mask.reshape(n_residues, width)
 
 
 def heavy_atom_clash_penalty(

@@ -68,6 +68,7 @@ class PoseMode:
         if self.name == "inferred":
             return latent_to_pose(z, config.shift_scale)
         if self.name == "refine":
+            given_rotation, given_shift = self._given(given_rotation, given_shift)
             middle = (1,) * (z.dim() - 2)
             rotation = given_rotation.to(z.dtype).reshape(given_rotation.shape[0], *middle, 3, 3)
             shift = given_shift.to(z.dtype).reshape(given_shift.shape[0], *middle, 2)
@@ -95,7 +96,10 @@ class PoseMode:
         averaged over the Kc conformation samples (None in ``given``: there is no pose latent).
         """
         if not self.uses_pose_head:
+            given_rotation, given_shift = self._given(given_rotation, given_shift)
             return (given_rotation.to(dtype)[:, None, None], given_shift.to(dtype)[:, None, None], None)
+        if mu is None or sigma is None:
+            raise ValueError(f"pose_mode {self.name!r} needs the pose posterior (mu, sigma)")
         eps = standard_normal((*mu.shape[:2], n_pose, mu.shape[-1]), generator, mu.device, mu.dtype)
         z = mu.unsqueeze(2) + sigma.unsqueeze(2) * eps  # (B, Kc, Kp, 8)
         rotation, shift = self.latent_to_pose(z, config, given_rotation, given_shift)
@@ -111,8 +115,18 @@ class PoseMode:
         """The pose the model uses for each particle: mu (B, 8) the pose posterior mean -> rotation
         (B, 3, 3), shift (B, 2) A; in ``given`` the given pose itself."""
         if not self.uses_pose_head:
-            return given_rotation, given_shift
+            return self._given(given_rotation, given_shift)
+        if mu is None:
+            raise ValueError(f"pose_mode {self.name!r} needs the pose posterior mean")
         return self.latent_to_pose(mu, config, given_rotation, given_shift)
+
+    def _given(
+        self, rotation: torch.Tensor | None, shift: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The given poses, which this mode cannot run without."""
+        if rotation is None or shift is None:
+            raise ValueError(f"pose_mode {self.name!r} needs given poses (rotation and shift)")
+        return rotation, shift
 
 
 INFERRED = PoseMode("inferred", needs_given_poses=False, uses_pose_head=True)

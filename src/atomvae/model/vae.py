@@ -88,6 +88,18 @@ class AtomVAE(nn.Module):
     image units (the likelihood's sigma); center (3,) A: rotation centre (default: mean atom position).
     """
 
+    # Buffers registered in __init__, declared for the type checker (nn.Module.__getattr__ is untyped).
+    render_mass: torch.Tensor | None
+    padded_atom_mask: torch.Tensor
+    padded_base_coords: torch.Tensor
+    bonded_to_next: torch.Tensor
+    clash_pairs: torch.Tensor
+    base_relative_orientations: torch.Tensor
+    base_center: torch.Tensor
+    base_coords: torch.Tensor
+    base_render_coords: torch.Tensor
+    noise_sigma: torch.Tensor
+
     def __init__(
         self,
         config: ModelConfig,
@@ -338,6 +350,8 @@ class AtomVAE(nn.Module):
             else:
                 z_conf = mu_c.unsqueeze(1) + sigma_c.unsqueeze(1) * eps  # (B, Kc, latent)
             d = self.decoder.representation(z_conf)  # (B, Kc, D)
+        mu_p: torch.Tensor | None  # None when the mode takes poses without the pose head
+        sigma_p: torch.Tensor | None
         if mode.uses_pose_head:
             mu_p, sigma_p = (_full(t) for t in self.pose_head(h, d))  # (B, Kc, 8)
         else:
@@ -650,7 +664,7 @@ class AtomVAE(nn.Module):
         batch = images.shape[0]
         coords = self.base_render_coords
         poses_given = rotation is not None
-        if not poses_given:
+        if rotation is None:
             rotation = random_rotations(batch, generator=generator, dtype=coords.dtype, device=coords.device)
             shift = coords.new_zeros(batch, 2)
         elif shift is None:

@@ -60,14 +60,16 @@ class CTFParams:
     the device of the first tensor given.
     """
 
+    # Plain-number defaults are converted to tensors by __post_init__, so after construction every
+    # field is a tensor; the ignores let the annotations say so.
     defocus_u: torch.Tensor
     defocus_v: torch.Tensor
-    astigmatism_angle: torch.Tensor = 0.0
-    voltage: torch.Tensor = 300.0
-    spherical_aberration: torch.Tensor = 2.7
-    amplitude_contrast: torch.Tensor = 0.1
-    phase_shift: torch.Tensor = 0.0
-    bfactor: torch.Tensor = 0.0
+    astigmatism_angle: torch.Tensor = 0.0  # type: ignore[assignment]
+    voltage: torch.Tensor = 300.0  # type: ignore[assignment]
+    spherical_aberration: torch.Tensor = 2.7  # type: ignore[assignment]
+    amplitude_contrast: torch.Tensor = 0.1  # type: ignore[assignment]
+    phase_shift: torch.Tensor = 0.0  # type: ignore[assignment]
+    bfactor: torch.Tensor = 0.0  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         values = [getattr(self, name) for name in _FIELDS]
@@ -282,10 +284,10 @@ def for_each_chunk(work, n_items: int, chunk: int, device: torch.device) -> None
     """Run ``work(lo, hi)`` over chunks; on a multi-threaded CPU, on one Python thread per torch
     thread with torch single-threaded meanwhile.
 
-    Shared by the renderer and the CTF. Every chunk is a dozen operations of ~0.1 ms; with intra-op
-    threads each ends in an OpenMP barrier, and when other processes hold a core the barrier waits a
-    whole time slice (measured: 5-10x slower renders on the shared 2-core machine). Independent
-    single-threaded chunks never wait.
+    Shared by the renderer and the CTF. Every chunk is a dozen short operations; with intra-op threads
+    each ends in an OpenMP barrier, and when other processes hold a core the barrier waits a whole time
+    slice (renders several times slower on a shared machine: BENCHMARKS.md, section "Renderer").
+    Independent single-threaded chunks never wait.
     """
     starts = range(0, n_items, chunk)
     threads = torch.get_num_threads()

@@ -7,15 +7,15 @@ profiles ``Gy (A, H)`` and ``Gx (A, W)``; no ``(A, H, W)`` tensor is ever formed
 point-sampled densities times the pixel area, so each atom's image sums to ~1 (an image sums to ~A
 when the structure lies well inside the box).
 
-Speed (see shared/PERF_NOTES.md): the matmul is the ceiling, so everything around it is kept small.
-A profile is computed only on a band of ``2 * half_width + 1`` pixels around each atom (out to
-``CUTOFF_SIGMAS`` standard deviations, where the Gaussian is below 1e-14 of its peak) and scattered
-into zeroed rows, instead of exponentiating every pixel (``exp`` costs about as much as the matmul,
-and far-from-atom arguments underflow into its slow path). A hand-written backward recomputes the
-profiles (memory stays O(N A)), runs the two transposed matmuls, and reduces each atom's gradient
-with one small matmul (first and zeroth moments over pixels). Renders are processed in chunks of
-about ``CHUNK_ATOMS`` atoms so the profiles stay in cache; with several torch threads the chunks run
-on that many Python threads, torch single-threaded meanwhile (``ctf.for_each_chunk``).
+Speed (measurements: BENCHMARKS.md, section "Renderer"): the matmul is the ceiling, so everything around
+it is kept small. A profile is computed only on a band of ``2 * half_width + 1`` pixels around each atom
+(out to ``CUTOFF_SIGMAS`` standard deviations, where the Gaussian is below 1e-14 of its peak) and
+scattered into zeroed rows, instead of exponentiating every pixel (``exp`` costs about as much as the
+matmul, and far-from-atom arguments underflow into its slow path). A hand-written backward recomputes the
+profiles (memory stays O(N A)), runs the two transposed matmuls, and reduces each atom's gradient with
+one small matmul (first and zeroth moments over pixels). Renders are processed in chunks of about
+``CHUNK_ATOMS`` atoms so the profiles stay in cache; with several torch threads the chunks run on that
+many Python threads, torch single-threaded meanwhile (``ctf.for_each_chunk``).
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class _Workspace:
         rows = self.view("rows", n_axes, size, n_atoms, band.box)
         # Offsets (pixel - atom) / sigma and their Gaussian, built atoms-last (..., width, A), where
         # broadcasting and exp vectorise, then copied pixels-last (..., A, width), where torch's scatter
-        # is fast (exp reading a transposed view is 5x slower than exp plus the copy).
+        # is fast (exp reading a transposed view is several times slower than exp plus the copy: see
+        # BENCHMARKS.md, section "Renderer").
         gaussian = self.view("gaussian", n_axes, size, band.width, n_atoms)
         torch.add(first_offset.unsqueeze(-2), self.offset_steps, out=gaussian)
         gaussian.clamp_(-_MAX_BAND_SIGMAS, _MAX_BAND_SIGMAS).square_().mul_(-0.5).exp_()
@@ -191,7 +192,8 @@ class _SeparableGaussianProjection(torch.autograd.Function):
             torch.bmm(rows[0], grad.transpose(1, 2), out=grad_rows[1])
             # d/dx exp(-(u - x)^2 / (2 sigma^2)) = exp(...) (u - x) / sigma^2, summed over pixels u:
             # (sum_u u q - x sum_u q) / sigma^2 with q = dG * G, both moments by one matmul.
-            # (2, box) @ (box, rows): this orientation is ~5x faster in MKL than (rows, box) @ (box, 2).
+            # (2, box) @ (box, rows): this orientation is several times faster in MKL than
+            # (rows, box) @ (box, 2) (BENCHMARKS.md, section "Renderer").
             weighted = grad_rows.mul_(rows).view(-1, box)
             sums = torch.mm(moments, weighted.T).view(n_moments, 2, size, n_atoms)
             position = by_axis[:, lo:hi]

@@ -73,7 +73,7 @@ PENG1996: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 
 def scattering_parameters(
-    elements: Sequence[str], dtype: torch.dtype = torch.float64, device=None
+    elements: Sequence[str] | np.ndarray, dtype: torch.dtype = torch.float64, device=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Peng 1996 parameters per atom: ``(a (A, 5) in A, b (A, 5) in A^2)``.
 
@@ -139,7 +139,7 @@ def projected_potential(
     first_edge = float(pixel_centers(box, pixel_size, dtype=torch.float64)[0]) - pixel_size / 2
     # Each atom touches only the (2h+1)^2 sub-pixels within BAND_SIGMAS of its centre (the rest hold
     # < 1e-8 of its mass): its five terms are summed into one small patch, and the patches are
-    # scatter-added into the image. A dense separable product would cost ~100x more here.
+    # scatter-added into the image. A dense separable product would cost far more here.
     half_band = max(1, math.ceil(BAND_SIGMAS * float(sigma.max()) / step))
     width = 2 * half_band + 1
     band = torch.arange(width + 1, device=device)  # edges of sub-pixels start .. start+2h

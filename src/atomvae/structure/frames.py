@@ -49,6 +49,40 @@ def local_coordinates(coords, topology: Topology) -> torch.Tensor:
     return ((coords - trans_a).unsqueeze(-2) @ rot_a).squeeze(-2)
 
 
+def residue_slots(residue_index: torch.Tensor, n_residues: int) -> tuple[torch.Tensor, int]:
+    """The residue-padded atom layout: atom k (in input order) of residue r goes to slot r * K + k.
+
+    residue_index: (A,) long, values in 0..n_residues-1, on any device. Returns ``slot`` (A,) long on that
+    device and K, the largest residue's atom count (0 without atoms). The one definition of the layout,
+    used to place atoms (:func:`frames_to_coordinates`) and by the heavy-atom clash penalty
+    (:func:`residue_padded_layout`).
+    """
+    order = torch.argsort(residue_index, stable=True)
+    sorted_res = residue_index[order]
+    counts = torch.bincount(sorted_res, minlength=n_residues)
+    width = int(counts.max()) if counts.numel() else 0
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(residue_index.shape[0], device=residue_index.device) - first[sorted_res]
+    slot = torch.empty_like(residue_index)
+    slot[order] = sorted_res * width + rank
+    return slot, width
+
+
+def residue_padded_layout(residue_index) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`residue_slots` as numpy, with the mask of filled slots.
+
+    residue_index: (A,) ints in 0..R-1 (R = max + 1). Returns ``slot`` (A,) int64, the padded position
+    of each atom, and ``atom_mask`` (R, K) bool, True where a slot holds an atom (K = the largest
+    residue's atom count).
+    """
+    index = torch.as_tensor(np.asarray(residue_index, dtype=np.int64))
+    n_residues = int(index.max()) + 1 if index.numel() else 0
+    slot, width = residue_slots(index, n_residues)
+    atom_mask = np.zeros(n_residues * width, dtype=bool)
+    atom_mask[slot.numpy()] = True
+    return slot.numpy(), atom_mask.reshape(n_residues, width)
+
+
 def frames_to_coordinates(rot, trans, local, residue_index) -> torch.Tensor:
     """Place atoms from their residue frames.
 
@@ -57,9 +91,9 @@ def frames_to_coordinates(rot, trans, local, residue_index) -> torch.Tensor:
 
     This is in the training hot path ((B*K, R, 3, 3) frames, A up to a few thousand atoms), so no loop
     over residues: local coordinates are laid out in a zero-padded (R, P, 3) block (P = most atoms in a
-    residue, 14), transformed by one batched product per residue and gathered back. Measured on the
-    2-core CPU at B=256, R=214, A~2000, forward+backward: this 25 ms, a per-atom gather of the 3x4
-    affine 45 ms, gather + elementwise 62 ms.
+    residue, 14), transformed by one batched product per residue and gathered back: faster, forward and
+    backward, than a per-atom gather of the 3x4 affine or a gather followed by elementwise products (where
+    a training step's time goes: BENCHMARKS.md, section "Training step against the renderer").
     Differentiable in rot, trans and local.
     """
     rot, trans = _tensor(rot), _tensor(trans)
@@ -70,15 +104,7 @@ def frames_to_coordinates(rot, trans, local, residue_index) -> torch.Tensor:
     n_res, n_atoms = rot.shape[-3], res.shape[0]
     if n_atoms == 0:
         return rot.new_zeros(*torch.broadcast_shapes(rot.shape[:-3], trans.shape[:-2]), 0, 3)
-    # Slot of each atom in the padded (R, P) layout: its rank among the atoms of its residue.
-    order = torch.argsort(res, stable=True)
-    sorted_res = res[order]
-    counts = torch.bincount(sorted_res, minlength=n_res)
-    width = int(counts.max())
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n_atoms, device=res.device) - first[sorted_res]
-    slot = torch.empty_like(res)
-    slot[order] = sorted_res * width + rank
+    slot, width = residue_slots(res, n_res)
     padded = local.new_zeros(n_res * width, 3).index_copy(0, slot, local).view(n_res, width, 3)
     placed = torch.einsum("...rij,rpj->...rpi", rot, padded) + trans.unsqueeze(-2)
     return placed.flatten(-3, -2).index_select(-2, slot)

@@ -142,9 +142,10 @@ def _flatten_model(model: gemmi.Model) -> tuple[tuple, np.ndarray]:
     return (tuple(residues), tuple(atoms)), np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
 
 
-def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
+def _gemmi_residues(model: gemmi.Model, source: Path) -> tuple[list[_Residue], np.ndarray]:
     """Protein residues of one gemmi model (all chains) and the coordinates (N, 3) of all the model's
-    atoms, which ``_Residue.source_index`` indexes (the order of :func:`_flatten_model`)."""
+    atoms, which ``_Residue.source_index`` indexes (the order of :func:`_flatten_model`). source: the
+    file read, for error messages."""
     chain_names = _letters_for_blank_chains(chain.name for chain in model)
     residues: list[_Residue] = []
     coords: list[tuple[float, float, float]] = []
@@ -162,6 +163,8 @@ def _gemmi_residues(model: gemmi.Model) -> tuple[list[_Residue], np.ndarray]:
                 continue
             kept.append((offset, res))
         for offset, res in kept:
+            if res.seqid.num is None:
+                raise InputError(source, f"residue {res.name} of chain {chain.name} has no residue number")
             picked = _pick_atoms(list(res), res.name)
             residues.append(
                 _Residue(
@@ -269,7 +272,7 @@ def read_structure(path: str | os.PathLike, strict: bool = False) -> Structure:
     """
     path = Path(path)
     st = _read_gemmi(path)
-    residues, coords = _gemmi_residues(st[0])
+    residues, coords = _gemmi_residues(st[0], path)
     topology, source = _build_topology(residues, coords, path, strict)
     _check_finite(path, topology, coords[source][None])
     return Structure(topology, coords[source])
@@ -343,7 +346,7 @@ def read_ensemble(
             raise InputError(path, "a trajectory needs its topology file (.psf, .tpr, .gro, .pdb, ...) too")
         raise InputError(path, "file not found")
     st = _read_gemmi(path)
-    residues, coords = _gemmi_residues(st[0])
+    residues, coords = _gemmi_residues(st[0], path)
     topology, source = _build_topology(residues, coords, path, strict)
     signature = _flatten_model(st[0])[0]
     frames = np.empty((len(st), len(source), 3), dtype=np.float64)
@@ -351,7 +354,7 @@ def read_ensemble(
     for k in range(1, len(st)):
         model_signature, model_coords = _flatten_model(st[k])
         if model_signature != signature:  # not the same listing: select atoms again, then compare
-            residues, model_coords = _gemmi_residues(st[k])
+            residues, model_coords = _gemmi_residues(st[k], path)
             model_topology, model_source = _build_topology(residues, model_coords, path, strict, warn=False)
             if not model_topology.same_atoms(topology):
                 raise InputError(
@@ -413,8 +416,8 @@ def _read_md_ensemble(
     residues: list[_Residue] = []
     for residue, chain_key in zip(protein, chain_keys, strict=True):
         res_name = str(residue.resname)
-        picked = [(int(i), str(names[i])) for i in residue.atoms.indices]
-        picked = [(i, n, element_from_name(n, res_name)) for i, n in picked]
+        named = [(int(i), str(names[i])) for i in residue.atoms.indices]
+        picked = [(i, n, element_from_name(n, res_name)) for i, n in named]
         picked = [(i, n, e) for i, n, e in picked if e not in ("H", "")]
         # Trajectories have no alternative locations; if a PDB topology brings some, keep the first.
         picked = list({n: (i, n, e) for i, n, e in reversed(picked)}.values())[::-1]

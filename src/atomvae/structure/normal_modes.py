@@ -1,10 +1,10 @@
 """Low-frequency motions of a structure from an anisotropic network model (ANM, Atilgan et al. 2001).
 
-Used to give the pose search a few deformed references of the base structure, the idea of HEMNMA
-(Jin et al. 2014): the slowest ANM modes of a protein describe its large domain motions well (on the
-adenylate-kinase benchmark the lowest mode of the open state overlaps 0.78 with the open->closed change
-and the lowest five 0.94), so a particle in another state matches one of the deformed references far
-better than the base alone. Built from the base structure only: no data, no second model.
+Used to give the pose search a few deformed references of the base structure, the idea of HEMNMA (Jin et
+al. 2014): the slowest ANM modes of a protein describe its large domain motions well (on adenylate kinase
+the lowest modes of the open state overlap much of the open->closed change), so a particle in another
+state matches one of the deformed references far better than the base alone. Built from the base
+structure only: no data, no second model.
 
 The network: C-alpha atoms joined by unit springs within ``cutoff`` A; the modes are the eigenvectors of
 its 3R x 3R Hessian after the six zero (rigid-body) modes.

@@ -52,7 +52,10 @@ def stage_checkpoint_name(stage: int) -> str:
 
 def capture_rng_state() -> dict[str, Any]:
     """Global random states as tensors and plain Python values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy_state = np.random.get_state()
+    if not isinstance(legacy_state, tuple):  # numpy's global generator is always MT19937
+        raise RuntimeError("numpy's global random state is not MT19937; cannot capture it")
+    kind, keys, pos, has_gauss, cached = legacy_state
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {

@@ -89,11 +89,8 @@ def process_group(device: torch.device, timeout_minutes: float = 30.0) -> Iterat
         backend = "nccl" if device.type == "cuda" else "gloo"
         # Binding the process to its GPU (torch >= 2.3) lets NCCL set up its communicator at once.
         bind = device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
-        dist.init_process_group(
-            backend=backend,
-            timeout=timedelta(minutes=timeout_minutes),
-            **({"device_id": device} if bind else {}),
-        )
+        binding: dict[str, Any] = {"device_id": device} if bind else {}
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes), **binding)
         created = True
     try:
         yield device
@@ -133,7 +130,9 @@ class Shard:
         return len(self.indices) if self.weight > 0 else 0
 
 
-def shard(batch: Sequence[int], rank_: int | None = None, world_size_: int | None = None) -> Shard:
+def shard(
+    batch: Sequence[int] | np.ndarray, rank_: int | None = None, world_size_: int | None = None
+) -> Shard:
     """Rank ``rank_``'s share of a global batch (positions rank, rank + W, ...); defaults: this process."""
     r = rank() if rank_ is None else rank_
     w = world_size() if world_size_ is None else world_size_
@@ -227,10 +226,11 @@ def gather_rows(
     items may pass an empty dict."""
     if not active():
         return local
-    gathered: list[Any] = [None] * world_size() if is_main() else None
-    dist.gather_object((positions, local), gathered, dst=0)
     if not is_main():
+        dist.gather_object((positions, local), None, dst=0)
         return None
+    gathered: list[Any] = [None] * world_size()
+    dist.gather_object((positions, local), gathered, dst=0)
     gathered = [(rank_positions, part) for rank_positions, part in gathered if len(rank_positions)]
     out: dict[str, np.ndarray] = {}
     for key in gathered[0][1] if gathered else ():
@@ -289,7 +289,7 @@ def data_parallel(
             parameter.requires_grad_(requires_grad)
 
 
-def _no_buffer_sync_each_step() -> dict[str, bool]:
+def _no_buffer_sync_each_step() -> dict[str, Any]:
     # torch >= 2.12 names it forward_sync_buffers (and warns on broadcast_buffers); older versions only
     # know broadcast_buffers.
     parameters = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -194,7 +195,7 @@ def interpolate_to_file(
     dim = run.config.model.latent_conf
     if (start is None) != (end is None):
         raise InputError("--from/--to", "give both ends of the line, or neither (automatic)")
-    if start is not None:
+    if start is not None and end is not None:
         z_start, z_end = parse_latent_point(start, dim, "--from"), parse_latent_point(end, dim, "--to")
     else:
         if latents is not None:
@@ -251,6 +252,23 @@ def _posterior_means_of_run_particles(run: LoadedRun, n_particles: int) -> np.nd
 
 
 @torch.no_grad()
+@overload
+def encode_particles(
+    run: LoadedRun,
+    particles_path: str | Path,
+    indices: np.ndarray | None = None,
+    batch_size: int = 256,
+    split_over_ranks: Literal[False] = False,
+) -> dict[str, np.ndarray]: ...
+@overload
+def encode_particles(
+    run: LoadedRun,
+    particles_path: str | Path,
+    indices: np.ndarray | None = None,
+    batch_size: int = 256,
+    *,
+    split_over_ranks: bool,
+) -> dict[str, np.ndarray] | None: ...
 def encode_particles(
     run: LoadedRun,
     particles_path: str | Path,
@@ -349,7 +367,8 @@ def encode_to_file(
     with distributed.process_group(resolve_device(device)) as torch_device:
         run = load_run(run_dir, device=str(torch_device))
         result = encode_particles(run, particles_path, batch_size=batch_size, split_over_ranks=True)
-        if distributed.is_main():
+        if result is not None:  # rank 0, which holds every rank's rows
+            arrays: dict[str, Any] = result  # (numpy's stubs type savez's **kwds like allow_pickle)
             with atomic_path(out_path) as tmp:
-                np.savez(tmp, **result)
+                np.savez(tmp, **arrays)
     return result

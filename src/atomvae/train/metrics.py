@@ -76,9 +76,9 @@ class MetricsLogger:
         self._file.flush()
         if self._tb is not None:
             kind = record.get("kind", "train")
-            for key, value in record.items():
-                if key not in ("step", "kind") and isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(f"{kind}/{key}", value, record["step"])
+            for name, value in record.items():
+                if name not in ("step", "kind") and isinstance(value, int | float) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{name}", value, record["step"])
 
     def close(self) -> None:
         self._file.close()
@@ -90,6 +90,19 @@ class MetricsLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class NullMetrics:
+    """The metrics log of ranks other than 0: records are dropped (rank 0 logs global values)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def __enter__(self) -> NullMetrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 def _series(records: Iterable[dict[str, Any]], kind: str, key: str) -> tuple[list[float], list[float]]:

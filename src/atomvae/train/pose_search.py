@@ -2,7 +2,8 @@
 
 Why: the paper pre-trains its pose encoder on the fixed base structure (stage 1) for 2000 epochs with 128
 pose samples per image. Under the CPU budget (8 epochs, 8 samples) that amortised search does not find the
-poses (measured on the adenylate-kinase benchmark: 121 deg median error after stage 1, random is 126). The
+poses (on the adenylate-kinase benchmark its median pose error after stage 1 is close to that of random
+poses: BENCHMARKS.md, section "End to end: adenylate kinase (issue 6)"). The
 classic cryo-EM answer to the same question -- which view of this known structure is this image? -- is
 an exhaustive search (paper section 2.2 cites it), and on the base structure it costs minutes, not hours.
 Its poses then start a "refine" training, where the pose head learns corrections.
@@ -363,8 +364,8 @@ def run_references(
     base = np.asarray(run.base_coords, dtype=np.float64)
     with torch.no_grad():
         chunks = torch.as_tensor(mu, dtype=torch.float32).split(512)
-        decoded = torch.cat([run.model.to_base_frame(run.model.decode(c))[:, ca] for c in chunks])
-    decoded = decoded.double().numpy()
+        decoded_ca = [run.model.to_base_frame(run.model.decode(c))[:, ca] for c in chunks]
+    decoded = torch.cat(decoded_ca).double().numpy()
     chosen: list[int] = []
     nearest = np.sqrt(((decoded - base[ca]) ** 2).sum(-1).mean(-1))  # RMSD to the closest chosen structure
     for _ in range(min(n_references, len(decoded))):
@@ -439,14 +440,14 @@ def search_poses_to_file(
                 particles_path, f"particles are {metadata.box} px; the search needs at least {image_size}"
             )
 
-        def references() -> torch.Tensor:
+        def build_references() -> torch.Tensor:
             if out_path.exists() and not overwrite:
                 raise InputError(out_path, "output file already exists; pass --overwrite to replace it")
             if references_from is not None:
                 return run_references(Path(references_from), Path(particles_path), n_references, config)
             return base_references(read_structure(base_path), config, n_modes, amplitudes)
 
-        references = distributed.from_main(references)  # rank 0's, so every rank searches the same ones
+        references = distributed.from_main(build_references)  # rank 0's, so every rank searches the same ones
         dataset = ParticleDataset(metadata, downsample_to=image_size)
         positions = distributed.shard_positions(len(dataset))
         local = search_poses(
