@@ -82,7 +82,8 @@ def capacity(particles: Path, epochs: int) -> None:
         r = np.corrcoef(predicted.numpy(), target[held_out].numpy())[0, 1]
         right_side = float(((predicted > 0) == (target[held_out] > 0)).float().mean())
         print(
-            f"epoch {epoch}: train MSE {float(loss.detach()):.3f}, held-out r {r:.3f}, right side {right_side:.3f}",
+            f"epoch {epoch}: train MSE {float(loss.detach()):.3f}, held-out r {r:.3f}, "
+            f"right side {right_side:.3f}",
             flush=True,
         )
 

@@ -146,17 +146,19 @@ class AtomVAE(nn.Module):
             self.decoder.add_atom_set("render", render_local.float(), pseudo_residue)
             base_render = frames_to_coordinates(base_rot, base_trans, render_local, pseudo_residue)
             # Masses in units of their mean, so the amplitude keeps the scale of unit-mass atoms.
-            render_mass = torch.as_tensor(mass / mass.mean(), dtype=torch.float32)
-            render_kind = torch.as_tensor(group_kinds(base_topology))
+            render_mass: torch.Tensor | None = torch.as_tensor(mass / mass.mean(), dtype=torch.float32)
+            kinds = group_kinds(base_topology)
         else:
             render_idx = _indices(base_topology.select(config.render_atoms))
             self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
             base_render = coords64[render_idx]
-            render_mass = render_kind = None
+            render_mass = None
+            kinds = np.zeros(len(render_idx), dtype=np.int64)
         # Derived from the base and the config: kept out of the state dict.
         self.register_buffer("render_mass", render_mass, persistent=False)
-        self.render_kinds = (
-            [torch.nonzero(render_kind == k).flatten() for k in range(3)]
+        # Render atoms of each pseudo-atom kind (backbone, proximal, distal), when each has its own width.
+        self.render_kinds: list[torch.Tensor] | None = (
+            [torch.as_tensor(np.flatnonzero(kinds == k)) for k in range(3)]
             if config.render_sigma_by_kind
             else None
         )
@@ -234,19 +236,22 @@ class AtomVAE(nn.Module):
             sigma = sigma.to(coords.dtype)
         mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
         if self.render_kinds is not None:  # one width per kind: three projections, one CTF
-            images = sum(
-                render_projections(
-                    coords[..., idx.to(coords.device), :],
-                    rotation,
-                    shift,
-                    self.box,
-                    self.pixel_size,
-                    sigma[k],
-                    mass[idx.to(mass.device)],
-                )
-                for k, idx in enumerate(self.render_kinds)
-                if len(idx)
-            )
+            assert isinstance(sigma, torch.Tensor) and mass is not None  # by the config's check
+            images = torch.stack(
+                [
+                    render_projections(
+                        coords[..., idx.to(coords.device), :],
+                        rotation,
+                        shift,
+                        self.box,
+                        self.pixel_size,
+                        sigma[k],
+                        mass[idx.to(mass.device)],
+                    )
+                    for k, idx in enumerate(self.render_kinds)
+                    if len(idx)
+                ]
+            ).sum(dim=0)
             return images if ctf is None else apply_ctf(images, ctf, self.pixel_size)
         if ctf is None:
             return render_projections(coords, rotation, shift, self.box, self.pixel_size, sigma, mass)
