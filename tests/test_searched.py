@@ -5,7 +5,6 @@ templates of the base."""
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,14 @@ from helpers_train import write_particles
 
 ADK_OPEN = Path(PDB_small)  # adk_open.pdb, 214 residues
 CONFIG = PoseSearchConfig(
-    n_rotations=500, search_box=16, resolution=8.0, top_k=4, local_rounds=6, atoms="CA", sigma=2.0, batch_size=8
+    n_rotations=500,
+    search_box=16,
+    resolution=8.0,
+    top_k=4,
+    local_rounds=6,
+    atoms="CA",
+    sigma=2.0,
+    batch_size=8,
 )
 
 
@@ -102,3 +108,28 @@ def test_base_pseudo_atoms_sit_near_their_residues_and_weigh_one_on_average():
     ca = torch.as_tensor(coords[structure.topology.select("CA")], dtype=torch.float32)
     nearest = torch.cdist(positions, ca).min(dim=1).values
     assert nearest.max() < 6.0  # every lobe within a side chain's length of some C-alpha
+
+
+def test_route_runs_two_rounds_keeps_good_poses_and_resumes(tmp_path):
+    from atomvae.train.searched import SearchedRouteConfig, searched_poses
+    from helpers_train import tiny_config
+
+    star = write_particles(tmp_path / "data", n=24, seed=7, noise=0.3, base=ADK_OPEN, pixel_size=2.5)
+    config = tiny_config()
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, render_atoms="residue", learn_render_sigma=True)
+    )
+    route = SearchedRouteConfig(rounds=2, round_epochs=1, n_references=2, n_nearest=2, image_size=32)
+    search = dataclasses.replace(CONFIG, n_rotations=1000, local_rounds=4)
+    last, seconds = searched_poses(star, ADK_OPEN, tmp_path / "route", config, route, search)
+    assert last == tmp_path / "route" / "round2.star"
+    assert set(seconds) == {"search1", "train1", "search2"}
+    truth = read_particles(star)
+    for name in ("round1", "round2"):
+        found = read_particles(tmp_path / "route" / f"{name}.star")
+        errors = pose_errors_deg(found.rotation, truth.rotation)
+        assert np.median(errors) < 6.0, (name, errors)
+    report = (tmp_path / "route" / "round2.json").read_text()
+    assert '"particles_per_reference"' in report
+    _last, again = searched_poses(star, ADK_OPEN, tmp_path / "route", config, route, search)
+    assert again == {}  # every round's output exists: nothing is redone
