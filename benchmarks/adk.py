@@ -17,9 +17,13 @@ Distances (paper figures 7-8 style): A:55:CA-A:169:CA spans the NMP-LID gap (13 
 is the clearest single coordinate of the closing motion) and A:127:CA-A:194:CA the LID-CORE hinge (31 A
 closed, 39 A open). Cutoffs 21 A and 35 A split the closed and open modes.
 
-Poses: "given" = the simulator's, fixed; "inferred" = from the images alone: search-poses against the base,
-then (--rounds - 1) times a short run learns states and the particles are searched again against them;
-"amortised" = the paper's pose encoder from scratch.
+Poses: "given" = the simulator's, fixed; "searched" = from the images and the base alone
+(``atomvae.train.searched``): a search against the base, then (--rounds - 1) times a short run learns
+conformations, each particle is searched again against the learnt states nearest its own decoded
+conformation and refined against that conformation; the final model trains on the last poses
+(--final-poses given or refine). "inferred" = the earlier route (search against the base and 4 learnt
+states, C-alpha templates; kept to reproduce its numbers); "amortised" = the paper's pose encoder from
+scratch.
 
 Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
     .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
@@ -104,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--gt-n", type=int, default=4096)
     parser.add_argument(
-        "--modes", nargs="+", default=["inferred", "given"], choices=["inferred", "given", "amortised"]
+        "--modes",
+        nargs="+",
+        default=["searched", "given"],
+        choices=["searched", "inferred", "given", "amortised"],
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--config", type=Path, help="YAML overriding the cpu preset")
@@ -141,6 +148,24 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=4,
         help="inferred mode: learnt states searched against in rounds 2, 3, ...",
+    )
+    parser.add_argument(
+        "--round-epochs", type=int, default=4, help="searched mode: stage-2 epochs of each learning run"
+    )
+    parser.add_argument(
+        "--n-nearest",
+        type=int,
+        default=3,
+        help="searched mode: references (nearest its own conformation) each particle may match",
+    )
+    parser.add_argument(
+        "--no-refine", action="store_true", help="searched mode: no local refinement against own conformation"
+    )
+    parser.add_argument(
+        "--final-poses",
+        choices=("given", "refine"),
+        default="given",
+        help="searched mode: the final training keeps the searched poses fixed or refines them",
     )
     args = parser.parse_args(argv)
 
@@ -229,7 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             run_dir = out / f"run_{mode}_seed{seed}"
             pose_report: dict = {}
-            if mode == "inferred":
+            if mode == "searched":
+                train_s, particles = searched_route(out, sim, base, seed, args, pose_report)
+                final = {"stage1": {"epochs": 0}} if args.final_poses == "refine" else None
+                train_s += train(
+                    particles, base, run_dir, args.final_poses, seed, args, center=None, extra=final
+                )
+                if args.final_poses == "refine":
+                    pose_report["final_refined"] = refined_pose_accuracy(run_dir, particles, truth)
+            elif mode == "inferred":
                 # Poses found from the images: search against the base, learn states, search again.
                 train_s, particles = searched_poses(out, sim, base, seed, args, pose_report)
                 train_s += train(particles, base, run_dir, "given", seed, args, center=None)
@@ -319,9 +352,10 @@ def train(
     center: str | None,
     epochs_stage2: int | None = None,
     init: Path | None = None,
+    extra: dict | None = None,
 ) -> float:
     """``atomvae train`` with the cpu preset (resumed if run_dir exists; weights started from ``init``'s
-    best checkpoint when given); returns wall seconds."""
+    best checkpoint when given; ``extra`` config overrides on top of --config); returns wall seconds."""
     cmd = [
         "train",
         str(particles),
@@ -340,7 +374,16 @@ def train(
         cmd += ["--pose-center", center]
     if epochs_stage2 is not None:
         cmd += ["--epochs-stage2", str(epochs_stage2)]
-    if args.config:
+    if extra:
+        import yaml
+
+        overrides = yaml.safe_load(args.config.read_text()) if args.config else {}
+        for key, value in extra.items():
+            overrides[key] = {**overrides.get(key, {}), **value}
+        config_path = run_dir.with_suffix(".config.yaml")
+        atomic_write_text(config_path, yaml.safe_dump(overrides))
+        cmd += ["--config", str(config_path)]
+    elif args.config:
         cmd += ["--config", str(args.config)]
     if init is not None:
         cmd += ["--init", str(init)]
@@ -430,6 +473,55 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
         previous_run = learn_run
         print(f"  pose search: {json.dumps(report)}", flush=True)
     return seconds, poses
+
+
+def searched_route(out: Path, sim: Path, base: Path, seed: int, args, report: dict) -> tuple[float, Path]:
+    """The searched route (``atomvae.train.searched``) in OUT/poses_searched_seed<seed>; pose accuracy of
+    every round into ``report``. Returns (wall seconds, last round's STAR)."""
+    import dataclasses
+
+    from atomvae.train.config import PRESETS, load_config
+    from atomvae.train.searched import SearchedRouteConfig
+    from atomvae.train.searched import searched_poses as route_poses
+
+    truth = dict(np.load(sim / "truth.npz"))
+    config = load_config(args.config, preset="cpu") if args.config else PRESETS["cpu"]
+    config = dataclasses.replace(config, seed=seed)
+    route = SearchedRouteConfig(
+        rounds=args.rounds,
+        round_epochs=args.round_epochs,
+        n_references=args.n_references,
+        n_nearest=args.n_nearest,
+        refine=not args.no_refine,
+    )
+    report["route"] = dataclasses.asdict(route)
+
+    def on_round(name: str, npz: Path) -> None:
+        report[name] = pose_accuracy(npz, truth)
+        print(f"  {name}: {json.dumps(report[name])}", flush=True)
+
+    start = time.perf_counter()
+    star, seconds = route_poses(
+        sim / "particles.star", base, out / f"poses_searched_seed{seed}", config, route, on_round=on_round
+    )
+    report["seconds"] = seconds
+    return time.perf_counter() - start, star
+
+
+def refined_pose_accuracy(run_dir: Path, particles: Path, truth: dict) -> dict:
+    """Pose accuracy of a run trained with --poses refine: the poses its encoder returns."""
+    from atomvae.train.inference import encode_particles
+    from atomvae.train.run import load_run
+
+    encoded = encode_particles(load_run(run_dir), particles)
+    errors = pose_errors_by_group(torch.as_tensor(encoded["rotation"]), encoded["index"], truth)
+    report = {
+        "median_error_deg": float(np.median(errors["all"])),
+        "within_10_deg": float((errors["all"] < 10).mean()),
+    }
+    for name in FRAME_GROUPS:
+        report[f"within_10_deg_{name}"] = float((errors[name] < 10).mean())
+    return report
 
 
 def markdown_table(results: dict) -> str:

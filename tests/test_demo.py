@@ -86,3 +86,25 @@ def test_tiny_demo_writes_its_outputs_and_consistent_numbers(tmp_path):
     assert summary["emd_rmsd"] == pytest.approx(model)
     _, samples = read_ensemble(out / "samples.pdb")  # the viewable subset: <= 64 all-atom models
     assert samples.shape == (min(64, config.n_eval), len(read_structure(out / "run" / "base.pdb").coords), 3)
+
+
+def test_tiny_demo_with_searched_poses_trains_on_the_last_round(tmp_path):
+    config = DemoConfig(
+        out=tmp_path / "demo",
+        n_particles=64,
+        poses="searched",
+        epochs_stage2=1,
+        gt_n=64,
+        n_eval=16,
+        progress=False,
+        search_rounds=2,
+        search_round_epochs=1,
+    )
+    summary = run_demo(config)
+    out = config.out
+    assert (out / "poses" / "round2.star").is_file() and (out / "poses" / "run_round1").is_dir()
+    run_config = (out / "run" / "config.yaml").read_text()
+    assert "pose_mode: given" in run_config
+    assert "round2.star" in (out / "run" / "run.yaml").read_text()  # trained on the searched poses
+    assert "pose_center: null" in run_config  # searched poses turn the base about its centre of atoms
+    assert np.isfinite(summary["emd_rmsd"])

@@ -85,7 +85,7 @@ class DemoConfig:
     out: Path = Path("atomvae-demo")
     n_particles: int = 4000
     snr: float = 0.1
-    poses: str = "given"  # "given" | "inferred" | "refine"
+    poses: str = "given"  # "given" | "inferred" | "refine" | "searched" (atomvae.train.searched)
     # Given poses (a consensus refinement's) by default: the conformation path is what the demo shows,
     # and pose inference from scratch needs far more than a demo's minutes (see BENCHMARKS.md).
     epochs_stage1: int = 2  # used only when poses are inferred or refined
@@ -94,6 +94,10 @@ class DemoConfig:
     n_eval: int = 512
     seed: int = 0
     progress: bool = True
+    # poses "searched" only: pose searches (the first against the base) and the stage-2 epochs of the
+    # short learning run between two searches (atomvae.train.searched.SearchedRouteConfig)
+    search_rounds: int = 3
+    search_round_epochs: int = 4
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -142,21 +146,36 @@ def run_demo(config: DemoConfig) -> dict:
     )
     base = docked_base(inputs.base_pdb, frames, len(frames) - 1, out / "base_open_docked.pdb")
 
-    step("train")
     run_dir = out / "run"
     train_config = PRESETS["cpu"]
+    particles = sim / "particles.star"
+    # The simulator's poses turn the structure about the simulation's centre; searched poses turn the
+    # base about its own centre of atoms (the default).
+    pose_center = tuple(float(c) for c in truth["center"])
+    pose_mode = config.poses
+    if config.poses == "searched":
+        from atomvae.train.searched import SearchedRouteConfig, searched_poses
+
+        step("search poses")
+        route = SearchedRouteConfig(rounds=config.search_rounds, round_epochs=config.search_round_epochs)
+        route_config = dataclasses.replace(train_config, seed=config.seed)
+        particles, _seconds = searched_poses(
+            particles, base, out / "poses", route_config, route, progress=config.progress
+        )
+        pose_center, pose_mode = None, "given"
+    step("train")
     train_config = dataclasses.replace(
         train_config,
-        pose_mode=config.poses,
+        pose_mode=pose_mode,
         seed=config.seed,
         stage1=dataclasses.replace(train_config.stage1, epochs=config.epochs_stage1),
         stage2=dataclasses.replace(train_config.stage2, epochs=config.epochs_stage2),
-        data=dataclasses.replace(train_config.data, pose_center=tuple(float(c) for c in truth["center"])),
+        data=dataclasses.replace(train_config.data, pose_center=pose_center),
     )
     resume = (run_dir / "config.yaml").is_file()
     train(
         train_config,
-        sim / "particles.star",
+        particles,
         base,
         run_dir,
         resume=resume,

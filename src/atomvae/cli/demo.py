@@ -32,9 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr", type=float, default=d.snr, help=f"signal-to-noise ratio (default {d.snr})")
     parser.add_argument(
         "--poses",
-        choices=POSE_MODES,
+        choices=(*POSE_MODES, "searched"),
         default=d.poses,
-        help=f"as for atomvae train (default here {d.poses}: the simulated poses): {POSES_HELP}",
+        help=f"as for atomvae train (default here {d.poses}: the simulated poses): {POSES_HELP}; "
+        "searched: the simulated poses are not used, poses are found by projection matching against the "
+        "base alternated with short training runs (atomvae.train.searched), then training keeps them",
     )
     parser.add_argument("--epochs-stage1", type=int, default=d.epochs_stage1)
     parser.add_argument("--epochs-stage2", type=int, default=d.epochs_stage2)

@@ -126,6 +126,14 @@ def small_rotations(step_deg: float, dtype: torch.dtype = torch.float32) -> torc
     return roma.rotvec_to_rotmat(torch.stack(vectors)).to(dtype)
 
 
+def neighbour_rotations(step_deg: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 27 rotations with rotation vectors in {-step, 0, step}^3 (identity first): (27, 3, 3). Diagonal
+    moves let a hill climb reach an error about any axis in as many rounds as one about an image axis."""
+    values = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64) * math.radians(step_deg)
+    vectors = torch.cartesian_prod(values, values, values)
+    return roma.rotvec_to_rotmat(vectors).to(dtype)
+
+
 def _low_pass_mask(box: int, pixel_size: float, resolution: float) -> torch.Tensor:
     """(box, box//2 + 1) float: 1 where 0 < |k| <= 1/resolution on the rfft grid, else 0."""
     ky = torch.fft.fftfreq(box, d=pixel_size, dtype=torch.float64)[:, None]
@@ -211,17 +219,24 @@ def search_poses(
     config: PoseSearchConfig = PoseSearchConfig(),
     progress: bool | None = None,
     indices: np.ndarray | None = None,
+    masses: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> PoseSearchResult:
     """Poses of every particle of ``dataset`` (normalised images of dataset.box px, dataset.pixel_size A)
     against ``references`` (M, A, 3) or (A, 3) A: the atoms to render of the base (and of its deformed
     copies, ``structure.normal_modes.displaced_references``), centred on the rotation centre. Each image
     takes the pose of its best-matching (reference, rotation, shift). progress: None shows a bar only on a
-    terminal. indices: only these particles of the dataset (results in their order); default all."""
+    terminal. indices: only these particles of the dataset (results in their order); default all.
+    masses (A,): each rendered atom's weight (pseudo-atoms, ``render_atoms_of``); default 1.
+    allowed (N, M) bool, rows in the order of ``indices``: the references each particle may match (e.g.
+    the learnt states nearest its own posterior); default all."""
     box, pixel_size = int(dataset.box), float(dataset.pixel_size)
     search_box = min(config.search_box, box)
     coords = torch.as_tensor(references, dtype=torch.float32)
     if coords.dim() == 2:
         coords = coords[None]
+    if masses is not None:
+        masses = torch.as_tensor(masses, dtype=torch.float32)
     fine = _Scorer(box, pixel_size, config.resolution)
     coarse = _Scorer(search_box, pixel_size * box / search_box, config.resolution)
 
@@ -233,7 +248,7 @@ def search_poses(
         [
             fourier_crop(
                 render_projections(
-                    reference, grid[i : i + 1024], torch.zeros(2), box, pixel_size, config.sigma
+                    reference, grid[i : i + 1024], torch.zeros(2), box, pixel_size, config.sigma, masses
                 ),
                 search_box,
             )
@@ -246,6 +261,10 @@ def search_poses(
 
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     n = len(indices)
+    if allowed is not None:
+        allowed = torch.as_tensor(allowed, dtype=torch.bool)
+        if allowed.shape != (n, len(coords)) or not bool(allowed.any(dim=1).all()):
+            raise ValueError(f"allowed must be ({n}, {len(coords)}) with a reference for every particle")
     rotation = torch.empty(n, 3, 3)
     shift = torch.empty(n, 2)
     score = torch.empty(n)
@@ -257,13 +276,17 @@ def search_poses(
         images, ctf = batch["image"].float(), batch["ctf"]
         # 1. global grid, coarse box, no shift
         filtered, ctf_power = coarse.filtered_images(fourier_crop(images, search_box), ctf)
-        top = coarse.global_scores(filtered, ctf_power, templates, template_power).topk(config.top_k, dim=1)
+        scores = coarse.global_scores(filtered, ctf_power, templates, template_power)
+        if allowed is not None:  # (B, M) -> (B, M * n_rotations), reference-major like the templates
+            rows = allowed[start : start + len(images)].repeat_interleave(len(grid), dim=1)
+            scores = scores.masked_fill(~rows, -torch.inf)
+        top = scores.topk(config.top_k, dim=1)
         candidates = grid[top.indices % len(grid)]  # (B, K, 3, 3)
         candidate_coords = coords[top.indices // len(grid)]  # (B, K, A, 3)
         # 2. candidates with shifts on the model's grid
         filtered, ctf_power = fine.filtered_images(images, ctf)
         best_rotation, best_shift, best_score, best = _best_of(
-            fine, filtered, ctf_power, candidate_coords, candidates, config
+            fine, filtered, ctf_power, candidate_coords, candidates, config, masses
         )
         best_coords = candidate_coords[torch.arange(len(best)), best][:, None]  # (B, 1, A, 3)
         # 3. local hill climbing (each image keeps its best reference)
@@ -271,7 +294,7 @@ def search_poses(
         for round_index in range(config.local_rounds):
             trial = small_rotations(step) @ best_rotation[:, None]  # turn in the image frame
             best_rotation, best_shift, best_score, _ = _best_of(
-                fine, filtered, ctf_power, best_coords, trial, config
+                fine, filtered, ctf_power, best_coords, trial, config, masses
             )
             if round_index % 2 == 1:
                 step /= 2.0
@@ -300,16 +323,84 @@ def _best_of(
     coords: torch.Tensor,
     candidates: torch.Tensor,
     config: PoseSearchConfig,
+    masses: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best of candidates (B, K, 3, 3) of coords (B, K or 1, A, 3) per image, each at its best shift:
     rotation (B, 3, 3), shift (B, 2) A, score (B,) and the candidate's index (B,)."""
     templates = render_projections(
-        coords, candidates, torch.zeros(2), scorer.box, scorer.pixel_size, config.sigma
+        coords, candidates, torch.zeros(2), scorer.box, scorer.pixel_size, config.sigma, masses
     )
     scores, shifts = scorer.shifted_scores(filtered, ctf_power, templates, config.max_shift)
     best = scores.argmax(dim=1)
     rows = torch.arange(len(best))
     return candidates[rows, best], shifts[rows, best], scores[rows, best], best
+
+
+def refine_poses(
+    dataset: ParticleDataset,
+    structures: torch.Tensor,
+    rotation: torch.Tensor,
+    shift: torch.Tensor,
+    config: PoseSearchConfig = PoseSearchConfig(),
+    *,
+    start_step_deg: float = 4.0,
+    indices: np.ndarray | None = None,
+    masses: torch.Tensor | None = None,
+    progress: bool | None = None,
+) -> PoseSearchResult:
+    """Local refinement of poses against each particle's own structure: hill climbing from (rotation (N,
+    3, 3), shift (N, 2) A) over small turns (``neighbour_rotations``), the shift re-searched at every trial,
+    ``config.local_rounds`` rounds from ``start_step_deg`` (halving every 2 rounds); a turn is kept only
+    when it scores better than the current pose (the identity is always a trial).
+
+    structures: (N, A, 3) A, particle i's own conformation (e.g. decoded at its posterior mean) centred on
+    the rotation centre; masses (A,) the atoms' weights (default 1). indices: the dataset rows of the N
+    particles (default all). Returns a PoseSearchResult whose
+    global_score is the score of the starting pose and reference is all zeros."""
+    box, pixel_size = int(dataset.box), float(dataset.pixel_size)
+    fine = _Scorer(box, pixel_size, config.resolution)
+    structures = torch.as_tensor(structures, dtype=torch.float32)
+    if masses is not None:
+        masses = torch.as_tensor(masses, dtype=torch.float32)
+    indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    n = len(indices)
+    if structures.shape[0] != n or rotation.shape != (n, 3, 3) or shift.shape != (n, 2):
+        raise ValueError(f"need structures (N, A, 3), rotation (N, 3, 3), shift (N, 2) for N = {n}")
+    out_rotation, out_shift = torch.empty(n, 3, 3), torch.empty(n, 2)
+    out_score, start_score = torch.empty(n), torch.empty(n)
+    bar = tqdm(total=n, unit="img", desc="pose refine", disable=None if progress is None else not progress)
+    for start in range(0, n, config.batch_size):
+        rows = slice(start, start + config.batch_size)
+        batch = dataset.__getitems__(indices[rows].tolist())
+        images, ctf = batch["image"].float(), batch["ctf"]
+        filtered, ctf_power = fine.filtered_images(images, ctf)
+        own = structures[rows][:, None]  # (B, 1, A, 3)
+        best_rotation = rotation[rows].float()
+        _r, best_shift, best_score, _ = _best_of(
+            fine, filtered, ctf_power, own, best_rotation[:, None], config, masses
+        )
+        start_score[rows] = best_score
+        step = start_step_deg
+        for round_index in range(config.local_rounds):
+            trial = neighbour_rotations(step) @ best_rotation[:, None]
+            best_rotation, best_shift, best_score, _ = _best_of(
+                fine, filtered, ctf_power, own, trial, config, masses
+            )
+            if round_index % 2 == 1:
+                step /= 2.0
+        out_rotation[rows] = roma.special_procrustes(best_rotation.double()).float()
+        out_shift[rows] = best_shift
+        out_score[rows] = best_score
+        bar.update(len(images))
+    bar.close()
+    return PoseSearchResult(
+        rotation=out_rotation,
+        shift=out_shift,
+        score=out_score,
+        global_score=start_score,
+        reference=torch.zeros(n, dtype=torch.long),
+        grid_spacing=float("nan"),
+    )
 
 
 def pose_errors_deg(estimated: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
