@@ -151,7 +151,7 @@ def run_demo(config: DemoConfig) -> dict:
     particles = sim / "particles.star"
     # The simulator's poses turn the structure about the simulation's centre; searched poses turn the
     # base about its own centre of atoms (the default).
-    pose_center = tuple(float(c) for c in truth["center"])
+    pose_center: tuple[float, ...] | None = tuple(float(c) for c in truth["center"])
     pose_mode = config.poses
     if config.poses == "searched":
         from atomvae.train.searched import SearchedRouteConfig, searched_poses
