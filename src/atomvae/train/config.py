@@ -200,7 +200,8 @@ def _cpu() -> TrainConfig:
         # Conformation search (LossWeights.search_candidates): the paper's encoder alone cannot tell the
         # states apart (supervised on the true states it reaches r 0.65 on the demo data); with the search
         # each particle's latent follows its true state (demo: r 0.43 -> 0.94 between true and inferred
-        # NMP-LID gap) at ~1.3x the step time (BENCHMARKS.md, "Conformation search").
+        # NMP-LID gap; BENCHMARKS.md, "Conformation search"). Its ensemble is the particles' aggregate
+        # posterior (sample --latents), not the prior.
         loss=LossWeights(
             backbone=1000.0, clash=10.0, orientation=10.0, heavy_clash=10.0, search_candidates=16
         ),
