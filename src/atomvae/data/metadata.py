@@ -96,7 +96,7 @@ def ctf_from_columns(n: int, columns: Mapping[str, Any]) -> CTFParams:
         raise ValueError(f"CTF columns: missing {missing}, unknown {unknown}")
 
     def column(f: str) -> torch.Tensor:
-        values = np.asarray(columns.get(f, 0.0), dtype=np.float64)
+        values = _float64(columns.get(f, 0.0))
         return torch.as_tensor(np.broadcast_to(values, (n,)).copy())
 
     return CTFParams(**{f: column(f) for f in CTF_FIELDS})
@@ -188,8 +188,15 @@ class ParticleMetadata:
         )
 
 
+def _float64(values) -> np.ndarray:
+    """Values (a tensor, array, sequence or number) as a float64 numpy array."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
 def _float_tensor(values) -> torch.Tensor:
-    return torch.as_tensor(np.array(values, dtype=np.float64))
+    return torch.as_tensor(_float64(values).copy())
 
 
 def _check_stacks(
