@@ -48,6 +48,7 @@ from atomvae.train.config import StageConfig, TrainConfig, config_to_dict, load_
 from atomvae.train.metrics import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_training_curve
 from atomvae.train.particles import ParticleSource, open_particles
 from atomvae.train.progress import TrainingProgress
+from atomvae.train.threads import ThreadTuner
 
 # Config fields that may change when a run is resumed (where and how fast it runs, not what it computes).
 RESUMABLE_CHANGES = {"device", "data.num_workers"}
@@ -309,12 +310,15 @@ def train(
     max_steps: int | None = None,
     argv: Sequence[str] | None = None,
     show_progress: bool | None = None,
+    threads: int | None = None,
 ) -> RunSummary:
     """Train ``config.n_seeds`` models on a particle file and keep the best by held-out log-likelihood.
 
     particles_path: .star (or any format ``atomvae.data`` reads); base_path: PDB/mmCIF base structure.
     run_dir: the run folder (layout in ``atomvae.train.run``). ``max_steps``: stop each seed once its
-    global step reaches this (a checkpoint is written there; ``resume=True`` continues it).
+    global step reaches this (a checkpoint is written there; ``resume=True`` continues it). ``threads``:
+    torch threads of a one-process CPU run; None = ``OMP_NUM_THREADS`` when set, else measured while
+    training (``atomvae.train.threads.ThreadTuner``).
     """
     from atomvae.structure.io import read_structure
 
@@ -355,6 +359,7 @@ def train(
             resume,
             max_steps,
             show_progress,
+            threads,
         )
 
 
@@ -370,6 +375,7 @@ def _train_seeds(
     resume: bool,
     max_steps: int | None,
     show_progress: bool | None,
+    threads: int | None = None,
 ) -> RunSummary:
     """Every seed, then best.yaml and the best seed's metrics at the top of the run folder (rank 0)."""
     results = []
@@ -388,6 +394,7 @@ def _train_seeds(
                 resume=resume,
                 max_steps=max_steps,
                 show_progress=show_progress,
+                threads=threads,
             )
         )
     best = max(
@@ -440,10 +447,21 @@ def train_seed(
     resume: bool = False,
     max_steps: int | None = None,
     show_progress: bool | None = None,
+    threads: int | None = None,
 ) -> SeedResult:
     """Train one seed in RUN/seed_<seed>/ (resuming from its last checkpoint when asked and present)."""
     trainer = _SeedTrainer(
-        config, seed, source, structure, info, train_idx, val_idx, run_dir, device, resume=resume
+        config,
+        seed,
+        source,
+        structure,
+        info,
+        train_idx,
+        val_idx,
+        run_dir,
+        device,
+        resume=resume,
+        threads=threads,
     )
     seed_dir = run_folder.seed_dir(run_dir, seed)
     total_images = sum(len(train_idx) * _stage_config(config, s).epochs for s in _stages(config))
@@ -530,8 +548,15 @@ class _SeedTrainer:
         run_dir: Path,
         device: torch.device,
         resume: bool,
+        threads: int | None = None,
     ):
         self.config, self.seed, self.source, self.device = config, seed, source, device
+        # One CPU process times its steps and picks its thread count as it goes (train.threads); with
+        # several processes or on a GPU the thread count stays as it is (or ``threads`` when given).
+        if device.type == "cpu" and not distributed.active():
+            self.threads = ThreadTuner.from_environment(threads)
+        else:
+            self.threads = ThreadTuner(fixed=threads or torch.get_num_threads())
         self.train_idx, self.val_idx = train_idx, val_idx
         self.ckpt_dir = run_folder.checkpoint_dir(run_dir, seed)
         self.last = self.ckpt_dir / LAST
@@ -694,6 +719,7 @@ class _SeedTrainer:
             zip(shards, self.source.batches([s.indices for s in shards], self.device), strict=True),
             start=first_step,
         ):
+            n_threads = self.threads.before_step()
             started = time.perf_counter()
             generator = sampling_generator(self.device, seed, _SAMPLING, stage, self.position.global_step)
             result = _train_step(
@@ -707,6 +733,7 @@ class _SeedTrainer:
                 shard,
                 stop.requested,
             )
+            self.threads.after_step(time.perf_counter() - started)
             n_images = shard.global_size
             self.position = Position(stage, epoch, step_in_epoch + 1, self.position.global_step + 1)
             step = self.position.global_step
@@ -722,6 +749,7 @@ class _SeedTrainer:
                         "finite": result.finite,
                         **result.terms,
                         "images_per_s": n_images / (time.perf_counter() - started),
+                        "threads": n_threads,
                         "lr": optimizer.param_groups[0]["lr"],
                     }
                 )
