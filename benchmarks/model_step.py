@@ -14,7 +14,7 @@ poses, on a small batch. The last line is, for the cpu preset as it ships:
 ``step/render ratio: R; renderer ceiling fraction: F`` with R = step renders/s / renderer-alone
 renders/s and F = the renderer's FLOP/s / the ceiling.
 
-    .venv/bin/python benchmarks/model_step.py [--threads 2] [--steps 5] [--clock wall|cpu]
+    .venv/bin/python benchmarks/model_step.py [--threads 2] [--steps 5] [--clock wall|cpu] [--shipped-only]
 
 The step is the training loop's (fused Adam over ``trainable_parameters(2)``; before 2026-12-01 evening
 this script stepped per-tensor Adam over every parameter).
@@ -142,6 +142,9 @@ def main() -> int:
         help="wall time, or process CPU time (1 thread on a shared machine: time other processes hold the "
         "core is not counted)",
     )
+    parser.add_argument(
+        "--shipped-only", action="store_true", help="only the cpu preset as it ships (the last line's case)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global _clock
@@ -162,6 +165,8 @@ def main() -> int:
         ("paper preset (given poses)", paper, "given", 4),
         ("paper preset (inferred poses)", paper, "inferred", 2),
     ]
+    if args.shipped_only:
+        cases = cases[:1]
     results = []
     for name, config, pose_mode, batch in cases:
         r = measure(name, config, pose_mode, batch, args.steps)

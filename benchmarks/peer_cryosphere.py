@@ -19,8 +19,18 @@ Gaussian per residue (214). cryoSPHERE renders one image per particle, ours 4 (c
 Timing: process CPU time on 1 thread, min over ``--rounds`` interleaved rounds (robust on a shared
 machine), each step or render batch once per round.
 
-Run with a Python that has cryoSPHERE (installed with --no-deps plus its pure-Python requirements,
-../shared/peers/cryosphere_requirements.txt, into a venv made with --system-site-packages over ours):
+Run with a Python that has cryoSPHERE and ours. How it was installed here (2026-12-01):
+
+    /work/main/.venv/bin/python -m venv --system-site-packages /tmp/cryosphere-venv
+    /tmp/cryosphere-venv/bin/pip install --no-deps cryosphere
+    /tmp/cryosphere-venv/bin/pip install -r ../shared/peers/cryosphere_requirements.txt
+    # one of those requirements pulls torch 2.14 with CUDA (5 GB): removed again, so torch is ours (2.13 CPU)
+    /tmp/cryosphere-venv/bin/pip uninstall -y torch triton 'nvidia-*' 'cuda-*'
+    echo /work/main/.venv/lib/python3.11/site-packages \
+        > /tmp/cryosphere-venv/lib/python3.11/site-packages/zz.pth
+
+(``--system-site-packages`` on a venv's Python reaches the base interpreter's packages, not the venv's,
+hence the .pth file.) Then:
 
     OMP_NUM_THREADS=1 PYTHONPATH=src /tmp/cryosphere-venv/bin/python benchmarks/peer_cryosphere.py
 """
@@ -42,8 +52,31 @@ from model_step import BOX, PIXEL_SIZE, matmul_gflops  # noqa: E402
 from profile_step import build  # noqa: E402
 
 
+def _without_torchvision() -> None:
+    """cryoSPHERE's data set module imports torchvision only to resize images while loading them (not driven
+    here). The torchvision wheels available here are not built against the CPU torch 2.13 (importing 0.28.0
+    fails: "operator torchvision::nms does not exist"), so when it cannot be imported an empty stand-in
+    is registered for that import; any use of it would fail loudly."""
+    import types
+
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+    except (ImportError, RuntimeError):
+        stand_in = types.ModuleType("torchvision")
+        stand_in.transforms = types.ModuleType("torchvision.transforms")
+        stand_in.transforms.functional = types.ModuleType("torchvision.transforms.functional")
+        sys.modules.update(
+            {
+                "torchvision": stand_in,
+                "torchvision.transforms": stand_in.transforms,
+                "torchvision.transforms.functional": stand_in.transforms.functional,
+            }
+        )
+
+
 def cryosphere_step(base_coords: np.ndarray, masses: np.ndarray, batch: int, images, rotation, defocus):
     """cryoSPHERE's step and its renderer alone as two closures over one set of its modules."""
+    _without_torchvision()
     from cryosphere.model import renderer
     from cryosphere.model.ctf import CTF
     from cryosphere.model.gmm import EMAN2Grid, Gaussian
@@ -69,7 +102,7 @@ def cryosphere_step(base_coords: np.ndarray, masses: np.ndarray, batch: int, ima
         "segmentation_config": {"part1": {"all_protein": True, "N_segm": 20}},
         "encoder": {"hidden_dimensions": [512, 256, 64, 64]},
         "decoder": {"hidden_dimensions": [512, 512]},
-        "epsilon_kl": 1e-10,
+        "epsilon_kl": "1e-10",  # a string, as PyYAML reads parameters.yaml's 1e-10 (compute_loss eval()s it)
         "N_epochs": 300,
         "loss": {
             "clashing_loss": {
