@@ -36,12 +36,27 @@ def test_probes_after_a_warm_up_step_and_keeps_the_faster(two_cpus):
 
 
 def test_follows_the_load_as_it_changes(two_cpus):
-    tuner = ThreadTuner(interval=3, probe_steps=1)
+    tuner = ThreadTuner(interval=3, probe_steps=1, max_overhead=10.0)  # the interval stays 3
     used = _run(tuner, {1: 0.25, 2: 1.0}, steps=1 + 2 + 3)
     assert used[-3:] == [1, 1, 1]
     # The other processes end: 2 threads become faster, and the next probe sees it.
     used = _run(tuner, {1: 0.3, 2: 0.2}, steps=2 + 3)
     assert used == [1, 2, 2, 2, 2]
+
+
+def test_interval_grows_so_that_probes_stay_cheap(two_cpus):
+    # A 14x gap: a 2-step probe on the slow setting costs 26 step-times; at most 10% of the interval -> 260.
+    tuner = ThreadTuner(interval=50, probe_steps=2, max_overhead=0.1, max_interval=1000)
+    _run(tuner, {1: 0.1, 2: 1.4}, steps=1 + 4)
+    assert tuner.chosen == 1 and tuner.current_interval == 260
+    used = _run(tuner, {1: 0.1, 2: 1.4}, steps=260 + 1)
+    assert set(used[:260]) == {1} and used[260] == 1  # then the next probe starts (1 thread first)
+    capped = ThreadTuner(interval=50, probe_steps=2, max_overhead=0.1, max_interval=100)
+    _run(capped, {1: 0.1, 2: 1.4}, steps=5)
+    assert capped.current_interval == 100
+    close = ThreadTuner(interval=50, probe_steps=2)
+    _run(close, {1: 0.15, 2: 0.1}, steps=5)  # 1.5x: the probe costs 1 step-time, so the base 50 stays
+    assert close.chosen == 2 and close.current_interval == 50
 
 
 def test_fixed_by_option_or_environment(two_cpus, monkeypatch):

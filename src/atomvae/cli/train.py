@@ -124,8 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=_positive_int,
         help="torch threads on the CPU (default: OMP_NUM_THREADS when set, else measured while training: "
-        "every 50 steps a few steps on 1 and on all CPUs, keeping the faster; on a busy machine 1 thread "
-        "can be 4x faster than 2)",
+        "every 50 or more steps a few steps on 1 and on all CPUs, keeping the faster; on a busy machine 1 "
+        "thread can be 4-14x faster than 2)",
     )
     parser.add_argument(
         "--strict",
