@@ -46,9 +46,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import model_step  # noqa: E402
 from atomvae.train.config import PRESETS  # noqa: E402
 from atomvae.train.loop import make_optimizer  # noqa: E402
-import model_step  # noqa: E402
 from model_step import BOX, PIXEL_SIZE, matmul_gflops  # noqa: E402
 from profile_step import build  # noqa: E402
 
