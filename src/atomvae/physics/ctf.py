@@ -240,6 +240,24 @@ def gaussian_blur(images: torch.Tensor, sigma: float | torch.Tensor, pixel_size:
     return torch.fft.irfft2(torch.fft.rfft2(images) * transfer, s=images.shape[-2:])
 
 
+def rfft_ctf(params: CTFParams, box: int | tuple[int, int], pixel_size: float) -> torch.Tensor:
+    """The CTF as a multiplier of ``rfft2`` spectra of ``box`` images: ``(..., H, W//2 + 1)``, leading dims
+    ``params.shape``: ``ctf_2d`` on the half grid, with an even width's Nyquist column replaced by its even
+    part in ky.
+
+    That column stands for both +x and -x Nyquist frequencies; under astigmatism the CTF there is not even
+    in y, and irfft2 would silently keep only part of it. With its even part (as ``_full_spectrum`` does)
+    ``ctf * rfft2(image)`` is the exact spectrum of the real image ``irfft2(ctf * rfft2(image))``.
+    """
+    height, width = (box, box) if isinstance(box, int) else (int(box[0]), int(box[1]))
+    ctf = ctf_2d(params, (height, width), pixel_size, rfft=True)
+    if width % 2 == 0:
+        mirrored_rows = (-torch.arange(height, device=ctf.device)) % height
+        nyquist = 0.5 * (ctf[..., -1] + ctf[..., mirrored_rows, -1])
+        ctf = torch.cat([ctf[..., :-1], nyquist[..., None]], dim=-1)
+    return ctf
+
+
 def phase_flip(images: torch.Tensor, params: CTFParams, pixel_size: float) -> torch.Tensor:
     """``images (B, H, W)`` with each Fourier component multiplied by the sign of its particle's CTF.
 
@@ -251,13 +269,7 @@ def phase_flip(images: torch.Tensor, params: CTFParams, pixel_size: float) -> to
     height, width = images.shape[-2:]
     if params.device != images.device or params.dtype != images.dtype:
         params = params.to(device=images.device, dtype=images.dtype)
-    ctf = ctf_2d(params, (height, width), pixel_size, rfft=True)
-    if width % 2 == 0:
-        # The Nyquist column stands for both +x and -x Nyquist frequencies; under astigmatism the CTF there
-        # is not even in y, so use its even part (as _full_spectrum does) to keep the spectrum Hermitian.
-        mirrored_rows = (-torch.arange(height, device=ctf.device)) % height
-        nyquist = 0.5 * (ctf[..., -1] + ctf[..., mirrored_rows, -1])
-        ctf = torch.cat([ctf[..., :-1], nyquist[..., None]], dim=-1)
+    ctf = rfft_ctf(params, (height, width), pixel_size)
     return torch.fft.irfft2(torch.fft.rfft2(images) * torch.sign(ctf), s=(height, width))
 
 

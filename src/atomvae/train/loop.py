@@ -40,6 +40,7 @@ from atomvae.train.progress import TrainingProgress
 from atomvae.train.seed_run import SeedResult, SeedRun
 from atomvae.train.seeding import SAMPLING, epoch_batches, sampling_generator
 from atomvae.train.signals import StopRequest
+from atomvae.train.threads import ThreadTuner
 from atomvae.train.step import (
     Batch,
     StepResult,
@@ -70,12 +71,15 @@ def train(
     max_steps: int | None = None,
     argv: Sequence[str] | None = None,
     show_progress: bool | None = None,
+    threads: int | None = None,
 ) -> RunSummary:
     """Train ``config.n_seeds`` models on a particle file and keep the best by held-out log-likelihood.
 
     particles_path: .star (or any format ``atomvae.data`` reads); base_path: PDB/mmCIF base structure.
     run_dir: the run folder (layout in ``atomvae.train.run``). ``max_steps``: stop each seed once its
-    global step reaches this (a checkpoint is written there; ``resume=True`` continues it).
+    global step reaches this (a checkpoint is written there; ``resume=True`` continues it). ``threads``:
+    torch threads of a one-process CPU run; None = ``OMP_NUM_THREADS`` when set, else measured while
+    training (``atomvae.train.threads.ThreadTuner``).
     """
     from atomvae.structure.io import read_structure
 
@@ -118,6 +122,7 @@ def train(
                 resume=resume,
                 max_steps=max_steps,
                 show_progress=show_progress,
+                threads=threads,
             )
             for seed in config.seeds
         ]
@@ -149,9 +154,16 @@ def train_seed(
     resume: bool = False,
     max_steps: int | None = None,
     show_progress: bool | None = None,
+    threads: int | None = None,
 ) -> SeedResult:
     """Train one seed in RUN/seed_<seed>/ (resuming from its last checkpoint when asked and present)."""
     run = SeedRun(config, seed, source, structure, info, train_idx, run_dir, device, resume)
+    # One CPU process times its steps and picks its thread count as it goes (train.threads); with several
+    # processes or on a GPU the thread count stays as it is (or ``threads`` when given).
+    if device.type == "cpu" and not distributed.active():
+        tuner = ThreadTuner.from_environment(threads)
+    else:
+        tuner = ThreadTuner(fixed=threads or torch.get_num_threads())
     seed_dir = run_folder.seed_dir(run_dir, seed)
     total_images = sum(len(train_idx) * stage_config(config, s).epochs for s in stages(config))
     main = distributed.is_main()  # only rank 0 logs, shows progress and writes
@@ -165,7 +177,7 @@ def train_seed(
         ) as bar,
         StopRequest() as stop,
     ):
-        fit(run, source, train_idx, val_idx, metrics, bar, max_steps, stop)
+        fit(run, source, train_idx, val_idx, metrics, bar, max_steps, stop, tuner)
     if run.stopped:
         raise KeyboardInterrupt(f"stopped at step {run.position.global_step}; checkpoint {run.last}")
     # Seeds are compared on the final stage's objective (stage 1 only if stopped before stage 2).
@@ -185,10 +197,12 @@ def fit(
     bar: TrainingProgress,
     max_steps: int | None,
     stop: StopRequest,
+    tuner: ThreadTuner | None = None,
 ) -> None:
     """The stages from ``run.position`` on. Returns at the end, once ``max_steps`` is reached, or after the
     step during which a stop was requested (``run.stopped``), each time with a checkpoint in ``run.last``."""
     config, seed, device = run.config, run.seed, run.device
+    tuner = tuner or ThreadTuner(fixed=torch.get_num_threads())
     if max_steps is not None and run.position.global_step >= max_steps:
         return  # resuming a run that already stopped at this max_steps
     for stage in [s for s in stages(config) if s >= run.position.stage]:
@@ -207,17 +221,20 @@ def fit(
                 for group in optimizer.param_groups:
                     group["lr"] = settings.learning_rate_at(epoch)
                 for step_in_epoch, shard, batch in _remaining_batches(run, source, train_idx, stage, epoch):
+                    n_threads = tuner.before_step()
                     started = time.perf_counter()
                     generator = sampling_generator(device, seed, SAMPLING, stage, run.position.global_step)
                     noise = sampling_noise(generator, shard)
                     result = train_step(
                         loss_fn, optimizer, batch, config, stage, device, noise, shard, stop.requested
                     )
+                    tuner.after_step(time.perf_counter() - started)
                     run.position = Position(stage, epoch, step_in_epoch + 1, run.position.global_step + 1)
                     step = run.position.global_step
                     if step % config.log_every == 0 or not result.finite:
                         images_per_s = shard.global_size / (time.perf_counter() - started)
-                        metrics.log(_train_record(result, run.position, images_per_s, optimizer))
+                        record = _train_record(result, run.position, images_per_s, optimizer)
+                        metrics.log({**record, "threads": n_threads})
                     bar.update(shard.global_size, stage=stage, loss=result.terms["total"])
                     run.nonfinite.record(result.finite, run.position)
                     # With several processes the ranks agree on a stop in the step's collective (a signal
