@@ -40,7 +40,6 @@ from atomvae.train.progress import TrainingProgress
 from atomvae.train.seed_run import SeedResult, SeedRun
 from atomvae.train.seeding import SAMPLING, epoch_batches, sampling_generator
 from atomvae.train.signals import StopRequest
-from atomvae.train.threads import ThreadTuner
 from atomvae.train.step import (
     Batch,
     StepResult,
@@ -51,6 +50,7 @@ from atomvae.train.step import (
     train_step,
     validation_log_likelihood,
 )
+from atomvae.train.threads import ThreadTuner
 
 
 @dataclass(frozen=True)
