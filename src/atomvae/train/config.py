@@ -138,74 +138,43 @@ def _paper() -> TrainConfig:
 
 
 def _cpu() -> TrainConfig:
-    """Small enough to train the adenylate-kinase benchmark (20,000 particles, 64 px, 214 residues) in under
-    an hour on 2 CPU cores. The renders are nearly all the cost of a step (PERF_NOTES; a step's CPU time
-    halved when its renders were halved), so the trade-offs cut renders per image. Measured (one thread,
-    process CPU time, ADK at 64 px, batch 64): ~0.5 s per step in either stage, i.e. ~5,900 steps of
-    ~0.3-0.55 s = ~30-55 min for the 20 epochs below, plus ~1 min of validation."""
+    """Small enough to train the adenylate-kinase benchmark (20,000 particles, 64 px, 214 residues) on 2 CPU
+    cores. The renders dominate a step, so the trade-offs cut renders per image. Every choice below was
+    measured; the figures are in BENCHMARKS.md (sections named in each comment), not here, where they
+    would drift."""
     return TrainConfig(
-        # The image model (issue 10; measurements in BENCHMARKS.md, "Image model"): each residue as 1-3
-        # pseudo-atoms (backbone, proximal and distal side chain; 487 for adk instead of 1,656 heavy atoms or
-        # 214 C-alphas) at the scattering-weighted centroids of their atoms and weighing their forward
-        # scattering, one learnt Gaussian width (the data's blur is never stated: B-factors, pixel size,
-        # oversampling) and each render's amplitude in closed form (contrast varies between micrographs).
-        # The C-alpha model it replaces (sigma 2 A) made the truth score worse than the learnt structures:
-        # fitted from the truth on noise-free simulated images it drifted 0.86 A C-alpha RMSD and left 10
-        # nats per image unexplained; the residue model drifts 0.34 A and leaves 1.4 nats. Demo: recovered
-        # 0.66 -> 0.78 (prior samples).
+        # The image model ("Image model"): each residue as 1-3 pseudo-atoms (backbone, proximal and distal
+        # side chain) at the scattering-weighted centroids of their atoms, weighing their forward scattering;
+        # one learnt Gaussian width (the data's blur is never stated: B-factors, pixel size, oversampling);
+        # each render's amplitude in closed form (contrast varies between micrographs). The C-alpha model it
+        # replaced made the truth score worse than the learnt structures.
         model=ModelConfig(
             render_atoms="residue", render_sigma=1.5, learn_render_sigma=True, amplitude="per_image"
         ),
         # Stage 1: 8 pose samples instead of 128, 8 epochs instead of 2000 (lr halved for the last 2, as the
-        # paper halves it for its second half): a much coarser search over SO(3) per image, so pose
-        # errors (e.g. near-symmetric views) survive more often; the learnt amortised encoder shares what
-        # it finds across images, which is what lets so few samples work at all.
+        # paper halves it for its second half): a much coarser search over SO(3) per image.
         stage1=StageConfig(epochs=8, n_pose=8, lr_decay_epochs=(6,)),
-        # Stage 2: 4 conformations x 2 poses instead of 64 x 4 (8 instead of 256 renders per image),
-        # 12 epochs instead of 500: a noisier IWAE-style estimate that explores fewer modes per image
-        # and a less converged conformation distribution.
+        # Stage 2: 4 conformations x 2 poses instead of 64 x 4 renders per image, 12 epochs instead of 500.
         stage2=StageConfig(epochs=12, n_pose=2, n_conf=4),
-        # Batch 64 instead of 256: 4x more Adam steps per epoch, which matters with so few epochs; the
-        # per-step fixed costs (encoder, fused Adam over ~12M parameters) stay small beside the renders.
+        # Batch 64 instead of 256: 4x more Adam steps per epoch, which matters with so few epochs.
         batch_size=64,
         # One seed instead of three: three would triple the wall time (--seeds 3 when there is time).
         n_seeds=1,
-        # Structure terms far stronger than the paper's (backbone 100 instead of 0.01) plus a C-alpha clash
-        # penalty the paper does not have (weight 10, 4 A): with batch 64 and 8 samples per image the
-        # likelihood's gradient is noisy, Adam turns that noise into independent random moves of each
-        # residue, and with C-alpha-only rendering nothing else holds residues together. Measured on the
-        # adk benchmark set (given poses, 400 steps): backbone 0.01 tore the chain apart (C-N RMS
-        # deviation ~2.8 A) and recovered 8% of the base-to-floor EMD-RMSD gap; backbone 100 kept C-N
-        # bonds at 0.05 A RMS deviation and recovered 45%; C-alpha pairs then still came within 2 A,
-        # which the clash term removes.
-        # A third term the paper does not have keeps bonded neighbours' relative orientation near the
-        # base's (weight 100): with C-alpha rendering nothing sees a residue turn about its C-alpha, and
-        # on the adk benchmark (given poses, full cpu run without it) every sampled structure had ~265
-        # side-chain clashes below 2 A although C-N bonds and C-alpha spacing were fine.
-        # A fourth, a heavy-atom clash penalty (weight 10, 2.5 A, on 32 images of each batch): with the three
-        # above, structures sampled from the full given-pose cpu run on adk still had a median of ~117
-        # heavy-atom pairs closer than 2.0 A between non-neighbour residues (0 of 200 clash-free; base and
-        # ground truth: 0), all between residues whose C-alphas were < 9.1 A apart, which the C-alpha
-        # penalty cannot see. On that trained model its parameter gradient per unit weight was ~20x the
-        # likelihood's (769 vs 35). Pilot (given poses, 300 stage-2 steps, 200 samples): without it a median
-        # of 143 such pairs, none clash-free; weight 10 and 100 both 100% clash-free. Both strained peptide
-        # bonds that early (C-N RMS deviation 0.10 A against 0.047 A without; worst 0.63 A at 10, 0.98 A at
-        # 100); 10 cost less held-out log-likelihood (-1.8 nats/image against -4.3 at 100). ~+5% step time.
-        # Orientation weight 10 instead of the 100 it had under C-alpha rendering: side-chain lobes are now
-        # rendered, and the term pulls hinges towards the base (image-model oracle: drift 0.34 A without it,
-        # 0.60 A at 100). Backbone weight 1000 instead of 100: the residue model's sharper, heavier renders
-        # pull harder on each residue, and at 100 single peptide bonds were strained past 0.2 A in 15-60%
-        # of samples (demo: 82% plausible); at 1000 none were (100%), at some cost in recovered fraction
-        # (BENCHMARKS.md, "Image model").
-        # Conformation search (LossWeights.search_candidates): the paper's encoder alone cannot tell the
-        # states apart (supervised on the true states it reaches r 0.65 on the demo data); with the search
-        # each particle's latent follows its true state (demo: r 0.43 -> 0.94 between true and inferred
-        # NMP-LID gap; BENCHMARKS.md, "Conformation search"). Its ensemble is the particles' aggregate
-        # posterior (sample --latents), not the prior.
+        # Structure terms far stronger than the paper's, and three it does not have ("End to end:
+        # adenylate kinase", "Image model"): with batch 64 and few samples per image the likelihood's
+        # gradient is noisy and Adam turns the noise into independent moves of each residue. Backbone
+        # weight 1000 (the paper's 0.01 tore the chain; at 100 single peptide bonds strained under the
+        # residue model); a C-alpha clash penalty (10, 4 A); a neighbour-orientation term (10: without it
+        # the NMP domain closes less and side chains clash; at 100 it pulls hinges towards the base); a
+        # heavy-atom clash penalty (10, 2.5 A, on 32 images of each batch: the C-alpha one cannot see
+        # side-chain clashes).
+        # Conformation search ("Conformation search"): the paper's encoder alone cannot tell the states
+        # apart; with the search each particle's latent follows its true state. Its ensemble is the
+        # particles' aggregate posterior (sample --latents), not the prior.
         loss=LossWeights(
             backbone=1000.0, clash=10.0, orientation=10.0, heavy_clash=10.0, search_candidates=16
         ),
-        # Validation on at most 512 held-out images per epoch (forward only): ~1 min over the run.
+        # Validation on at most 512 held-out images per epoch (forward only).
         data=DataConfig(max_val_images=512),
         checkpoint_every=200,
     )
