@@ -397,8 +397,8 @@ class AtomVAE(nn.Module):
                     clash = clash_penalty(ca_atoms, self.clash_pairs, weights.clash_distance).mean(dim=1)
                 if weights.heavy_clash > 0:
                     # The costliest structure term (~8 residue pairs per residue x K^2 atom distances per
-                    # structure, without autograd; BENCHMARKS.md, "Training step against the renderer"), so on the
-                    # first conformation sample of the first heavy_clash_images images only: the images of
+                    # structure, without autograd; BENCHMARKS.md, "Training step against the renderer"), so
+                    # on the first conformation sample of the first heavy_clash_images images only: the images of
                     # a batch are in random order and the samples i.i.d., so its mean there is an unbiased
                     # estimate of the batch mean.
                     n = min(batch, weights.heavy_clash_images or batch)
