@@ -398,9 +398,9 @@ class AtomVAE(nn.Module):
                 if weights.heavy_clash > 0:
                     # The costliest structure term (~8 residue pairs per residue x K^2 atom distances per
                     # structure, without autograd; BENCHMARKS.md, "Training step against the renderer"), so
-                    # on the first conformation sample of the first heavy_clash_images images only: the images of
-                    # a batch are in random order and the samples i.i.d., so its mean there is an unbiased
-                    # estimate of the batch mean.
+                    # on the first conformation sample of the first heavy_clash_images images only: the
+                    # images of a batch are in random order and the samples i.i.d., so its mean there is an
+                    # unbiased estimate of the batch mean.
                     n = min(batch, weights.heavy_clash_images or batch)
                     padded = self.decoder.atoms(rot[:n, :1], trans[:n, :1], "padded")  # (n, 1, R*K, 3)
                     heavy_clash = heavy_atom_clash_penalty(
