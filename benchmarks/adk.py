@@ -1,4 +1,4 @@
-"""End-to-end benchmark on adenylate kinase: simulate, train (poses inferred and given), sample, evaluate.
+"""End-to-end benchmark on adenylate kinase: simulate, train (poses searched and given), sample, evaluate.
 
 Data: the DIMS open<->closed transition of E. coli adenylate kinase that MDAnalysisTests ships
 (adk.psf + adk_dims.dcd: 98 frames, 214 residues, 1,656 heavy atoms; frame 0 is closed (0.5 A C-alpha
@@ -17,9 +17,9 @@ Distances (paper figures 7-8 style): A:55:CA-A:169:CA spans the NMP-LID gap (13 
 is the clearest single coordinate of the closing motion) and A:127:CA-A:194:CA the LID-CORE hinge (31 A
 closed, 39 A open). Cutoffs 21 A and 35 A split the closed and open modes.
 
-Poses: "given" = the simulator's, fixed; "inferred" = from the images alone: search-poses against the base,
+Poses: "given" = the simulator's, fixed; "searched" = from the images alone: search-poses against the base,
 then (--rounds - 1) times a short run learns states and the particles are searched again against them;
-"amortised" = the paper's pose encoder from scratch.
+"inferred" = the paper's amortised pose encoder from scratch (``--poses inferred``).
 
 Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
     .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--gt-n", type=int, default=4096)
     parser.add_argument(
-        "--modes", nargs="+", default=["inferred", "given"], choices=["inferred", "given", "amortised"]
+        "--modes", nargs="+", default=["searched", "given"], choices=["searched", "given", "inferred"]
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--config", type=Path, help="YAML overriding the cpu preset")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "--em-epochs",
         type=int,
         default=6,
-        help="inferred mode: stage-2 epochs of the run learning states between searches",
+        help="searched mode: stage-2 epochs of the run learning states between searches",
     )
     parser.add_argument(
         "--base",
@@ -133,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=3,
-        help="inferred mode: rounds of pose search (after the first, against learnt states)",
+        help="searched mode: rounds of pose search (after the first, against learnt states)",
     )
     parser.add_argument(
         "--n-references",
         type=int,
         default=4,
-        help="inferred mode: learnt states searched against in rounds 2, 3, ...",
+        help="searched mode: learnt states searched against in rounds 2, 3, ...",
     )
     args = parser.parse_args(argv)
 
@@ -228,15 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             run_dir = out / f"run_{mode}_seed{seed}"
             pose_report: dict = {}
-            if mode == "inferred":
+            if mode == "searched":
                 # Poses found from the images: search against the base, learn states, search again.
                 train_s, particles = searched_poses(out, sim, base, seed, args, pose_report)
                 train_s += train(particles, base, run_dir, "given", seed, args, center=None)
             else:
-                # "amortised": the paper's pose encoder learnt from scratch (stage 1 then 2);
+                # "inferred": the paper's amortised pose encoder learnt from scratch (stage 1 then 2);
                 # "given": the simulator's poses, fixed.
-                poses = "inferred" if mode == "amortised" else mode
-                train_s = train(sim / "particles.star", base, run_dir, poses, seed, args, center=center)
+                train_s = train(sim / "particles.star", base, run_dir, mode, seed, args, center=center)
             samples = run_dir / "samples.dcd"  # coordinates only; the run's base.pdb is the topology
             sample_topology_path = base_structure_path(run_dir)
             latents = run_dir / "latents.npz"
@@ -382,7 +381,7 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
     states from the latest poses (started from the previous round's run), and the particles are searched
     again against the base and ``--n-references`` learnt states. Returns (wall seconds, last round's STAR)."""
     truth = dict(np.load(sim / "truth.npz"))
-    folder = out / f"poses_inferred_seed{seed}"
+    folder = out / f"poses_searched_seed{seed}"
     folder.mkdir(exist_ok=True)
     seconds = 0.0
     poses = folder / "round1.star"

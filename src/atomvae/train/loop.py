@@ -149,6 +149,7 @@ def _loss_kwargs(
         n_pose=stage_config.n_pose,
         weights=weights,
         pose_mode=config.pose_mode,
+        n_hypotheses=stage_config.pose_hypotheses if stage == 1 else 0,
     )
     if pose_mode(config.pose_mode).needs_given_poses:
         kwargs["given_rotation"] = batch["rotation"]
