@@ -144,7 +144,7 @@ def train_stage1(
 def test_stage1_learns_poses_from_scratch():
     """From a random start, stage 1 with the hypothesis pull moves the poses ``encode`` returns from random
     (median 126 degrees) to a median of ~46 degrees with a third of them within 10 degrees after 1200
-    steps (~30 s of one CPU thread; measured: 128 / 84 / 63 / 57 / 49 / 47 / 46 deg at 100-1100 steps).
+    steps (~30 s of one CPU thread; measured: 128 / 84 / 63 / 57 / 49 / 47 / 46.5 deg at 100-1200 steps).
     The paper's stage 1 on the same problem stays near random (NOTES_amortised.md). The issue's target, a
     median under 5 degrees, is not reached within this budget."""
     torch.set_num_threads(1)
