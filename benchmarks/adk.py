@@ -21,9 +21,9 @@ Poses: "given" = the simulator's, fixed; "searched" = from the images and the ba
 (``atomvae.train.searched``): a search against the base, then (--rounds - 1) times a short run learns
 conformations, each particle is searched again against the learnt states nearest its own decoded
 conformation and refined against that conformation; the final model trains on the last poses
-(--final-poses given or refine). "inferred" = the earlier route (search against the base and 4 learnt
-states, C-alpha templates; kept to reproduce its numbers); "amortised" = the paper's pose encoder from
-scratch.
+(--final-poses given or refine). "searched-v1" = the earlier route (search against the base and 4 learnt
+states, C-alpha templates; recorded as "inferred" in the older results; kept to reproduce its numbers);
+"inferred" = the paper's amortised pose encoder from scratch (``atomvae train --poses inferred``).
 
 Run (everything, about two hours on 2 cores; see BENCHMARKS.md):
     .venv/bin/python benchmarks/adk.py --out benchmarks/out/adk
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "--modes",
         nargs="+",
         default=["searched", "given"],
-        choices=["searched", "inferred", "given", "amortised"],
+        choices=["searched", "searched-v1", "inferred", "given"],
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--config", type=Path, help="YAML overriding the cpu preset")
@@ -262,14 +262,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if args.final_poses == "refine":
                     pose_report["final_refined"] = refined_pose_accuracy(run_dir, particles, truth)
-            elif mode == "inferred":
+            elif mode == "searched-v1":
                 # Poses found from the images: search against the base, learn states, search again.
                 train_s, particles = searched_poses(out, sim, base, seed, args, pose_report)
                 train_s += train(particles, base, run_dir, "given", seed, args, center=None)
             else:
-                # "amortised": the paper's pose encoder learnt from scratch (stage 1 then 2);
+                # "inferred": the paper's pose encoder learnt from scratch (stage 1 then 2);
                 # "given": the simulator's poses, fixed.
-                poses = "inferred" if mode == "amortised" else mode
+                poses = mode
                 train_s = train(sim / "particles.star", base, run_dir, poses, seed, args, center=center)
             samples = run_dir / "samples.dcd"  # coordinates only; the run's base.pdb is the topology
             sample_topology_path = base_structure_path(run_dir)

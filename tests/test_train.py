@@ -164,7 +164,7 @@ def test_train_says_which_pose_route_it_takes(tmp_path, capsys):
     train(tiny_config(), bare, BASE_PDB, tmp_path / "run_bare", max_steps=1, show_progress=False)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "has no poses" in lines[0] and "--poses inferred" in lines[0]
-    assert "atomvae search-poses" in lines[0]
+    assert "atomvae search-poses" in lines[0] and "searched route" in lines[0]
     posed = write_particles(tmp_path / "posed", n=24)
     train(tiny_config(), posed, BASE_PDB, tmp_path / "run_posed", max_steps=1, show_progress=False)
     assert "poses are not used" in capsys.readouterr().err

@@ -1,5 +1,8 @@
 """Find particle poses by projection matching against the base structure (or a trained run's states).
 
+This is the searched pose route (`atomvae train --poses inferred` is the other route from images alone:
+the paper's amortised pose encoder).
+
 Writes OUTPUT.star (the particles with rlnAngleRot/Tilt/Psi and rlnOriginX/YAngst) and OUTPUT.npz
 (scores and the best reference per particle). Train on the result with --poses given (or refine). The
 poses rotate the base about its centre of atoms, the rotation centre `atomvae train` uses by default,

@@ -63,6 +63,12 @@ class ModelConfig:
     refine_rotation_scale: float = 0.1
     refine_shift_scale: float = 1.0
     leaky_relu_slope: float = 0.01  # the paper does not give it; haiku/JAX default is 0.01
+    # Not in the paper (None there: the sigma layer starts at softplus(0) = 0.69 per pose-latent component):
+    # the pose posterior's initial sigma. Against a 6D mean of norm ~0.4 at initialisation, 0.69 spreads
+    # the pose samples over all of SO(3) (median 108 deg from the mean) and by ~4 A in shift: measured on
+    # a tiny problem (NOTES_amortised.md), that destroys a 3-deg warm start within 100 stage-1 steps, where
+    # a start at 0.02 keeps it. A value sets the sigma layer's bias to softplus^-1(value).
+    pose_sigma_init: float | None = None
 
     def __post_init__(self) -> None:
         if self.render_atoms not in RENDER_ATOM_KINDS:
@@ -88,6 +94,8 @@ class ModelConfig:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.amplitude not in AMPLITUDE_MODES:
             raise ValueError(f"amplitude must be one of {AMPLITUDE_MODES}, got {self.amplitude!r}")
+        if self.pose_sigma_init is not None and self.pose_sigma_init <= 0:
+            raise ValueError(f"pose_sigma_init must be > 0, got {self.pose_sigma_init}")
         if self.render_sigma <= 0:
             raise ValueError(f"render_sigma must be > 0 A, got {self.render_sigma}")
 
@@ -141,6 +149,14 @@ class LossWeights:
     search_width: float = 0.1  # sd of the samples around the best latent (the search posterior's width)
     search_local: float = 0.5  # sd of the candidates drawn near the encoder's mean
     search_encoder: float = 1.0
+    # Not in the paper (0 there): in stage 1, pull the pose head's mean pose towards the best-scoring of
+    # several pose hypotheses (its own posterior samples and ``StageConfig.pose_hypotheses`` rotations drawn
+    # uniformly), with a per-image weight of that hypothesis's log-likelihood gain over the mean (nats):
+    # weight * gain * (|R_mean - R_best|_F^2 + |t_mean - t_best|^2 / pixel_size^2). The reparameterised
+    # gradient of the bound only follows the likelihood locally around each sample, and at high SNR that
+    # landscape has many local optima; this term lets the amortised head jump to a better hypothesis
+    # (a winner-takes-all step). It vanishes once the mean scores best (``AtomVAE.loss``).
+    hypothesis_pull: float = 0.0
 
     def __post_init__(self) -> None:
         if self.search_candidates < 0:
@@ -149,5 +165,7 @@ class LossWeights:
             raise ValueError("search_width and search_local must be > 0")
         if self.heavy_clash_distance <= 0:
             raise ValueError(f"heavy_clash_distance must be > 0 A, got {self.heavy_clash_distance}")
+        if self.hypothesis_pull < 0:
+            raise ValueError(f"hypothesis_pull must be >= 0, got {self.hypothesis_pull}")
         if self.heavy_clash_images is not None and self.heavy_clash_images < 1:
             raise ValueError(f"heavy_clash_images must be >= 1 (or None: all), got {self.heavy_clash_images}")

@@ -31,6 +31,10 @@ class PoseHead(nn.Module):
         self.mlp = MLP(config.decoded_dim, (config.pose_width,) * config.pose_layers, activate_final=True)
         self.mu = linear(config.pose_width, config.latent_pose)
         self.sigma = linear(config.pose_width, config.latent_pose)
+        if config.pose_sigma_init is not None:  # softplus(bias) + MIN_SIGMA = pose_sigma_init
+            with torch.no_grad():
+                target = torch.tensor(max(config.pose_sigma_init - MIN_SIGMA, 1e-12))
+                self.sigma.bias.fill_(float(target + torch.log(-torch.expm1(-target))))
 
     def forward(self, h: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_part = self.project(self.norm(h))  # (B, D)

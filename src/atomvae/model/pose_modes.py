@@ -29,12 +29,15 @@ class PoseMode:
 
     name: one of ``POSE_MODES``; needs_given_poses: the particle file must carry poses;
     uses_pose_head: the pose head's posterior is sampled (and trained); the training loop runs stage 1
-    (pose path on the fixed base) only for such modes.
+    (pose path on the fixed base) only for such modes; global_hypotheses: stage 1 may score rotations drawn
+    uniformly on SO(3) as pose hypotheses (``hypothesis_rotations``; a global search only where the pose
+    latent is a global pose).
     """
 
     name: str
     needs_given_poses: bool
     uses_pose_head: bool
+    global_hypotheses: bool = False
 
     def check_given(self, given_rotation: torch.Tensor | None, given_shift: torch.Tensor | None) -> None:
         if self.needs_given_poses and (given_rotation is None or given_shift is None):
@@ -52,8 +55,8 @@ class PoseMode:
             )
         return (
             "the file has no poses: --poses inferred learns them with the amortised pose head (paper "
-            "stage 1); for poses by projection matching run `atomvae search-poses` first and train "
-            "on its output with --poses given or refine"
+            "stage 1); for the searched route (projection matching) run `atomvae search-poses` first "
+            "and train on its output with --poses given or refine"
         )
 
     def latent_to_pose(
@@ -105,6 +108,21 @@ class PoseMode:
         rotation, shift = self.latent_to_pose(z, config, given_rotation, given_shift)
         return rotation, shift, kl_diagonal_normal(mu, sigma).mean(dim=1)
 
+    def hypothesis_rotations(
+        self,
+        batch: int,
+        n: int,
+        generator: torch.Generator | BatchNoiseRows | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """n rotations (batch, n, 3, 3) per image drawn uniformly on SO(3) (Gram-Schmidt of Gaussian 6D
+        vectors: the pose prior's rotation marginal), from the step's sampling noise."""
+        if not self.global_hypotheses:
+            raise ValueError(f"pose_mode {self.name!r} draws no global pose hypotheses")
+        six_d = standard_normal((batch, n, 6), generator, device, dtype)
+        return latent_to_pose(torch.cat([six_d.new_zeros(batch, n, 2), six_d], dim=-1), 1.0)[0]
+
     def mean_pose(
         self,
         mu: torch.Tensor | None,
@@ -129,7 +147,7 @@ class PoseMode:
         return rotation, shift
 
 
-INFERRED = PoseMode("inferred", needs_given_poses=False, uses_pose_head=True)
+INFERRED = PoseMode("inferred", needs_given_poses=False, uses_pose_head=True, global_hypotheses=True)
 GIVEN = PoseMode("given", needs_given_poses=True, uses_pose_head=False)
 REFINE = PoseMode("refine", needs_given_poses=True, uses_pose_head=True)
 _MODES = {mode.name: mode for mode in (INFERRED, GIVEN, REFINE)}

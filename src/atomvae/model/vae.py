@@ -309,6 +309,7 @@ class AtomVAE(nn.Module):
         given_shift: torch.Tensor | None = None,
         pose_mode: str = "inferred",
         generator: torch.Generator | BatchNoiseRows | None = None,
+        n_hypotheses: int = 0,
     ) -> LossOutput:
         """Paper eq. 4 averaged over the batch.
 
@@ -319,6 +320,9 @@ class AtomVAE(nn.Module):
         samples, no pose KL); "refine" samples corrections to them (latent 0 = the given pose).
         generator: the sampling noise's generator, or a BatchNoiseRows when this process holds some rows
         of a larger batch (data-parallel training: the same noise per image as one process).
+        n_hypotheses: stage 1 with ``weights.hypothesis_pull`` > 0 only: rotations drawn uniformly per image
+        and scored beside the posterior samples as hypotheses the pose head's mean is pulled towards
+        (``hypothesis_pull``; not in the paper).
         """
         mode = get_pose_mode(pose_mode)
         if stage not in (1, 2):
@@ -430,6 +434,20 @@ class AtomVAE(nn.Module):
             log_lik = gaussian_log_likelihood(target, predicted, self.noise_sigma)
             per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
 
+            pull = zero
+            if stage == 1 and weights.hypothesis_pull > 0 and mu_p is not None:
+                pull = self.hypothesis_pull(
+                    mode,
+                    mu_p,
+                    (rotation, shift, log_lik),
+                    coords,
+                    ctf,
+                    target,
+                    n_hypotheses,
+                    (given_rotation, given_shift),
+                    generator,
+                )
+
             sleep = zero
             if weights.sleep > 0 and stage == 2:
                 sleep = self.sleep_loss(
@@ -450,6 +468,7 @@ class AtomVAE(nn.Module):
                 + weights.clash * clash
                 + weights.orientation * orientation
                 + weights.search_encoder * encoder_fit
+                + weights.hypothesis_pull * pull
             )
             total = per_image_loss.mean() + weights.heavy_clash * heavy_clash.mean()
         terms = {
@@ -465,6 +484,7 @@ class AtomVAE(nn.Module):
             "sleep": float(sleep.detach().mean()),
             "search_encoder": float(encoder_fit.detach().mean()),
             "search_gain": float(search_gain.mean()),
+            "hypothesis_pull": float(pull.detach().mean()),
             "amplitude": float(self.amplitude.detach()),
             **self._render_sigma_terms(),
             "total": float(total.detach()),
@@ -541,6 +561,56 @@ class AtomVAE(nn.Module):
                 best = torch.where(better[:, None], candidates[rows, top], best)
                 best_score = torch.where(better, scores[rows, top], best_score)
         return best, best_score - start_score
+
+    def hypothesis_pull(
+        self,
+        mode,
+        mu_p: torch.Tensor,
+        samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        coords: torch.Tensor,
+        ctf: CTFParams | None,
+        images: torch.Tensor,
+        n_hypotheses: int,
+        given: tuple[torch.Tensor | None, torch.Tensor | None],
+        generator: torch.Generator | BatchNoiseRows | None,
+    ) -> torch.Tensor:
+        """The stage-1 pull of the pose head's mean towards its best-scoring pose hypothesis, (B,) per image
+        (``LossWeights.hypothesis_pull``; not in the paper).
+
+        mu_p (B, Kc, 8): the pose posterior's mean; samples: the loss's posterior samples as rotation
+        (B, Kc, Kp, 3, 3), shift (B, Kc, Kp, 2) A and their log-likelihoods (B, Kc, Kp); coords (B, 1, A, 3)
+        the base; images (B, 1, 1, H, W). The hypotheses are the mean pose itself, the posterior samples and,
+        where the pose mode allows a global search, n_hypotheses rotations drawn uniformly on SO(3) at the
+        mean's shift; all are scored by the likelihood without gradient. Returns
+        gain * (|R_mean - R_best|_F^2 + |t_mean - t_best|^2 / pixel_size^2), averaged over Kc, with gain the
+        best hypothesis's log-likelihood minus the mean's (nats, >= 0, detached): zero once the mean scores
+        best, and strongest where a hypothesis explains the image much better.
+        """
+        rotation, shift, log_lik = samples
+        batch, n_conf = mu_p.shape[:2]
+        mean_rotation, mean_shift = mode.latent_to_pose(mu_p.to(coords.dtype), self.config, *given)
+        with torch.no_grad():
+            extra_rotation = mean_rotation.detach().unsqueeze(2)  # (B, Kc, 1, 3, 3)
+            if n_hypotheses > 0 and mode.global_hypotheses:
+                drawn = mode.hypothesis_rotations(
+                    batch, n_conf * n_hypotheses, generator, coords.device, coords.dtype
+                ).reshape(batch, n_conf, n_hypotheses, 3, 3)
+                extra_rotation = torch.cat([extra_rotation, drawn], dim=2)
+            extra_shift = mean_shift.detach().unsqueeze(2).expand(-1, -1, extra_rotation.shape[2], -1)
+            predicted = self.render_images(coords.unsqueeze(2), extra_rotation, extra_shift, ctf, images)
+            extra_log_lik = gaussian_log_likelihood(images, predicted, self.noise_sigma)  # (B, Kc, 1 + H)
+            all_rotation = torch.cat([extra_rotation, rotation.detach().expand(batch, n_conf, -1, 3, 3)], 2)
+            all_shift = torch.cat([extra_shift, shift.detach().expand(batch, n_conf, -1, 2)], dim=2)
+            all_log_lik = torch.cat([extra_log_lik, log_lik.detach().expand(batch, n_conf, -1)], dim=2)
+            best_log_lik, best = all_log_lik.max(dim=2)  # (B, Kc)
+            gain = best_log_lik - extra_log_lik[..., 0]
+            index = best[:, :, None, None]  # (B, Kc, 1, 1)
+            best_rotation = all_rotation.gather(2, index[..., None].expand(-1, -1, 1, 3, 3))[:, :, 0]
+            best_shift = all_shift.gather(2, index.expand(-1, -1, 1, 2))[:, :, 0]
+        distance = (mean_rotation - best_rotation).square().sum(dim=(-2, -1)) + (
+            mean_shift - best_shift
+        ).square().sum(dim=-1) / self.pixel_size**2
+        return (gain * distance).mean(dim=1)
 
     def sleep_loss(
         self,

@@ -42,6 +42,10 @@ class StageConfig:
     # of the stage): paper stage 1 halves it after 1000 epochs.
     lr_decay_epochs: tuple[int, ...] = ()
     lr_decay_factor: float = 0.5
+    # Stage 1 only, not in the paper (0 there): rotations drawn uniformly per image and step, scored by the
+    # likelihood beside the posterior samples as hypotheses the pose head's mean is pulled towards (with
+    # ``loss.hypothesis_pull`` > 0; ``AtomVAE.hypothesis_pull``). Each costs one render per image.
+    pose_hypotheses: int = 0
 
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate during ``epoch`` (0-based, within the stage)."""
@@ -117,6 +121,8 @@ class TrainConfig:
             stage = getattr(self, stage_name)
             if stage.epochs < 0 or stage.n_pose < 1 or stage.n_conf < 1 or stage.learning_rate <= 0:
                 problems.append(f"{stage_name}: epochs >= 0, n_pose >= 1, n_conf >= 1, learning_rate > 0")
+            if stage.pose_hypotheses < 0:
+                problems.append(f"{stage_name}: pose_hypotheses must be >= 0, got {stage.pose_hypotheses}")
         if not 0.0 < self.data.val_fraction < 1.0:
             problems.append(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
         if self.data.pose_center is not None and len(self.data.pose_center) != 3:

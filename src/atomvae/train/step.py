@@ -79,6 +79,7 @@ class Objective:
     n_pose: int
     weights: LossWeights
     pose_mode: str
+    n_hypotheses: int = 0  # stage 1: extra uniformly drawn pose hypotheses per image (StageConfig)
 
     @classmethod
     def of(cls, config: TrainConfig, stage: int, shard: distributed.Shard) -> Objective:
@@ -89,6 +90,7 @@ class Objective:
             n_pose=stage_settings.n_pose,
             weights=rank_loss_weights(config.loss, shard),
             pose_mode=config.pose_mode,
+            n_hypotheses=stage_settings.pose_hypotheses if stage == 1 else 0,
         )
 
     def loss(self, loss_fn, batch: Batch, generator: torch.Generator | BatchNoiseRows) -> LossOutput:
@@ -105,6 +107,7 @@ class Objective:
             n_pose=self.n_pose,
             weights=self.weights,
             pose_mode=self.pose_mode,
+            n_hypotheses=self.n_hypotheses,
             **given,
         )
 
