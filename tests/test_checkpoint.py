@@ -195,6 +195,8 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_a_used_folder(t
 def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, monkeypatch):
     star = write_particles(tmp_path / "data", n=24)
     real_step, calls = loop.train_step, []
+    # Python's default, or SIG_IGN when the test process was started in the background (nohup, CI runners)
+    handler_before = signal.getsignal(signal.SIGINT)
 
     def interrupt_during_the_second_step(*args, **kwargs):
         calls.append(1)
@@ -207,4 +209,4 @@ def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, monkeypatch)
         train(tiny_config(), star, BASE_PDB, tmp_path / "run")
     assert len(calls) == 2
     assert _final_state(tmp_path / "run")[0] == Position(1, 0, 2, 2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
