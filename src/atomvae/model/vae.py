@@ -538,8 +538,9 @@ class AtomVAE(nn.Module):
                 predicted = self.render_images(self.decoder(z, "render"), rotation, shift, ctf, target)
                 return gaussian_log_likelihood(target, predicted, self.noise_sigma) - 0.5 * z.square().sum(-1)
 
+            # The start is scored with the first round's candidates: one decode and render per round.
             best = start
-            best_score = start_score = score(start[:, None])[:, 0]
+            best_score = start_score = start.new_full((batch,), -math.inf)
             n_local = max(1, n_candidates // 4)
             rows = torch.arange(batch, device=start.device)
             for round_index in range(rounds):
@@ -548,14 +549,18 @@ class AtomVAE(nn.Module):
                     (batch, n_local, latent), generator, start.device, start.dtype
                 )
                 parts = [near]
-                if round_index == 0 and n_candidates > n_local:
-                    parts.append(
-                        standard_normal(
-                            (batch, n_candidates - n_local, latent), generator, start.device, start.dtype
+                if round_index == 0:
+                    parts.insert(0, start[:, None])
+                    if n_candidates > n_local:
+                        parts.append(
+                            standard_normal(
+                                (batch, n_candidates - n_local, latent), generator, start.device, start.dtype
+                            )
                         )
-                    )
                 candidates = torch.cat(parts, dim=1)  # (B, M, latent)
                 scores = score(candidates)
+                if round_index == 0:
+                    start_score = scores[:, 0]
                 top = scores.argmax(dim=1)
                 better = scores[rows, top] > best_score
                 best = torch.where(better[:, None], candidates[rows, top], best)
