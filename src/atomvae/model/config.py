@@ -44,6 +44,11 @@ class ModelConfig:
     # side-chain atoms > 2 A apart between the crystal structure and the DIMS frames, backbone superposed),
     # and a wider side-chain blob lets that uncertainty show as blur instead of as moved residues.
     render_sigma_by_kind: bool = False
+    # Not in the paper (its residues are rigid): decode per-residue side-chain torsions (chi1-chi4 offsets
+    # from the base) beside the frames, so decoded side chains can take the particles' rotamers instead of
+    # the base's. With the base's rotamers the image model's optimum is not the truth's backbone
+    # (BENCHMARKS.md, "Side-chain torsions").
+    side_chain_torsions: bool = False
     # Image intensity scale: "learnt" (one global amplitude, a parameter) or "per_image" (the least-squares
     # scale of each render onto its image, in closed form: contrast varies between micrographs with ice
     # thickness, and a profiled scale never lags behind the structure the way a learnt one does).

@@ -11,6 +11,11 @@ whatever its orientation; a zero delta output is exactly the identity, so at ini
 residual updates and the frame layer are zero -- the decoder returns the base structure.) Every
 residue including its side chain is one rigid body: atoms = frame applied to the residue-local
 coordinates of the base structure.
+
+Not in the paper, optional (``ModelConfig.side_chain_torsions``): a second zero-initialised layer
+Linear(4 R) reads per-residue chi offsets (radians) from d, and the side chains turn about their chi bonds
+(structure.torsions) before the frames place them; every atom set derived from the heavy atoms (the
+render pseudo-atoms, the padded clash layout) is then recomputed from the turned atoms.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from atomvae.geometry.rotations import gram_schmidt
 from atomvae.model.config import ModelConfig
 from atomvae.model.layers import linear
 from atomvae.structure.frames import frames_to_coordinates
+from atomvae.structure.torsions import MAX_CHI, SideChainTorsions
 
 
 class ResidualBlock(nn.Module):
@@ -51,6 +57,7 @@ class ConformationDecoder(nn.Module):
 
     base_rot: torch.Tensor  # buffers, declared for the type checker
     base_trans: torch.Tensor
+    local_all: torch.Tensor
 
     def __init__(self, config: ModelConfig, base_rot: torch.Tensor, base_trans: torch.Tensor):
         super().__init__()
@@ -65,6 +72,11 @@ class ConformationDecoder(nn.Module):
         self.final_norm = nn.LayerNorm(width)
         self.to_decoded = linear(width, config.decoded_dim)
         self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
+        self.to_torsions: nn.Linear | None = None
+        if config.side_chain_torsions:
+            self.to_torsions = linear(config.decoded_dim, MAX_CHI * n_residues, zero=True)
+        self.side_chains: SideChainTorsions | None = None  # set by set_side_chains
+        self._derived: set[str] = set()  # atom sets that follow the heavy atoms when side chains turn
         self.register_buffer("base_rot", base_rot.detach().clone())
         self.register_buffer("base_trans", base_trans.detach().clone())
         self._atom_sets: list[str] = []
@@ -75,15 +87,28 @@ class ConformationDecoder(nn.Module):
         local: torch.Tensor,
         residue_index: np.ndarray | torch.Tensor,
         persistent: bool = True,
+        from_all: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Register atoms (A', 3) in their residue frames with residue_index (A',) as set ``name``.
 
         persistent=False keeps the set out of the state dict (a set derived from others, added after
-        checkpoints were written, must not make those checkpoints fail to load)."""
+        checkpoints were written, must not make those checkpoints fail to load). ``from_all`` = (target,
+        source, weight), each (P,): local[target] = sum of weight * all[source] -- how the set follows the
+        heavy atoms when side chains turn (a selection, a padding, or weighted pseudo-atom centroids)."""
         self.register_buffer(f"local_{name}", local.detach().clone(), persistent=persistent)
         index = torch.as_tensor(np.array(residue_index, dtype=np.int64), device=local.device)
         self.register_buffer(f"residue_index_{name}", index, persistent=persistent)
         self._atom_sets.append(name)
+        if from_all is not None:
+            target, source, weight = (np.asarray(a) for a in from_all)
+            self.register_buffer(f"derive_{name}_target", torch.as_tensor(target, dtype=torch.long), False)
+            self.register_buffer(f"derive_{name}_source", torch.as_tensor(source, dtype=torch.long), False)
+            self.register_buffer(f"derive_{name}_weight", torch.as_tensor(weight, dtype=torch.float32), False)
+            self._derived.add(name)
+
+    def set_side_chains(self, side_chains: SideChainTorsions) -> None:
+        """The chi axes of the base's side chains (needed when the decoder outputs torsions)."""
+        self.side_chains = side_chains
 
     @property
     def atom_sets(self) -> tuple[str, ...]:
@@ -106,33 +131,62 @@ class ConformationDecoder(nn.Module):
         rotation = gram_schmidt(e_x + out[..., 3:6], e_y + out[..., 6:9])
         return rotation, translation
 
+    def torsions(self, d: torch.Tensor) -> torch.Tensor | None:
+        """d (..., decoded_dim) -> chi offsets (..., R, 4) radians from the base (0 where a residue has no
+        such chi), or None when the decoder keeps the base's side chains (the paper)."""
+        if self.to_torsions is None or self.side_chains is None:
+            return None
+        chi = self.to_torsions(d).unflatten(-1, (self.n_residues, MAX_CHI))
+        return chi * self.side_chains.chi_mask.to(chi.dtype)
+
     def frames(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """d (..., decoded_dim) -> residue frames (..., R, 3, 3), (..., R, 3) A: new = base @ delta."""
         delta = Rigid(*self.delta_frames(d))
         new = Rigid(self.base_rot, self.base_trans).to(delta.rot.dtype) @ delta
         return new.rot, new.trans
 
-    def atoms(self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str) -> torch.Tensor:
-        """Positions (..., A', 3) A of the atoms of ``atom_set`` in the frames (..., R, 3, 3), (..., R, 3)."""
+    def local(self, atom_set: str, chi: torch.Tensor | None = None) -> torch.Tensor:
+        """Residue-local coordinates of ``atom_set``: (A', 3) A, or (..., A', 3) with the side chains turned
+        by chi (..., R, 4) radians."""
         if atom_set not in self._atom_sets:
             raise KeyError(f"unknown atom set {atom_set!r}; known: {self._atom_sets}")
-        local = getattr(self, f"local_{atom_set}").to(rot.dtype)
+        local = getattr(self, f"local_{atom_set}")
+        if chi is None or self.side_chains is None or (atom_set != "all" and atom_set not in self._derived):
+            return local
+        turned = self.side_chains(self.local_all, chi)  # (..., A, 3)
+        if atom_set == "all":
+            return turned
+        target, source, weight = (
+            getattr(self, f"derive_{atom_set}_{part}") for part in ("target", "source", "weight")
+        )
+        picked = turned.index_select(-2, source) * weight.to(turned.dtype).unsqueeze(-1)
+        return turned.new_zeros(*turned.shape[:-2], local.shape[0], 3).index_add(-2, target, picked)
+
+    def atoms(
+        self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str, chi: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Positions (..., A', 3) A of the atoms of ``atom_set`` in the frames (..., R, 3, 3), (..., R, 3),
+        the side chains turned by chi (..., R, 4) radians when given."""
+        local = self.local(atom_set, chi).to(rot.dtype)
         return frames_to_coordinates(rot, trans, local, getattr(self, f"residue_index_{atom_set}"))
 
-    def center_of_mass(self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str = "all") -> torch.Tensor:
+    def center_of_mass(
+        self, rot: torch.Tensor, trans: torch.Tensor, atom_set: str = "all", chi: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Unit-mass centre (..., 3) A of ``atom_set`` in the frames, without placing every atom.
 
         Each residue is rigid, so sum_a x_a = sum_r (R_r L_r + n_r t_r) with L_r the sum of the
         residue's local coordinates and n_r its atom count: O(R) per structure instead of O(A).
         """
-        local = getattr(self, f"local_{atom_set}").to(rot.dtype)
+        local = self.local(atom_set, chi).to(rot.dtype)
         index = getattr(self, f"residue_index_{atom_set}")
-        local_sum = local.new_zeros(self.n_residues, 3).index_add_(0, index, local)
+        local_sum = local.new_zeros(*local.shape[:-2], self.n_residues, 3).index_add(-2, index, local)
         counts = torch.bincount(index, minlength=self.n_residues).to(rot.dtype)
         total = (rot @ local_sum.unsqueeze(-1)).squeeze(-1) + counts.unsqueeze(-1) * trans
-        return total.sum(dim=-2) / local.shape[0]
+        return total.sum(dim=-2) / local.shape[-2]
 
     def forward(self, z: torch.Tensor, atom_set: str = "all") -> torch.Tensor:
         """z (..., latent_conf) -> atom positions (..., A', 3) A of ``atom_set``."""
-        rot, trans = self.frames(self.representation(z))
-        return self.atoms(rot, trans, atom_set)
+        d = self.representation(z)
+        rot, trans = self.frames(d)
+        return self.atoms(rot, trans, atom_set, self.torsions(d))

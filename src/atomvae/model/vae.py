@@ -47,10 +47,16 @@ from atomvae.model.losses import (
 )
 from atomvae.model.pose import PoseHead
 from atomvae.model.pose_modes import pose_mode as get_pose_mode
-from atomvae.physics.coarse_grain import coarse_grained_density, group_kinds
+from atomvae.physics.coarse_grain import (
+    coarse_grained_density,
+    forward_scattering,
+    group_kinds,
+    residue_groups,
+)
 from atomvae.physics.ctf import CTFParams, apply_ctf, phase_flip
 from atomvae.physics.render import render, render_projections
 from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
+from atomvae.structure.torsions import SideChainTorsions
 
 
 @dataclass
@@ -140,17 +146,29 @@ class AtomVAE(nn.Module):
         self.log_amplitude = nn.Parameter(torch.zeros(()))
 
         self.decoder.add_atom_set("all", local.float(), residue_index)
+        every_atom = np.arange(base_topology.n_atoms)
+        if config.side_chain_torsions:
+            self.decoder.set_side_chains(SideChainTorsions(base_topology, local))
         if config.render_atoms == "residue":
             pseudo_local, pseudo_residue, mass = coarse_grained_density(local.numpy(), base_topology)
             render_local = torch.as_tensor(pseudo_local, dtype=torch.float64)
-            self.decoder.add_atom_set("render", render_local.float(), pseudo_residue)
+            group = residue_groups(base_topology)
+            centroid_weight = forward_scattering(base_topology.element) / mass[group]
+            self.decoder.add_atom_set(
+                "render", render_local.float(), pseudo_residue, from_all=(group, every_atom, centroid_weight)
+            )
             base_render = frames_to_coordinates(base_rot, base_trans, render_local, pseudo_residue)
             # Masses in units of their mean, so the amplitude keeps the scale of unit-mass atoms.
             render_mass: torch.Tensor | None = torch.as_tensor(mass / mass.mean(), dtype=torch.float32)
             kinds = group_kinds(base_topology)
         else:
             render_idx = _indices(base_topology.select(config.render_atoms))
-            self.decoder.add_atom_set("render", local[render_idx].float(), residue_index[render_idx])
+            self.decoder.add_atom_set(
+                "render",
+                local[render_idx].float(),
+                residue_index[render_idx],
+                from_all=(np.arange(len(render_idx)), render_idx, np.ones(len(render_idx))),
+            )
             base_render = coords64[render_idx]
             render_mass = None
             kinds = np.zeros(len(render_idx), dtype=np.int64)
@@ -188,7 +206,13 @@ class AtomVAE(nn.Module):
         padded_local[slot] = local
         padded_base = base_trans[padded_residue].clone()  # frame origins: the C-alpha atoms
         padded_base[slot] = coords64
-        self.decoder.add_atom_set("padded", padded_local.float(), padded_residue, persistent=False)
+        self.decoder.add_atom_set(
+            "padded",
+            padded_local.float(),
+            padded_residue,
+            persistent=False,
+            from_all=(slot, every_atom, np.ones(len(every_atom))),
+        )
         self.register_buffer("padded_atom_mask", torch.as_tensor(padded_mask), persistent=False)
         self.register_buffer("padded_base_coords", padded_base.float(), persistent=False)
         self.register_buffer(
@@ -373,7 +397,8 @@ class AtomVAE(nn.Module):
                 coords = self.base_render_coords.to(zero.dtype).expand(batch, 1, -1, 3)
             else:
                 rot, trans = self.decoder.frames(_full(d))
-                coords = self.decoder.atoms(rot, trans, "render")  # (B, Kc, A_r, 3)
+                chi = self.decoder.torsions(_full(d))  # (B, Kc, R, 4) radians, or None: rigid residues
+                coords = self.decoder.atoms(rot, trans, "render", chi)  # (B, Kc, A_r, 3)
                 if searching:  # the search posterior N(best, width^2): its KL has no gradient
                     kl_conf = kl_diagonal_normal(best, torch.full_like(best, weights.search_width))
                 else:
@@ -389,7 +414,7 @@ class AtomVAE(nn.Module):
                         weights.peptide_bond_length,
                         weights.bond_tolerance,
                     ).mean(dim=1)
-                center_sq = centering(self.decoder.center_of_mass(rot, trans)).mean(dim=1)
+                center_sq = centering(self.decoder.center_of_mass(rot, trans, chi=chi)).mean(dim=1)
                 if weights.orientation > 0:
                     orientation = neighbour_orientation(
                         rot, self.base_relative_orientations, self.bonded_to_next
@@ -406,7 +431,9 @@ class AtomVAE(nn.Module):
                     # images of a batch are in random order and the samples i.i.d., so its mean there is an
                     # unbiased estimate of the batch mean.
                     n = min(batch, weights.heavy_clash_images or batch)
-                    padded = self.decoder.atoms(rot[:n, :1], trans[:n, :1], "padded")  # (n, 1, R*K, 3)
+                    padded = self.decoder.atoms(  # (n, 1, R*K, 3)
+                        rot[:n, :1], trans[:n, :1], "padded", None if chi is None else chi[:n, :1]
+                    )
                     heavy_clash = heavy_atom_clash_penalty(
                         padded,
                         self.padded_atom_mask,

@@ -86,8 +86,9 @@ def residue_padded_layout(residue_index) -> tuple[np.ndarray, np.ndarray]:
 def frames_to_coordinates(rot, trans, local, residue_index) -> torch.Tensor:
     """Place atoms from their residue frames.
 
-    rot (..., R, 3, 3), trans (..., R, 3), local (A, 3) atom positions in their residue's frame,
-    residue_index (A,) -> coords (..., A, 3) with coords[..., a] = rot[..., r] @ local[a] + trans[..., r].
+    rot (..., R, 3, 3), trans (..., R, 3), local (A, 3) atom positions in their residue's frame (or
+    (..., A, 3), one set per structure: side chains turned by their torsions), residue_index (A,) -> coords
+    (..., A, 3) with coords[..., a] = rot[..., r] @ local[..., a] + trans[..., r].
 
     This is in the training hot path ((B*K, R, 3, 3) frames, A up to a few thousand atoms), so no loop
     over residues: local coordinates are laid out in a zero-padded (R, P, 3) block (P = most atoms in a
@@ -105,6 +106,7 @@ def frames_to_coordinates(rot, trans, local, residue_index) -> torch.Tensor:
     if n_atoms == 0:
         return rot.new_zeros(*torch.broadcast_shapes(rot.shape[:-3], trans.shape[:-2]), 0, 3)
     slot, width = residue_slots(res, n_res)
-    padded = local.new_zeros(n_res * width, 3).index_copy(0, slot, local).view(n_res, width, 3)
-    placed = torch.einsum("...rij,rpj->...rpi", rot, padded) + trans.unsqueeze(-2)
+    lead = local.shape[:-2]
+    padded = local.new_zeros(*lead, n_res * width, 3).index_copy(-2, slot, local).view(*lead, n_res, width, 3)
+    placed = torch.einsum("...rij,...rpj->...rpi", rot, padded) + trans.unsqueeze(-2)
     return placed.flatten(-3, -2).index_select(-2, slot)
