@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from MDAnalysisTests.datafiles import PDB_small, PDB_xsmall  # adk_open.pdb, its first 10 residues
 
@@ -107,7 +108,7 @@ def _model(**changes):
         "decoder_blocks": 1,
         "decoded_dim": 32,
         "render_atoms": "residue",
-        "side_chain_torsions": True,
+        "side_chains": "decoded",
     }
     fields.update(changes)
     torch.manual_seed(0)
@@ -144,10 +145,11 @@ def test_decoder_starts_at_the_base_and_its_pseudo_atoms_follow_the_turned_side_
     assert torch.allclose(centre, everything.mean(dim=1), atol=1e-4)
 
 
-def test_the_loss_learns_a_turned_side_chain():
-    """Images of the base with one arginine's side chain turned: fitting only the torsion layer by the
-    model's loss moves that residue's pseudo-atoms onto the turned ones, and no residue without chis."""
-    model, structure = _model(amplitude="per_image")
+@pytest.mark.parametrize("mode", ["decoded", "shared"])
+def test_the_loss_learns_a_turned_side_chain(mode):
+    """Images of the base with one arginine's side chain turned: fitting only the torsions by the model's
+    loss moves that residue's pseudo-atoms onto the turned ones, and no residue without chis."""
+    model, structure = _model(amplitude="per_image", side_chains=mode)
     top = structure.topology
     arg = int(np.flatnonzero(top.res_name == "ARG")[0])
     chi = torch.zeros(1, top.n_residues, 4)
@@ -167,7 +169,10 @@ def test_the_loss_learns_a_turned_side_chain():
 
     before = arg_error()
     weights = LossWeights(backbone=0.0, clash=0.0, orientation=0.0, heavy_clash=0.0)
-    optimizer = torch.optim.Adam(model.decoder.to_torsions.parameters(), lr=0.03)
+    torsions = model.decoder.to_torsions
+    optimizer = torch.optim.Adam(
+        [model.decoder.shared_torsions] if torsions is None else list(torsions.parameters()), lr=0.03
+    )
     for _ in range(200):
         optimizer.zero_grad()
         out = model.loss(
@@ -186,4 +191,14 @@ def test_the_loss_learns_a_turned_side_chain():
     assert before > 1.0
     assert arg_error() < 0.1 * before
     no_chi = ~model.decoder.side_chains.chi_mask
-    assert (model.decoder.to_torsions.bias.view(top.n_residues, 4)[no_chi] == 0).all()
+    raw = model.decoder.shared_torsions if torsions is None else torsions.bias.view(top.n_residues, 4)
+    assert (raw[no_chi] == 0).all()
+
+
+def test_shared_torsions_are_the_same_for_every_latent():
+    model, _structure = _model(side_chains="shared")
+    with torch.no_grad():
+        model.decoder.shared_torsions.normal_(0.0, 0.5)
+        chi = model.decoder.torsions(model.decoder.representation(torch.randn(5, 4)))
+    assert chi is not None and chi.shape[0] == 5
+    assert torch.equal(chi[0], chi[4]) and chi.abs().max() > 0.1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SIDE_CHAIN_MODES = ("rigid", "shared", "decoded")
 RENDER_ATOM_KINDS = ("heavy", "backbone", "CA", "residue")
 AMPLITUDE_MODES = ("learnt", "per_image")
 ENCODER_INPUTS = ("raw", "phase_flipped")
@@ -44,11 +45,12 @@ class ModelConfig:
     # side-chain atoms > 2 A apart between the crystal structure and the DIMS frames, backbone superposed),
     # and a wider side-chain blob lets that uncertainty show as blur instead of as moved residues.
     render_sigma_by_kind: bool = False
-    # Not in the paper (its residues are rigid): decode per-residue side-chain torsions (chi1-chi4 offsets
-    # from the base) beside the frames, so decoded side chains can take the particles' rotamers instead of
-    # the base's. With the base's rotamers the image model's optimum is not the truth's backbone
-    # (BENCHMARKS.md, "Side-chain torsions").
-    side_chain_torsions: bool = False
+    # Side chains: "rigid" (the paper: each residue moves as one body and keeps the base's rotamers),
+    # "shared" (one learnt set of chi1-chi4 offsets from the base for every particle: the consensus
+    # rotamers) or "decoded" (offsets decoded from the latent beside the frames, per conformation). With the
+    # base's rotamers the image model's optimum is not the truth's backbone (BENCHMARKS.md, "Side-chain
+    # torsions").
+    side_chains: str = "rigid"
     # Image intensity scale: "learnt" (one global amplitude, a parameter) or "per_image" (the least-squares
     # scale of each render onto its image, in closed form: contrast varies between micrographs with ice
     # thickness, and a profiled scale never lags behind the structure the way a learnt one does).
@@ -76,6 +78,8 @@ class ModelConfig:
     pose_sigma_init: float | None = None
 
     def __post_init__(self) -> None:
+        if self.side_chains not in SIDE_CHAIN_MODES:
+            raise ValueError(f"side_chains must be one of {SIDE_CHAIN_MODES}, got {self.side_chains!r}")
         if self.render_atoms not in RENDER_ATOM_KINDS:
             raise ValueError(f"render_atoms must be one of {RENDER_ATOM_KINDS}, got {self.render_atoms!r}")
         for name in (

@@ -12,8 +12,9 @@ residual updates and the frame layer are zero -- the decoder returns the base st
 residue including its side chain is one rigid body: atoms = frame applied to the residue-local
 coordinates of the base structure.
 
-Not in the paper, optional (``ModelConfig.side_chain_torsions``): a second zero-initialised layer
-Linear(4 R) reads per-residue chi offsets (radians) from d, and the side chains turn about their chi bonds
+Not in the paper, optional (``ModelConfig.side_chains``): per-residue chi offsets (radians), one learnt
+set for every particle ("shared") or read from d by a second zero-initialised layer Linear(4 R)
+("decoded"), and the side chains turn about their chi bonds
 (structure.torsions) before the frames place them; every atom set derived from the heavy atoms (the
 render pseudo-atoms, the padded clash layout) is then recomputed from the turned atoms.
 """
@@ -72,9 +73,13 @@ class ConformationDecoder(nn.Module):
         self.final_norm = nn.LayerNorm(width)
         self.to_decoded = linear(width, config.decoded_dim)
         self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
+        # Side-chain torsions (not in the paper): decoded from d, or one shared set of offsets (from 0).
         self.to_torsions: nn.Linear | None = None
-        if config.side_chain_torsions:
+        self.shared_torsions: nn.Parameter | None = None
+        if config.side_chains == "decoded":
             self.to_torsions = linear(config.decoded_dim, MAX_CHI * n_residues, zero=True)
+        elif config.side_chains == "shared":
+            self.shared_torsions = nn.Parameter(torch.zeros(n_residues, MAX_CHI))
         self.side_chains: SideChainTorsions | None = None  # set by set_side_chains
         self._derived: set[str] = set()  # atom sets that follow the heavy atoms when side chains turn
         self.register_buffer("base_rot", base_rot.detach().clone())
@@ -134,9 +139,14 @@ class ConformationDecoder(nn.Module):
     def torsions(self, d: torch.Tensor) -> torch.Tensor | None:
         """d (..., decoded_dim) -> chi offsets (..., R, 4) radians from the base (0 where a residue has no
         such chi), or None when the decoder keeps the base's side chains (the paper)."""
-        if self.to_torsions is None or self.side_chains is None:
+        if self.side_chains is None:
             return None
-        chi = self.to_torsions(d).unflatten(-1, (self.n_residues, MAX_CHI))
+        if self.to_torsions is not None:
+            chi = self.to_torsions(d).unflatten(-1, (self.n_residues, MAX_CHI))
+        elif self.shared_torsions is not None:
+            chi = self.shared_torsions.to(d.dtype).expand(*d.shape[:-1], self.n_residues, MAX_CHI)
+        else:
+            return None
         return chi * self.side_chains.chi_mask.to(chi.dtype)
 
     def frames(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,7 +147,7 @@ class AtomVAE(nn.Module):
 
         self.decoder.add_atom_set("all", local.float(), residue_index)
         every_atom = np.arange(base_topology.n_atoms)
-        if config.side_chain_torsions:
+        if config.side_chains != "rigid":
             self.decoder.set_side_chains(SideChainTorsions(base_topology, local))
         if config.render_atoms == "residue":
             pseudo_local, pseudo_residue, mass = coarse_grained_density(local.numpy(), base_topology)
