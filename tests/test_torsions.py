@@ -200,5 +200,6 @@ def test_shared_torsions_are_the_same_for_every_latent():
     with torch.no_grad():
         model.decoder.shared_torsions.normal_(0.0, 0.5)
         chi = model.decoder.torsions(model.decoder.representation(torch.randn(5, 4)))
-    assert chi is not None and chi.shape[0] == 5
-    assert torch.equal(chi[0], chi[4]) and chi.abs().max() > 0.1
+    assert chi is not None and chi.shape == (model.decoder.n_residues, 4) and chi.abs().max() > 0.1
+    structures = model.decoder(torch.randn(5, 4), "render")
+    assert structures.shape[0] == 5 and torch.equal(structures[0], structures[4])

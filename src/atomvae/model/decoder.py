@@ -138,13 +138,15 @@ class ConformationDecoder(nn.Module):
 
     def torsions(self, d: torch.Tensor) -> torch.Tensor | None:
         """d (..., decoded_dim) -> chi offsets (..., R, 4) radians from the base (0 where a residue has no
-        such chi), or None when the decoder keeps the base's side chains (the paper)."""
+        such chi; "shared": one (R, 4) for every structure, broadcasting), or None when the decoder keeps the
+        base's side chains (the paper)."""
         if self.side_chains is None:
             return None
         if self.to_torsions is not None:
             chi = self.to_torsions(d).unflatten(-1, (self.n_residues, MAX_CHI))
         elif self.shared_torsions is not None:
-            chi = self.shared_torsions.to(d.dtype).expand(*d.shape[:-1], self.n_residues, MAX_CHI)
+            # (R, 4), broadcast against d's batch: the side chains are turned once, not once per structure.
+            chi = self.shared_torsions.to(d.dtype)
         else:
             return None
         return chi * self.side_chains.chi_mask.to(chi.dtype)

@@ -431,9 +431,9 @@ class AtomVAE(nn.Module):
                     # images of a batch are in random order and the samples i.i.d., so its mean there is an
                     # unbiased estimate of the batch mean.
                     n = min(batch, weights.heavy_clash_images or batch)
-                    padded = self.decoder.atoms(  # (n, 1, R*K, 3)
-                        rot[:n, :1], trans[:n, :1], "padded", None if chi is None else chi[:n, :1]
-                    )
+                    first_chi = chi if chi is None or chi.dim() == 2 else chi[:n, :1]  # (R, 4): shared
+                    # (n, 1, R*K, 3)
+                    padded = self.decoder.atoms(rot[:n, :1], trans[:n, :1], "padded", first_chi)
                     heavy_clash = heavy_atom_clash_penalty(
                         padded,
                         self.padded_atom_mask,
