@@ -192,6 +192,7 @@ def test_the_loss_learns_a_turned_side_chain(mode):
     assert arg_error() < 0.1 * before
     no_chi = ~model.decoder.side_chains.chi_mask
     raw = model.decoder.shared_torsions if torsions is None else torsions.bias.view(top.n_residues, 4)
+    assert raw[torch.as_tensor(top.res_name == "ARG")].abs().max() > 0
     assert (raw[no_chi] == 0).all()
 
 

@@ -33,6 +33,8 @@ from atomvae.model.layers import linear
 from atomvae.structure.frames import frames_to_coordinates
 from atomvae.structure.torsions import MAX_CHI, SideChainTorsions
 
+TORSION_RATE = 10.0  # radians of shared chi offset per unit of its parameter (see ConformationDecoder)
+
 
 class ResidualBlock(nn.Module):
     """x + Linear(leaky_relu(Linear(LayerNorm(x)))), the update's last layer zero-initialised."""
@@ -79,6 +81,9 @@ class ConformationDecoder(nn.Module):
         if config.side_chains == "decoded":
             self.to_torsions = linear(config.decoded_dim, MAX_CHI * n_residues, zero=True)
         elif config.side_chains == "shared":
+            # chi = TORSION_RATE * parameter: Adam moves each parameter by about the learning rate per
+            # step, 3e-4 rad, which would cap a short run's change at ~12 degrees; the particles' rotamers
+            # are tens of degrees from the base's (BENCHMARKS.md, "Side-chain torsions").
             self.shared_torsions = nn.Parameter(torch.zeros(n_residues, MAX_CHI))
         self.side_chains: SideChainTorsions | None = None  # set by set_side_chains
         self._derived: set[str] = set()  # atom sets that follow the heavy atoms when side chains turn
@@ -146,7 +151,7 @@ class ConformationDecoder(nn.Module):
             chi = self.to_torsions(d).unflatten(-1, (self.n_residues, MAX_CHI))
         elif self.shared_torsions is not None:
             # (R, 4), broadcast against d's batch: the side chains are turned once, not once per structure.
-            chi = self.shared_torsions.to(d.dtype)
+            chi = TORSION_RATE * self.shared_torsions.to(d.dtype)
         else:
             return None
         return chi * self.side_chains.chi_mask.to(chi.dtype)
