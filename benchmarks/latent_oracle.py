@@ -12,7 +12,10 @@ use the simulator's truth, never part of the pipeline). Four commands:
 - ``truth DEMO_DIR [--oracle]``: log-likelihood per image, under the trained model's own image model (its
   width, per-image amplitude, the true poses and CTF), of each particle's truth (the base's rigid residues
   on the true residue frames) minus that of the model's decoding of the particle (its oracle latent, or its
-  encoded mean from ``run/latents.npz``); 200 particles per state.
+  encoded mean from ``run/latents.npz``); 200 particles per state. Beside it the same for the truth with its
+  own side chains (its atoms coarse-grained as the model coarse-grains the base): the image model's optimum
+  is the truth when that is > 0, and the rigid base side chains are what keeps the model from it when the
+  first figure is < 0.
 
 Run: ``.venv/bin/python benchmarks/latent_oracle.py capacity out/demo/particles`` (see BENCHMARKS.md,
 "Conformation search").
