@@ -204,3 +204,27 @@ def test_shared_torsions_are_the_same_for_every_latent():
     assert chi is not None and chi.shape == (model.decoder.n_residues, 4) and chi.abs().max() > 0.1
     structures = model.decoder(torch.randn(5, 4), "render")
     assert structures.shape[0] == 5 and torch.equal(structures[0], structures[4])
+
+
+def test_relaxation_clears_the_clashes_of_base_side_chains_on_a_closed_backbone():
+    """The closed DIMS frame's backbone carrying the open crystal structure's rigid side chains clashes;
+    repacking the chi torsions clears the clashes and moves no backbone atom."""
+    from MDAnalysisTests.datafiles import DCD, PSF
+
+    from atomvae.evaluate.stereochemistry import clash_counts
+    from atomvae.structure.io import read_ensemble
+
+    model, structure = _model(side_chains="rigid", side_chain_relaxation_steps=100)
+    top = structure.topology
+    _dims_top, frames = read_ensemble(DCD, PSF)
+    closed = torch.as_tensor(frames[8], dtype=torch.float64) - model.base_center.double()
+    rot, trans = (f.float() for f in backbone_frames(closed, top))
+    rigid = model.decoder.atoms(rot, trans, "all")
+    chi = model.relax_side_chains(rot[None], trans[None])
+    relaxed = model.decoder.atoms(rot, trans, "all", chi[0])
+    before, after = (int(clash_counts(x[None].detach().numpy(), top)[0]) for x in (rigid, relaxed))
+    assert before > 10 and after == 0
+    backbone = torch.as_tensor(np.isin(top.atom_name, ["N", "CA", "C", "O"]))
+    assert torch.allclose(relaxed[backbone], rigid[backbone], atol=1e-5)
+    # decode repacks every all-atom output the same way (here: the base, which has nothing to clear).
+    assert torch.allclose(model.decode(torch.zeros(1, 4)), model.base_coords[None], atol=1e-4)

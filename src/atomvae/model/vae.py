@@ -71,6 +71,11 @@ class LossOutput:
     terms: dict[str, float] = field(default_factory=dict)
 
 
+# Side-chain repacking of output structures (AtomVAE.relax_side_chains): the clash threshold of the training
+# penalty (0.5 A over the 2.0 A check of evaluate.stereochemistry), and radians per Adam step.
+RELAX_CLASH_DISTANCE = 2.5
+RELAX_LEARNING_RATE = 0.05
+BACKBONE_CB_NAMES = ("N", "CA", "C", "O", "OXT", "OT1", "OT2", "CB")  # OT1/OT2: CHARMM terminal oxygens
 SIGMA_RATE = 30.0  # see AtomVAE.log_render_sigma
 
 
@@ -97,6 +102,7 @@ class AtomVAE(nn.Module):
     # Buffers registered in __init__, declared for the type checker (nn.Module.__getattr__ is untyped).
     render_mass: torch.Tensor | None
     padded_atom_mask: torch.Tensor
+    padded_backbone_cb_mask: torch.Tensor
     padded_base_coords: torch.Tensor
     bonded_to_next: torch.Tensor
     clash_pairs: torch.Tensor
@@ -147,7 +153,7 @@ class AtomVAE(nn.Module):
 
         self.decoder.add_atom_set("all", local.float(), residue_index)
         every_atom = np.arange(base_topology.n_atoms)
-        if config.side_chains != "rigid":
+        if config.side_chains != "rigid" or config.side_chain_relaxation_steps > 0:
             self.decoder.set_side_chains(SideChainTorsions(base_topology, local))
         if config.render_atoms == "residue":
             pseudo_local, pseudo_residue, mass = coarse_grained_density(local.numpy(), base_topology)
@@ -214,6 +220,11 @@ class AtomVAE(nn.Module):
             from_all=(slot, every_atom, np.ones(len(every_atom))),
         )
         self.register_buffer("padded_atom_mask", torch.as_tensor(padded_mask), persistent=False)
+        # The same slots less the side-chain atoms beyond CB (LossWeights.heavy_clash_atoms "backbone_cb").
+        backbone_cb = np.zeros(padded_mask.size, dtype=bool)
+        backbone_cb[slot] = np.isin(base_topology.atom_name, BACKBONE_CB_NAMES)
+        backbone_cb_mask = torch.as_tensor(backbone_cb.reshape(padded_mask.shape))
+        self.register_buffer("padded_backbone_cb_mask", backbone_cb_mask, persistent=False)
         self.register_buffer("padded_base_coords", padded_base.float(), persistent=False)
         self.register_buffer(
             "bonded_to_next", torch.as_tensor(np.asarray(base_topology.bonded_to_next), dtype=torch.bool)
@@ -436,7 +447,9 @@ class AtomVAE(nn.Module):
                     padded = self.decoder.atoms(rot[:n, :1], trans[:n, :1], "padded", first_chi)
                     heavy_clash = heavy_atom_clash_penalty(
                         padded,
-                        self.padded_atom_mask,
+                        self.padded_backbone_cb_mask
+                        if weights.heavy_clash_atoms == "backbone_cb"
+                        else self.padded_atom_mask,
                         self.clash_pairs,
                         weights.heavy_clash_distance,
                         reference=self.padded_base_coords,
@@ -742,8 +755,45 @@ class AtomVAE(nn.Module):
 
     def decode(self, z_conf: torch.Tensor, atoms: str = "all") -> torch.Tensor:
         """z_conf (..., latent_conf) -> coordinates (..., A, 3) A in the model frame. atoms: "all"
-        (every heavy atom of the base) or "render" (the atoms the renderer sees)."""
-        return self.decoder(z_conf, atoms)
+        (every heavy atom of the base) or "render" (the atoms the renderer sees). All-atom structures
+        have their side chains repacked (``config.side_chain_relaxation_steps``; the backbone is kept)."""
+        if atoms != "all" or self.config.side_chain_relaxation_steps == 0:
+            return self.decoder(z_conf, atoms)
+        d = self.decoder.representation(z_conf)
+        rot, trans = self.decoder.frames(d)
+        chi = self.relax_side_chains(rot, trans, self.decoder.torsions(d))
+        return self.decoder.atoms(rot, trans, "all", chi)
+
+    def relax_side_chains(
+        self, rot: torch.Tensor, trans: torch.Tensor, chi: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Side-chain torsions (..., R, 4) radians that clear the heavy-atom clashes of the structures in the
+        frames rot (..., R, 3, 3), trans (..., R, 3) A, the backbone kept: Adam on the chi offsets (from
+        ``chi`` or the base's rotamers) against the heavy-atom clash penalty at RELAX_CLASH_DISTANCE,
+        ``config.side_chain_relaxation_steps`` steps. The rotamer repacking of a modelling program, for
+        output structures whose backbones moved where the base's side chains do not fit (closed states of
+        an open base: BENCHMARKS.md, "Side chains against the clash term")."""
+        rot, trans = rot.detach(), trans.detach()
+        start = rot.new_zeros(*rot.shape[:-2], 4) if chi is None else chi.detach().expand(*rot.shape[:-2], 4)
+        flat_rot, flat_trans = rot.reshape(-1, *rot.shape[-3:]), trans.reshape(-1, *trans.shape[-2:])
+        offsets = start.reshape(-1, *start.shape[-2:]).clone().requires_grad_(True)
+        with torch.enable_grad(), torch.autocast(device_type=rot.device.type, enabled=False):
+            optimizer = torch.optim.Adam([offsets], lr=RELAX_LEARNING_RATE)
+            for _ in range(self.config.side_chain_relaxation_steps):
+                padded = self.decoder.atoms(flat_rot, flat_trans, "padded", offsets)
+                penalty = heavy_atom_clash_penalty(
+                    padded,
+                    self.padded_atom_mask,
+                    self.clash_pairs,
+                    RELAX_CLASH_DISTANCE,
+                    reference=self.padded_base_coords,
+                ).sum()
+                if not penalty.requires_grad:  # no pair within reach: nothing left to clear
+                    break
+                optimizer.zero_grad()
+                penalty.backward()
+                optimizer.step()
+        return offsets.detach().reshape(start.shape)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
