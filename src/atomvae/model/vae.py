@@ -72,9 +72,11 @@ class LossOutput:
 
 
 # Side-chain repacking of output structures (AtomVAE.relax_side_chains): the clash threshold of the training
-# penalty (0.5 A over the 2.0 A check of evaluate.stereochemistry), and radians per Adam step.
+# penalty (0.5 A over the 2.0 A check of evaluate.stereochemistry), radians per Adam step, and the penalty
+# below which a structure counts as clear.
 RELAX_CLASH_DISTANCE = 2.5
 RELAX_LEARNING_RATE = 0.05
+RELAX_TOLERANCE = 0.01  # A^2 of penalty per structure (one pair 0.1 A inside the threshold): clear enough
 BACKBONE_CB_NAMES = ("N", "CA", "C", "O", "OXT", "OT1", "OT2", "CB")  # OT1/OT2: CHARMM terminal oxygens
 SIGMA_RATE = 30.0  # see AtomVAE.log_render_sigma
 
@@ -776,24 +778,28 @@ class AtomVAE(nn.Module):
         rot, trans = rot.detach(), trans.detach()
         start = rot.new_zeros(*rot.shape[:-2], 4) if chi is None else chi.detach().expand(*rot.shape[:-2], 4)
         flat_rot, flat_trans = rot.reshape(-1, *rot.shape[-3:]), trans.reshape(-1, *trans.shape[-2:])
-        offsets = start.reshape(-1, *start.shape[-2:]).clone().requires_grad_(True)
+        result = start.reshape(-1, *start.shape[-2:]).clone()
+
+        def penalty(rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:  # (S,) A^2
+            padded = self.decoder.atoms(flat_rot[rows], flat_trans[rows], "padded", offsets)
+            return heavy_atom_clash_penalty(
+                padded, self.padded_atom_mask, self.clash_pairs, RELAX_CLASH_DISTANCE, self.padded_base_coords
+            )
+
         with torch.enable_grad(), torch.autocast(device_type=rot.device.type, enabled=False):
+            with torch.no_grad():  # only the structures that clash are repacked
+                rows = torch.nonzero(penalty(torch.arange(len(result)), result) > RELAX_TOLERANCE)[:, 0]
+            offsets = result[rows].clone().requires_grad_(True)
             optimizer = torch.optim.Adam([offsets], lr=RELAX_LEARNING_RATE)
-            for _ in range(self.config.side_chain_relaxation_steps):
-                padded = self.decoder.atoms(flat_rot, flat_trans, "padded", offsets)
-                penalty = heavy_atom_clash_penalty(
-                    padded,
-                    self.padded_atom_mask,
-                    self.clash_pairs,
-                    RELAX_CLASH_DISTANCE,
-                    reference=self.padded_base_coords,
-                ).sum()
-                if not penalty.requires_grad:  # no pair within reach: nothing left to clear
+            for _ in range(self.config.side_chain_relaxation_steps if len(rows) else 0):
+                current = penalty(rows, offsets)
+                if not current.requires_grad or bool((current <= RELAX_TOLERANCE).all()):
                     break
                 optimizer.zero_grad()
-                penalty.backward()
+                current.sum().backward()
                 optimizer.step()
-        return offsets.detach().reshape(start.shape)
+        result[rows] = offsets.detach()
+        return result.reshape(start.shape)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
