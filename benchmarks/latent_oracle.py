@@ -1,5 +1,5 @@
 """Where the ensemble's error comes from, with the truth's help (adenylate-kinase demo data; diagnostics that
-use the simulator's truth, never part of the pipeline). Four commands:
+use the simulator's truth, never part of the pipeline). Five commands:
 
 - ``capacity PARTICLES_DIR``: can the paper's encoder (LayerNorm + MLP on raw pixels) learn the state at
   all? It is trained *supervised* on each particle's true DIMS frame (standardised; a linear read-out; the
@@ -16,6 +16,9 @@ use the simulator's truth, never part of the pipeline). Four commands:
   own side chains (its atoms coarse-grained as the model coarse-grains the base): the image model's optimum
   is the truth when that is > 0, and the rigid base side chains are what keeps the model from it when the
   first figure is < 0.
+- ``clash RUN_DIR``: the heavy-atom clash penalty of DIMS frames' true backbones (closed to open) carrying
+  the base's rigid side chains, on backbone and CB alone, with the frames' own side chains, and with the
+  base's side chains repacked: what the clash term says about the truth when residues are rigid.
 
 Run: ``.venv/bin/python benchmarks/latent_oracle.py capacity out/demo/particles`` (see BENCHMARKS.md,
 "Conformation search").
@@ -219,6 +222,48 @@ def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
         )
 
 
+def clash_of_truth(run_dir: Path) -> None:
+    """Heavy-atom clash penalty (times the run's weight) of DIMS frames' true backbones carrying the base's
+    rigid side chains, on backbone and CB only, with the frame's own side chains, and after repacking the
+    base's side chains (AtomVAE.relax_side_chains, 200 steps)."""
+    import dataclasses
+
+    from atomvae.model.losses import heavy_atom_clash_penalty
+    from atomvae.structure.frames import backbone_frames
+    from atomvae.structure.torsions import SideChainTorsions
+    from atomvae.train.run import load_run
+
+    run = load_run(run_dir)
+    model, weights = run.model, run.config.loss
+    topology, frames = dims_frames()
+    if model.decoder.side_chains is None:
+        model.decoder.set_side_chains(SideChainTorsions(topology, model.decoder.local_all.double()))
+    model.config = dataclasses.replace(model.config, side_chain_relaxation_steps=200)
+    slot = torch.as_tensor(np.flatnonzero(model.padded_atom_mask.flatten().numpy()))
+
+    def penalty(padded: torch.Tensor, mask: torch.Tensor) -> float:
+        value = heavy_atom_clash_penalty(
+            padded, mask, model.clash_pairs, weights.heavy_clash_distance, reference=model.padded_base_coords
+        )
+        return weights.heavy_clash * float(value.sum())
+
+    print(f"heavy-atom clash penalty x {weights.heavy_clash:g} at {weights.heavy_clash_distance} A, per structure")
+    print("frame  base side chains  backbone+CB  own side chains  base side chains repacked")
+    for frame in (0, 8, 30, 48, 70, 88, 97):
+        truth = torch.as_tensor(frames[frame], dtype=torch.float64) - model.base_center.double()
+        rot, trans = (f.float()[None] for f in backbone_frames(truth, topology))
+        rigid = model.decoder.atoms(rot, trans, "padded")
+        own = rigid.clone()
+        own[0, slot] = truth.float()
+        repacked = model.decoder.atoms(rot, trans, "padded", model.relax_side_chains(rot, trans))
+        print(
+            f"{frame:5d} {penalty(rigid, model.padded_atom_mask):17.2f} "
+            f"{penalty(rigid, model.padded_backbone_cb_mask):12.2f} "
+            f"{penalty(own, model.padded_atom_mask):16.2f} "
+            f"{penalty(repacked.detach(), model.padded_atom_mask):26.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +279,8 @@ def main() -> None:
     p = commands.add_parser("truth")
     p.add_argument("demo_dir", type=Path)
     p.add_argument("--oracle", action="store_true")
+    p = commands.add_parser("clash")
+    p.add_argument("run_dir", type=Path)
     args = parser.parse_args()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     gflops = machine_reference()
@@ -245,8 +292,10 @@ def main() -> None:
         oracle(args.out, args.overrides, args.particles)
     elif args.command == "domains":
         domains(args.run_dir)
-    else:
+    elif args.command == "truth":
         truth_scores(args.demo_dir, args.oracle)
+    else:
+        clash_of_truth(args.run_dir)
 
 
 if __name__ == "__main__":
