@@ -247,7 +247,8 @@ def clash_of_truth(run_dir: Path) -> None:
         )
         return weights.heavy_clash * float(value.sum())
 
-    print(f"heavy-atom clash penalty x {weights.heavy_clash:g} at {weights.heavy_clash_distance} A, per structure")
+    weight, distance = weights.heavy_clash, weights.heavy_clash_distance
+    print(f"heavy-atom clash penalty x {weight:g} at {distance} A, per structure")
     print("frame  base side chains  backbone+CB  own side chains  base side chains repacked")
     for frame in (0, 8, 30, 48, 70, 88, 97):
         truth = torch.as_tensor(frames[frame], dtype=torch.float64) - model.base_center.double()
