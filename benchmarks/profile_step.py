@@ -10,6 +10,7 @@ Two views, both on 1 thread unless ``--threads``:
 - ``--table``: torch.profiler over 3 steps, the 25 costliest operators by self time.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py [--threads 1] [--repeats 7] [--table]
+        [--side-chains rigid|shared|decoded]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from MDAnalysisTests.datafiles import PDB_small  # adk_open.pdb
 
 from atomvae.geometry.rotations import random_rotations
+from atomvae.model.config import SIDE_CHAIN_MODES
 from atomvae.model.vae import AtomVAE
 from atomvae.physics.ctf import CTFParams
 from atomvae.structure.io import read_structure
@@ -50,9 +52,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--table", action="store_true", help="also print torch.profiler's operator table")
+    parser.add_argument(
+        "--side-chains", choices=SIDE_CHAIN_MODES, default="rigid", help="model.side_chains (torsions' cost)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = PRESETS["cpu"]
+    model_config = dataclasses.replace(config.model, side_chains=args.side_chains)
+    config = dataclasses.replace(config, model=model_config)
     batch = config.batch_size
     model, generator, images, ctf, rotation, shift = build(config, batch)
     optimizer = make_optimizer(model.trainable_parameters(2), 3e-4, torch.device("cpu"))
@@ -101,6 +108,7 @@ def main() -> None:
         heavy_clash=0.0,
     )
     no_heavy_clash = dataclasses.replace(config.loss, heavy_clash=0.0)
+    no_search = dataclasses.replace(config.loss, search_candidates=0)
 
     def adam() -> None:
         optimizer.step()
@@ -108,6 +116,7 @@ def main() -> None:
     parts = {
         "step": step,
         "step without heavy-atom clash": lambda: step(no_heavy_clash),
+        "step without the conformation search": lambda: step(no_search),
         "step without structure terms": lambda: step(no_structure),
         "encoder alone": encoder,
         "renderer with CTF alone": renderer,
