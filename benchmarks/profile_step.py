@@ -10,7 +10,7 @@ Two views, both on 1 thread unless ``--threads``:
 - ``--table``: torch.profiler over 3 steps, the 25 costliest operators by self time.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py [--threads 1] [--repeats 7] [--table]
-        [--side-chains rigid|shared|decoded]
+        [--side-chains rigid|shared|decoded] [--search-candidates N]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--side-chains", choices=SIDE_CHAIN_MODES, default="rigid", help="model.side_chains (torsions' cost)"
     )
+    parser.add_argument("--search-candidates", type=int, help="also time the step with this many candidates")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = PRESETS["cpu"]
@@ -109,6 +110,7 @@ def main() -> None:
     )
     no_heavy_clash = dataclasses.replace(config.loss, heavy_clash=0.0)
     no_search = dataclasses.replace(config.loss, search_candidates=0)
+    other_search = dataclasses.replace(config.loss, search_candidates=args.search_candidates or 0)
 
     def adam() -> None:
         optimizer.step()
@@ -117,6 +119,11 @@ def main() -> None:
         "step": step,
         "step without heavy-atom clash": lambda: step(no_heavy_clash),
         "step without the conformation search": lambda: step(no_search),
+        **(
+            {f"step with {args.search_candidates} search candidates": lambda: step(other_search)}
+            if args.search_candidates
+            else {}
+        ),
         "step without structure terms": lambda: step(no_structure),
         "encoder alone": encoder,
         "renderer with CTF alone": renderer,
