@@ -173,6 +173,10 @@ class LossWeights:
     search_width: float = 0.1  # sd of the samples around the best latent (the search posterior's width)
     search_local: float = 0.5  # sd of the candidates drawn near the encoder's mean
     search_encoder: float = 1.0
+    # Candidates scored on images binned by this factor (2: 2x2 pixels averaged, a quarter of the render
+    # cost) against renders at the binned pixel size: the states differ at the scale of domains, far
+    # coarser than a pixel (coarse-to-fine in resolution, as cryoDRGN2's pose search). 1 = full resolution.
+    search_binning: int = 1
     # Not in the paper (0 there): in stage 1, pull the pose head's mean pose towards the best-scoring of
     # several pose hypotheses (its own posterior samples and ``StageConfig.pose_hypotheses`` rotations drawn
     # uniformly), with a per-image weight of that hypothesis's log-likelihood gain over the mean (nats):
@@ -185,6 +189,8 @@ class LossWeights:
     def __post_init__(self) -> None:
         if self.search_candidates < 0:
             raise ValueError(f"search_candidates must be >= 0, got {self.search_candidates}")
+        if self.search_binning < 1:
+            raise ValueError(f"search_binning must be >= 1, got {self.search_binning}")
         if self.search_width <= 0 or self.search_local <= 0:
             raise ValueError("search_width and search_local must be > 0")
         if self.heavy_clash_distance <= 0:

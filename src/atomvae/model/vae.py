@@ -309,13 +309,43 @@ class AtomVAE(nn.Module):
         least-squares scale onto ``images`` (broadcasting against the renders; clamped at 0, so an
         anti-correlated render predicts a blank image rather than a negative one).
         """
-        renders = self._unit_renders(coords, rotation, shift, ctf)
+        return self._scaled(self._unit_renders(coords, rotation, shift, ctf), images)
+
+    def _scaled(self, renders: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """Unit renders times the learnt amplitude, or their per-image least-squares scale (render_images)."""
         if self.config.amplitude == "per_image" and images is not None:
             scale = (renders * images).sum(dim=(-2, -1), keepdim=True) / renders.square().sum(
                 dim=(-2, -1), keepdim=True
             ).clamp_min(1e-20)
             return scale.clamp_min(0.0) * renders
         return self.amplitude.to(renders.dtype) * renders
+
+    def binned_renders(
+        self,
+        coords: torch.Tensor,
+        rotation: torch.Tensor,
+        shift: torch.Tensor,
+        ctf: CTFParams | None,
+        binning: int,
+    ) -> torch.Tensor:
+        """Unit renders (..., box/binning, box/binning) that approximate the full-size unit renders with each
+        binning x binning block of pixels averaged, at binning^2 fewer pixels. A block's average samples
+        the density at binning points per axis spaced one pixel apart: a blur of variance
+        pixel^2 (binning^2 - 1) / 12 added to the width, and a block centre half a pixel (binning 2) off
+        the coarse grid's pixel centre, which the shift takes up. Shapes as ``render_images``."""
+        if self.render_kinds is not None:
+            raise ValueError("binned renders need one render width (render_sigma_by_kind is off)")
+        side, pixel = self.box // binning, self.pixel_size * binning
+        # Block centre minus coarse pixel centre, A, on both axes (grid.pixel_centers: (i - box//2) px).
+        offset = ((binning - 1) / 2 - self.box // 2 + binning * (side // 2)) * self.pixel_size
+        sigma = torch.as_tensor(self.render_sigma, dtype=coords.dtype, device=coords.device)
+        sigma = torch.sqrt(sigma.square() + self.pixel_size**2 * (binning**2 - 1) / 12)
+        mass = None if self.render_mass is None else self.render_mass.to(coords.dtype)
+        moved = shift - offset
+        # Renders carry each pixel's mass: a binned pixel's average is its coarse pixel's mass / binning^2.
+        if ctf is None:
+            return render_projections(coords, rotation, moved, side, pixel, sigma, mass) / binning**2
+        return render(coords, rotation, moved, ctf, side, pixel, sigma, weights=mass) / binning**2
 
     def trainable_parameters(self, stage: int) -> Iterable[nn.Parameter]:
         """Stage 1: encoder trunk, pose head and the image model's amplitude and (learnt) width (structure
@@ -390,6 +420,7 @@ class AtomVAE(nn.Module):
                     weights.search_candidates,
                     weights.search_local,
                     generator,
+                    binning=weights.search_binning,
                 )
                 z_conf = best.unsqueeze(1) + weights.search_width * eps  # (B, Kc, latent)
                 encoder_fit = -torch.distributions.Normal(mu_c, sigma_c).log_prob(best).sum(dim=-1)
@@ -563,8 +594,11 @@ class AtomVAE(nn.Module):
         local_scale: float,
         generator: torch.Generator | BatchNoiseRows | None = None,
         rounds: int = 1,
+        binning: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best latent of each image by log p(y | z) + log p(z) (nats), and its gain over ``start``.
+        With ``binning`` > 1 (and the box divisible by it) the likelihood is that of the binned images
+        (``binned_renders``): a quarter of the render cost at 2.
 
         images (B, H, W); ctf (B,) or None; rotation (B, 3, 3), shift (B, 2) A: the pose each candidate is
         rendered at; start (B, latent): the first candidate (the encoder's mean). Each round scores the
@@ -576,9 +610,23 @@ class AtomVAE(nn.Module):
             target = images.to(start.dtype)[:, None]
             rotation, shift = rotation[:, None].to(start.dtype), shift[:, None].to(start.dtype)
 
+            if binning > 1 and self.box % binning == 0:
+                # Binned pixels average binning^2 independent noises: their sd is noise_sigma / binning.
+                side = self.box // binning
+                blocks = target.unflatten(-1, (side, binning)).unflatten(-3, (side, binning))
+                target = blocks.mean(dim=(-3, -1))
+                noise_sigma = self.noise_sigma / binning
+            else:
+                binning, noise_sigma = 1, self.noise_sigma
+
             def score(z: torch.Tensor) -> torch.Tensor:  # (B, M, latent) -> (B, M) nats
-                predicted = self.render_images(self.decoder(z, "render"), rotation, shift, ctf, target)
-                return gaussian_log_likelihood(target, predicted, self.noise_sigma) - 0.5 * z.square().sum(-1)
+                coords = self.decoder(z, "render")
+                if binning > 1:
+                    binned = self.binned_renders(coords, rotation, shift, ctf, binning)
+                    predicted = self._scaled(binned, target)
+                else:
+                    predicted = self.render_images(coords, rotation, shift, ctf, target)
+                return gaussian_log_likelihood(target, predicted, noise_sigma) - 0.5 * z.square().sum(-1)
 
             # The start is scored with the first round's candidates: one decode and render per round.
             best = start
@@ -738,6 +786,7 @@ class AtomVAE(nn.Module):
                 search.search_local,
                 generator,
                 rounds=search_rounds,
+                binning=search.search_binning,
             )
             sigma_c = torch.full_like(mu_c, search.search_width)
         if mode.uses_pose_head:
