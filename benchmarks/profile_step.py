@@ -10,7 +10,7 @@ Two views, both on 1 thread unless ``--threads``:
 - ``--table``: torch.profiler over 3 steps, the 25 costliest operators by self time.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py [--threads 1] [--repeats 7] [--table]
-        [--side-chains rigid|shared|decoded] [--search-candidates N]
+        [--side-chains rigid|shared|decoded] [--search-candidates N] [--search-binning B]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
         "--side-chains", choices=SIDE_CHAIN_MODES, default="rigid", help="model.side_chains (torsions' cost)"
     )
     parser.add_argument("--search-candidates", type=int, help="also time the step with this many candidates")
+    parser.add_argument("--search-binning", type=int, help="also time the step with the search binned so")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = PRESETS["cpu"]
@@ -111,6 +112,7 @@ def main() -> None:
     no_heavy_clash = dataclasses.replace(config.loss, heavy_clash=0.0)
     no_search = dataclasses.replace(config.loss, search_candidates=0)
     other_search = dataclasses.replace(config.loss, search_candidates=args.search_candidates or 0)
+    binned_search = dataclasses.replace(config.loss, search_binning=args.search_binning or 1)
 
     def adam() -> None:
         optimizer.step()
@@ -122,6 +124,11 @@ def main() -> None:
         **(
             {f"step with {args.search_candidates} search candidates": lambda: step(other_search)}
             if args.search_candidates
+            else {}
+        ),
+        **(
+            {f"step with the search on {args.search_binning}x binned images": lambda: step(binned_search)}
+            if args.search_binning
             else {}
         ),
         "step without structure terms": lambda: step(no_structure),
