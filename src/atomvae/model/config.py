@@ -173,9 +173,9 @@ class LossWeights:
     search_width: float = 0.1  # sd of the samples around the best latent (the search posterior's width)
     search_local: float = 0.5  # sd of the candidates drawn near the encoder's mean
     search_encoder: float = 1.0
-    # Candidates scored on images binned by this factor (2: 2x2 pixels averaged, a quarter of the render
-    # cost) against renders at the binned pixel size: the states differ at the scale of domains, far
-    # coarser than a pixel (coarse-to-fine in resolution, as cryoDRGN2's pose search). 1 = full resolution.
+    # Coarse to fine (as cryoDRGN2's pose search): candidates first scored on images binned by this factor
+    # (2: 2x2 pixels averaged, a quarter of the render cost) against renders at the binned pixel size, and
+    # only the best quarter rescored at full resolution. 1 = every candidate at full resolution.
     search_binning: int = 1
     # Not in the paper (0 there): in stage 1, pull the pose head's mean pose towards the best-scoring of
     # several pose hypotheses (its own posterior samples and ``StageConfig.pose_hypotheses`` rotations drawn

@@ -597,8 +597,9 @@ class AtomVAE(nn.Module):
         binning: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best latent of each image by log p(y | z) + log p(z) (nats), and its gain over ``start``.
-        With ``binning`` > 1 (and the box divisible by it) the likelihood is that of the binned images
-        (``binned_renders``): a quarter of the render cost at 2.
+        With ``binning`` > 1 (and the box divisible by it) the candidates are first scored on the binned
+        images (``binned_renders``, a quarter of the render cost at 2) and only the best n_candidates // 4
+        (and the start) at full resolution.
 
         images (B, H, W); ctf (B,) or None; rotation (B, 3, 3), shift (B, 2) A: the pose each candidate is
         rendered at; start (B, latent): the first candidate (the encoder's mean). Each round scores the
@@ -610,23 +611,22 @@ class AtomVAE(nn.Module):
             target = images.to(start.dtype)[:, None]
             rotation, shift = rotation[:, None].to(start.dtype), shift[:, None].to(start.dtype)
 
+            def score(z: torch.Tensor) -> torch.Tensor:  # (B, M, latent) -> (B, M) nats
+                predicted = self.render_images(self.decoder(z, "render"), rotation, shift, ctf, target)
+                return gaussian_log_likelihood(target, predicted, self.noise_sigma) - 0.5 * z.square().sum(-1)
+
+            coarse_score = None
             if binning > 1 and self.box % binning == 0:
                 # Binned pixels average binning^2 independent noises: their sd is noise_sigma / binning.
                 side = self.box // binning
                 blocks = target.unflatten(-1, (side, binning)).unflatten(-3, (side, binning))
-                target = blocks.mean(dim=(-3, -1))
-                noise_sigma = self.noise_sigma / binning
-            else:
-                binning, noise_sigma = 1, self.noise_sigma
+                binned_target = blocks.mean(dim=(-3, -1))
 
-            def score(z: torch.Tensor) -> torch.Tensor:  # (B, M, latent) -> (B, M) nats
-                coords = self.decoder(z, "render")
-                if binning > 1:
-                    binned = self.binned_renders(coords, rotation, shift, ctf, binning)
-                    predicted = self._scaled(binned, target)
-                else:
-                    predicted = self.render_images(coords, rotation, shift, ctf, target)
-                return gaussian_log_likelihood(target, predicted, noise_sigma) - 0.5 * z.square().sum(-1)
+                def coarse_score(z: torch.Tensor) -> torch.Tensor:  # (B, M, latent) -> (B, M) nats
+                    renders = self.binned_renders(self.decoder(z, "render"), rotation, shift, ctf, binning)
+                    predicted = self._scaled(renders, binned_target)
+                    noise = self.noise_sigma / binning
+                    return gaussian_log_likelihood(binned_target, predicted, noise) - 0.5 * z.square().sum(-1)
 
             # The start is scored with the first round's candidates: one decode and render per round.
             best = start
@@ -648,6 +648,14 @@ class AtomVAE(nn.Module):
                             )
                         )
                 candidates = torch.cat(parts, dim=1)  # (B, M, latent)
+                if coarse_score is not None and candidates.shape[1] > n_local + 1:
+                    # Coarse to fine: the binned images keep the best n_local (and, in the first round, the
+                    # start, so that the gain is measured at full resolution); only those are rendered full.
+                    coarse = coarse_score(candidates)
+                    if round_index == 0:
+                        coarse[:, 0] = math.inf
+                    keep = coarse.topk(n_local + (1 if round_index == 0 else 0), dim=1).indices
+                    candidates = candidates[rows[:, None], keep]
                 scores = score(candidates)
                 if round_index == 0:
                     start_score = scores[:, 0]
