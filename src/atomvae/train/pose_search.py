@@ -494,6 +494,24 @@ def write_poses_star(
         starfile.write(tables, tmp, float_format="%.12g")
 
 
+def write_search_result(metadata, rows: np.ndarray, result: PoseSearchResult, out_path: Path) -> None:
+    """The STAR file of ``write_poses_star`` with the result's poses of ``rows``, and beside it (.npz) every
+    field of the result with the row of each particle. Atomic."""
+    from atomvae.errors import atomic_path
+
+    write_poses_star(metadata, rows, result.rotation, result.shift, out_path)
+    with atomic_path(out_path.with_suffix(".npz")) as tmp:
+        np.savez(
+            tmp,
+            rotation=result.rotation.numpy(),
+            shift=result.shift.numpy(),
+            score=result.score.numpy(),
+            global_score=result.global_score.numpy(),
+            reference=result.reference.numpy(),
+            index=np.asarray(rows),
+        )
+
+
 def search_poses_to_file(
     particles_path: Path,
     base_path: Path,
@@ -517,7 +535,7 @@ def search_poses_to_file(
     result, the other ranks return None."""
     from atomvae.data.dataset import ParticleDataset
     from atomvae.data.metadata import read_particles
-    from atomvae.errors import InputError, atomic_path
+    from atomvae.errors import InputError
     from atomvae.structure.io import read_structure
     from atomvae.train import distributed
 
@@ -557,15 +575,5 @@ def search_poses_to_file(
     result = PoseSearchResult(
         **{k: torch.from_numpy(v) for k, v in gathered.items()}, grid_spacing=local.grid_spacing
     )
-    write_poses_star(metadata, dataset.rows, result.rotation, result.shift, out_path)
-    with atomic_path(out_path.with_suffix(".npz")) as tmp:
-        np.savez(
-            tmp,
-            rotation=result.rotation.numpy(),
-            shift=result.shift.numpy(),
-            score=result.score.numpy(),
-            global_score=result.global_score.numpy(),
-            reference=result.reference.numpy(),
-            index=np.asarray(dataset.rows),
-        )
+    write_search_result(metadata, dataset.rows, result, out_path)
     return result

@@ -34,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomvae.errors import atomic_path, atomic_write_text
+from atomvae.errors import atomic_write_text
 from atomvae.train.pose_search import (
     PoseSearchConfig,
-    PoseSearchResult,
     refine_poses,
     search_poses,
-    write_poses_star,
+    write_search_result,
 )
 
 
@@ -157,20 +156,6 @@ def nearest_allowed(ca: torch.Tensor, reference_ca: torch.Tensor, k: int) -> tor
     return allowed
 
 
-def _save_round(metadata, dataset, result: PoseSearchResult, star: Path) -> None:
-    write_poses_star(metadata, dataset.rows, result.rotation, result.shift, star)
-    with atomic_path(star.with_suffix(".npz")) as tmp:
-        np.savez(
-            tmp,
-            rotation=result.rotation.numpy(),
-            shift=result.shift.numpy(),
-            score=result.score.numpy(),
-            global_score=result.global_score.numpy(),
-            reference=result.reference.numpy(),
-            index=np.asarray(dataset.rows),
-        )
-
-
 def searched_poses(
     particles: Path,
     base_path: Path,
@@ -206,7 +191,7 @@ def searched_poses(
         start = time.perf_counter()
         config = dataclasses.replace(search, sigma=route.render_sigma, resolution=route.resolution)
         result = search_poses(dataset, base_render, config, progress=progress, masses=masses)
-        _save_round(metadata, dataset, result, star)
+        write_search_result(metadata, dataset.rows, result, star)
         seconds["search1"] = time.perf_counter() - start
     if on_round:
         on_round("round1", star.with_suffix(".npz"))
@@ -253,7 +238,7 @@ def searched_poses(
                     progress=progress,
                 )
                 result.reference = searched_reference
-            _save_round(metadata, dataset, result, next_star)
+            write_search_result(metadata, dataset.rows, result, next_star)
             atomic_write_text(
                 next_star.with_suffix(".json"),
                 json.dumps(
