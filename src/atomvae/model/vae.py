@@ -56,7 +56,7 @@ from atomvae.physics.coarse_grain import (
 from atomvae.physics.ctf import CTFParams, apply_ctf, phase_flip
 from atomvae.physics.render import render, render_projections
 from atomvae.structure.frames import backbone_frames, frames_to_coordinates, local_coordinates
-from atomvae.structure.torsions import SideChainTorsions
+from atomvae.structure.torsions import BACKBONE_NAMES, SideChainTorsions
 
 
 @dataclass
@@ -77,7 +77,7 @@ class LossOutput:
 RELAX_CLASH_DISTANCE = 2.5
 RELAX_LEARNING_RATE = 0.05
 RELAX_TOLERANCE = 0.01  # A^2 of penalty per structure (one pair 0.1 A inside the threshold): clear enough
-BACKBONE_CB_NAMES = ("N", "CA", "C", "O", "OXT", "OT1", "OT2", "CB")  # OT1/OT2: CHARMM terminal oxygens
+BACKBONE_CB_NAMES = (*BACKBONE_NAMES, "CB")
 SIGMA_RATE = 30.0  # see AtomVAE.log_render_sigma
 
 

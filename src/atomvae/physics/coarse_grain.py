@@ -18,9 +18,12 @@ import numpy as np
 
 from atomvae.physics.scattering import scattering_parameters
 from atomvae.structure.topology import Topology
+from atomvae.structure.torsions import REMOTENESS, remoteness
 
+# Not structure.torsions.BACKBONE_NAMES: CHARMM's terminal OT1/OT2 stay a group of their own here, as they
+# were when the checkpoints' render atoms were laid out (one pseudo-atom more for adenylate kinase).
 BACKBONE_NAMES = ("N", "CA", "C", "O", "OXT")
-_PROXIMAL, _DISTAL = "BGD", "EZH"
+_FIRST_DISTAL = REMOTENESS.index("E")  # epsilon, zeta and eta atoms form the distal group
 
 
 def forward_scattering(elements) -> np.ndarray:
@@ -39,12 +42,7 @@ def _group_keys(topology: Topology) -> np.ndarray:
         if name in BACKBONE_NAMES:
             kind[i] = 0
             continue
-        # The remoteness letter follows the element symbol (CB, OG1, SD, NE2, CH2); SE of
-        # selenomethionine has none and sits at the delta position.
-        letter = (
-            name[len(element) : len(element) + 1].upper() if name.upper().startswith(element.upper()) else ""
-        )
-        kind[i] = 2 if letter and letter in _DISTAL else 1
+        kind[i] = 2 if remoteness(name, element) >= _FIRST_DISTAL else 1
     return topology.residue_index * 3 + kind
 
 

@@ -20,8 +20,8 @@ import torch
 from atomvae.structure.topology import Topology
 
 MAX_CHI = 4
-_REMOTENESS = "ABGDEZH"
-_BACKBONE = ("N", "CA", "C", "O", "OXT", "OT1", "OT2")  # OT1/OT2: CHARMM's terminal oxygens
+REMOTENESS = "ABGDEZH"  # IUPAC remoteness letters, in order from the C-alpha
+BACKBONE_NAMES = ("N", "CA", "C", "O", "OXT", "OT1", "OT2")  # OT1/OT2: CHARMM's terminal oxygens
 
 # Axis bond (a2, a3) of chi1, chi2, ... per residue: chi_k is the dihedral (a1, a2, a3, a4).
 CHI_AXES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -47,12 +47,14 @@ CHI_AXES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def remoteness(atom_name: str, element: str) -> int:
-    """Rank of an atom along its side chain: CA 1, CB 2, CG* 3, ... ; SE of selenomethionine (no letter)
-    sits at the delta position, as in physics.coarse_grain."""
+    """Rank of an atom along its side chain, the index of its remoteness letter in REMOTENESS: CA 1, CB 2,
+    CG* 3, ... The letter follows the element symbol (CB, OG1, SD, NE2, CH2); a name without one (SE of
+    selenomethionine) sits at the delta position."""
     if atom_name == "CA":
         return 1
-    letter = atom_name[len(element) : len(element) + 1].upper() if atom_name.startswith(element) else ""
-    return _REMOTENESS.index(letter) if letter and letter in _REMOTENESS else _REMOTENESS.index("D")
+    has_symbol = atom_name.upper().startswith(element.upper())
+    letter = atom_name[len(element) : len(element) + 1].upper() if has_symbol else ""
+    return REMOTENESS.index(letter) if letter and letter in REMOTENESS else REMOTENESS.index("D")
 
 
 class SideChainTorsions(torch.nn.Module):
@@ -83,7 +85,8 @@ class SideChainTorsions(torch.nn.Module):
                 atoms = [
                     start + i
                     for i, name in enumerate(names)
-                    if name not in _BACKBONE and remoteness(name, str(topology.element[start + i])) > beyond
+                    if name not in BACKBONE_NAMES
+                    and remoteness(name, str(topology.element[start + i])) > beyond
                 ]
                 if not atoms:
                     continue
