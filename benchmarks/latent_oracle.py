@@ -169,7 +169,7 @@ def domains(run_dir: Path) -> None:
 
 def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
     from atomvae.model.losses import gaussian_log_likelihood
-    from atomvae.physics.coarse_grain import forward_scattering, residue_groups
+    from atomvae.physics.coarse_grain import coarse_grained_density
     from atomvae.structure.frames import backbone_frames
     from atomvae.train.particles import open_particles
     from atomvae.train.run import load_run
@@ -182,15 +182,6 @@ def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
     if not use_oracle:
         latents = np.load(demo_dir / "run" / "latents.npz")
         encoded = dict(zip(latents["index"].tolist(), latents["mu"], strict=True))
-    group = torch.as_tensor(residue_groups(topology))
-    atom_mass = torch.as_tensor(forward_scattering(topology.element), dtype=torch.float64)
-    group_mass = torch.zeros(int(group.max()) + 1, dtype=torch.float64).index_add_(0, group, atom_mass)
-
-    def own_side_chains(coords: torch.Tensor) -> torch.Tensor:
-        """(A, 3) A -> (G, 3) A: scattering-weighted centroids of the model's pseudo-atom groups."""
-        summed = torch.zeros(len(group_mass), 3, dtype=torch.float64)
-        return summed.index_add_(0, group, coords * atom_mass[:, None]) / group_mass[:, None]
-
     rng = np.random.default_rng(0)
     states = {"closed": particle_frame < 20, "intermediate": (particle_frame >= 30) & (particle_frame < 70)}
     states["open"] = particle_frame >= 80
@@ -204,8 +195,11 @@ def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
             )
             rotation, translation = backbone_frames(truth, topology)
             true_coords = model.decoder.atoms(rotation.float(), translation.float(), "render")
-            # The truth with its own side chains, coarse-grained as the model coarse-grains the base.
-            own = torch.stack([own_side_chains(x) for x in truth]).float()
+            # The truth with its own side chains, coarse-grained as the model coarse-grains the base (the
+            # centroids are linear in the coordinates, so model-frame coordinates do as well as local ones).
+            own = torch.stack(
+                [torch.as_tensor(coarse_grained_density(x.numpy(), topology)[0]) for x in truth]
+            ).float()
             if use_oracle:
                 z = oracle_latent(particle_frame[rows], model.config.latent_conf)
             else:
