@@ -1,5 +1,5 @@
 """Where the ensemble's error comes from, with the truth's help (adenylate-kinase demo data; diagnostics that
-use the simulator's truth, never part of the pipeline). Five commands:
+use the simulator's truth, never part of the pipeline). Six commands:
 
 - ``capacity PARTICLES_DIR``: can the paper's encoder (LayerNorm + MLP on raw pixels) learn the state at
   all? It is trained *supervised* on each particle's true DIMS frame (standardised; a linear read-out; the
@@ -19,6 +19,8 @@ use the simulator's truth, never part of the pipeline). Five commands:
 - ``clash RUN_DIR``: the heavy-atom clash penalty of DIMS frames' true backbones (closed to open) carrying
   the base's rigid side chains, on backbone and CB alone, with the frames' own side chains, and with the
   base's side chains repacked: what the clash term says about the truth when residues are rigid.
+- ``rotamers [--run RUN_DIR]``: the DIMS frames' side-chain dihedrals against the base's, and the chi
+  offsets a run with ``model.side_chains`` learnt.
 
 Run: ``.venv/bin/python benchmarks/latent_oracle.py capacity out/demo/particles`` (see BENCHMARKS.md,
 "Conformation search").
@@ -259,6 +261,74 @@ def clash_of_truth(run_dir: Path) -> None:
         )
 
 
+def rotamer_offsets(run_dir: Path | None) -> None:
+    """How far the DIMS frames' side-chain dihedrals are from the base's (adk_open.pdb), and with a run
+    whose model turns side chains (model.side_chains), the offsets it learnt at its particles' encoded
+    means (run/latents.npz, the first 256)."""
+    from atomvae.structure.io import read_structure
+    from atomvae.structure.torsions import BACKBONE_NAMES, CHI_AXES, dihedral, remoteness
+
+    topology, frames = dims_frames()
+    base = read_structure(adk_inputs().base_pdb).coords
+    quads, levels = [], []
+    for r in range(topology.n_residues):
+        start, stop = topology.residue_start[r], topology.residue_start[r + 1]
+        index = {str(n): start + i for i, n in enumerate(topology.atom_name[start:stop])}
+        axes = CHI_AXES.get(str(topology.res_name[r]), ())
+        for k, (a2, a3) in enumerate(axes):
+            rank = remoteness(a3, str(topology.element[index[a3]]))
+            # The fourth atom: the first (by name) side-chain atom one step further out than a3.
+            beyond = sorted(
+                n
+                for n in index
+                if n not in BACKBONE_NAMES and remoteness(n, str(topology.element[index[n]])) == rank + 1
+            )
+            if beyond:
+                a1 = "N" if k == 0 else axes[k - 1][0]
+                quads.append([index[a1], index[a2], index[a3], index[beyond[0]]])
+                levels.append(k)
+    quad, level = torch.as_tensor(quads), np.asarray(levels)
+
+    def chis(coords: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(coords, dtype=torch.float64)[quad]
+        return dihedral(x[:, 0], x[:, 1], x[:, 2], x[:, 3]).numpy()
+
+    def degrees(delta: np.ndarray) -> np.ndarray:
+        return np.abs(np.rad2deg(np.angle(np.exp(1j * delta))))
+
+    base_chi = chis(base)
+    print(f"{len(quad)} chi angles of the base; |chi(frame) - chi(base)| in degrees:")
+    for frame in (8, 48, 88):
+        d = degrees(chis(frames[frame]) - base_chi)
+        per_level = " / ".join(f"{d[level == k].mean():.1f}" for k in range(4))
+        print(
+            f"  frame {frame:2d}: mean {d.mean():.1f}, median {np.median(d):.1f}, "
+            f"> 60: {(d > 60).mean():.0%}; chi1-4 means {per_level}"
+        )
+    d = degrees(chis(frames[8]) - chis(frames[88]))
+    print(f"  frame 8 against 88: mean {d.mean():.1f}, > 60: {(d > 60).mean():.0%}")
+    if run_dir is None:
+        return
+    from atomvae.train.run import load_run
+
+    model = load_run(run_dir).model
+    mu = torch.as_tensor(np.load(run_dir / "latents.npz")["mu"][:256])
+    with torch.no_grad():
+        chi = model.decoder.torsions(model.decoder.representation(mu))
+    if chi is None:
+        print(f"{run_dir}: rigid side chains")
+        return
+    assert model.decoder.side_chains is not None
+    exists = model.decoder.side_chains.chi_mask
+    offsets = np.rad2deg(chi.expand(len(mu), *exists.shape)[:, exists].numpy())  # (N, chis)
+    mean_size = np.abs(offsets).mean(axis=0)
+    print(
+        f"{run_dir}: learnt |offset| per chi, mean over particles: median {np.median(mean_size):.1f}, "
+        f"mean {mean_size.mean():.1f}, max {mean_size.max():.1f} degrees; sd across particles: median "
+        f"{np.median(offsets.std(axis=0)):.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +346,8 @@ def main() -> None:
     p.add_argument("--oracle", action="store_true")
     p = commands.add_parser("clash")
     p.add_argument("run_dir", type=Path)
+    p = commands.add_parser("rotamers")
+    p.add_argument("--run", type=Path, help="also the side-chain offsets this run learnt")
     args = parser.parse_args()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     gflops = machine_reference()
@@ -289,8 +361,10 @@ def main() -> None:
         domains(args.run_dir)
     elif args.command == "truth":
         truth_scores(args.demo_dir, args.oracle)
-    else:
+    elif args.command == "clash":
         clash_of_truth(args.run_dir)
+    else:
+        rotamer_offsets(args.run)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,9 @@ CHI_AXES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def remoteness(atom_name: str, element: str) -> int:
-    """Rank of an atom along its side chain, the index of its remoteness letter in REMOTENESS: CA 1, CB 2,
-    CG* 3, ... The letter follows the element symbol (CB, OG1, SD, NE2, CH2); a name without one (SE of
+    """Rank of an atom along its side chain, the index of its remoteness letter in REMOTENESS: CA 0, CB 1,
+    CG* 2, ... The letter follows the element symbol (CB, OG1, SD, NE2, CH2); a name without one (SE of
     selenomethionine) sits at the delta position."""
-    if atom_name == "CA":
-        return 1
     has_symbol = atom_name.upper().startswith(element.upper())
     letter = atom_name[len(element) : len(element) + 1].upper() if has_symbol else ""
     return REMOTENESS.index(letter) if letter and letter in REMOTENESS else REMOTENESS.index("D")
