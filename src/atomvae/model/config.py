@@ -177,6 +177,9 @@ class LossWeights:
     # (2: 2x2 pixels averaged, a quarter of the render cost) against renders at the binned pixel size, and
     # only the best quarter rescored at full resolution. 1 = every candidate at full resolution.
     search_binning: int = 1
+    # Keep each particle's best latent between its visits and score it again beside the fresh candidates
+    # (``atomvae.train.particle_memory``): the search then builds on what it found in earlier epochs.
+    search_memory: bool = False
     # Not in the paper (0 there): in stage 1, pull the pose head's mean pose towards the best-scoring of
     # several pose hypotheses (its own posterior samples and ``StageConfig.pose_hypotheses`` rotations drawn
     # uniformly), with a per-image weight of that hypothesis's log-likelihood gain over the mean (nats):
@@ -185,6 +188,10 @@ class LossWeights:
     # landscape has many local optima; this term lets the amortised head jump to a better hypothesis
     # (a winner-takes-all step). It vanishes once the mean scores best (``AtomVAE.loss``).
     hypothesis_pull: float = 0.0
+    # With the hypothesis pull and a particle memory (``atomvae.train.particle_memory``, one best pose per
+    # particle): perturbations of each image's remembered pose scored as further hypotheses per step, so the
+    # search keeps and refines what it found rather than drawing afresh (``AtomVAE.hypothesis_pull``).
+    memory_near: int = 8
 
     def __post_init__(self) -> None:
         if self.search_candidates < 0:
@@ -197,6 +204,8 @@ class LossWeights:
             raise ValueError(f"heavy_clash_distance must be > 0 A, got {self.heavy_clash_distance}")
         if self.hypothesis_pull < 0:
             raise ValueError(f"hypothesis_pull must be >= 0, got {self.hypothesis_pull}")
+        if self.memory_near < 0:
+            raise ValueError(f"memory_near must be >= 0, got {self.memory_near}")
         if self.heavy_clash_atoms not in HEAVY_CLASH_ATOMS:
             raise ValueError(
                 f"heavy_clash_atoms must be one of {HEAVY_CLASH_ATOMS}, got {self.heavy_clash_atoms!r}"

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import roma
 import torch
 from torch import nn
 
@@ -69,7 +70,15 @@ class LossOutput:
     total: torch.Tensor
     per_image_log_likelihood: torch.Tensor
     terms: dict[str, float] = field(default_factory=dict)
+    # What the loss's searches found per image, detached, for the caller's particle memory (``remembered``):
+    # stage 1 with the hypothesis pull the best pose hypothesis, "rotation" (B, 3, 3) and "shift" (B, 2) A;
+    # stage 2 with the conformation search its best latent, "latent" (B, latent_conf).
+    found: dict[str, torch.Tensor] = field(default_factory=dict)
 
+
+# Stage-1 pose memory (``AtomVAE.hypothesis_pull``): the largest turn (sd per axis, degrees) of the
+# perturbations of each image's best pose found so far; each further one halves it, four scales in turn.
+MEMORY_NEAR_DEGREES = 16.0
 
 # Side-chain repacking of output structures (AtomVAE.relax_side_chains): the clash threshold of the training
 # penalty (0.5 A over the 2.0 A check of evaluate.stereochemistry), radians per Adam step, and the penalty
@@ -377,6 +386,7 @@ class AtomVAE(nn.Module):
         pose_mode: str = "inferred",
         generator: torch.Generator | BatchNoiseRows | None = None,
         n_hypotheses: int = 0,
+        remembered: dict[str, torch.Tensor] | None = None,
     ) -> LossOutput:
         """Paper eq. 4 averaged over the batch.
 
@@ -390,12 +400,18 @@ class AtomVAE(nn.Module):
         n_hypotheses: stage 1 with ``weights.hypothesis_pull`` > 0 only: rotations drawn uniformly per image
         and scored beside the posterior samples as hypotheses the pose head's mean is pulled towards
         (``hypothesis_pull``; not in the paper).
+        remembered: what earlier visits found for each image (``atomvae.train.particle_memory``): "rotation"
+        (B, 3, 3) and "shift" (B, 2) A, scored again in stage 1 with ``weights.memory_near`` perturbations as
+        further pose hypotheses; "latent" (B, latent_conf), scored again by the stage-2 conformation search.
+        What the searches find comes back in ``LossOutput.found``.
         """
         mode = get_pose_mode(pose_mode)
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         mode.check_given(given_rotation, given_shift)
         batch = images.shape[0]
+        remembered = remembered or {}
+        found: dict[str, torch.Tensor] = {}
         # The networks may run under the caller's autocast (bf16 on CUDA).
         h = self.encoder(self.encoder_input(images, ctf))
         zero = _full(h).new_zeros(batch)
@@ -421,7 +437,9 @@ class AtomVAE(nn.Module):
                     weights.search_local,
                     generator,
                     binning=weights.search_binning,
+                    remembered=remembered.get("latent"),
                 )
+                found["latent"] = best
                 z_conf = best.unsqueeze(1) + weights.search_width * eps  # (B, Kc, latent)
                 encoder_fit = -torch.distributions.Normal(mu_c, sigma_c).log_prob(best).sum(dim=-1)
             else:
@@ -509,7 +527,7 @@ class AtomVAE(nn.Module):
 
             pull = zero
             if stage == 1 and weights.hypothesis_pull > 0 and mu_p is not None:
-                pull = self.hypothesis_pull(
+                pull, (found["rotation"], found["shift"]) = self.hypothesis_pull(
                     mode,
                     mu_p,
                     (rotation, shift, log_lik),
@@ -519,6 +537,8 @@ class AtomVAE(nn.Module):
                     n_hypotheses,
                     (given_rotation, given_shift),
                     generator,
+                    (remembered["rotation"], remembered["shift"]) if "rotation" in remembered else None,
+                    weights.memory_near,
                 )
 
             sleep = zero
@@ -562,7 +582,7 @@ class AtomVAE(nn.Module):
             **self._render_sigma_terms(),
             "total": float(total.detach()),
         }
-        return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms)
+        return LossOutput(total=total, per_image_log_likelihood=per_image.detach(), terms=terms, found=found)
 
     def _search_pose(
         self,
@@ -595,6 +615,7 @@ class AtomVAE(nn.Module):
         generator: torch.Generator | BatchNoiseRows | None = None,
         rounds: int = 1,
         binning: int = 1,
+        remembered: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best latent of each image by log p(y | z) + log p(z) (nats), and its gain over ``start``.
         With ``binning`` > 1 (and the box divisible by it) the candidates are first scored on the binned
@@ -604,7 +625,9 @@ class AtomVAE(nn.Module):
         images (B, H, W); ctf (B,) or None; rotation (B, 3, 3), shift (B, 2) A: the pose each candidate is
         rendered at; start (B, latent): the first candidate (the encoder's mean). Each round scores the
         current best, n_candidates // 4 latents drawn around it (sd ``local_scale``, halved each round) and,
-        in the first round, the rest drawn from the prior N(0, I). Returns best (B, latent), gain (B,) >= 0.
+        in the first round, the rest drawn from the prior N(0, I); ``remembered`` (B, latent), each image's
+        best latent of earlier visits (``atomvae.train.particle_memory``), is a first-round candidate too.
+        Returns best (B, latent), gain (B,) >= 0.
         """
         batch, latent = start.shape
         with torch.autocast(device_type=start.device.type, enabled=False):
@@ -641,6 +664,8 @@ class AtomVAE(nn.Module):
                 parts = [near]
                 if round_index == 0:
                     parts.insert(0, start[:, None])
+                    if remembered is not None:
+                        parts.insert(1, remembered.to(start.dtype)[:, None])
                     if n_candidates > n_local:
                         parts.append(
                             standard_normal(
@@ -676,32 +701,45 @@ class AtomVAE(nn.Module):
         n_hypotheses: int,
         given: tuple[torch.Tensor | None, torch.Tensor | None],
         generator: torch.Generator | BatchNoiseRows | None,
-    ) -> torch.Tensor:
+        remembered: tuple[torch.Tensor, torch.Tensor] | None = None,
+        n_near: int = 0,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The stage-1 pull of the pose head's mean towards its best-scoring pose hypothesis, (B,) per image
-        (``LossWeights.hypothesis_pull``; not in the paper).
+        (``LossWeights.hypothesis_pull``; not in the paper), and that hypothesis.
 
         mu_p (B, Kc, 8): the pose posterior's mean; samples: the loss's posterior samples as rotation
         (B, Kc, Kp, 3, 3), shift (B, Kc, Kp, 2) A and their log-likelihoods (B, Kc, Kp); coords (B, 1, A, 3)
-        the base; images (B, 1, 1, H, W). The hypotheses are the mean pose itself, the posterior samples and,
-        where the pose mode allows a global search, n_hypotheses rotations drawn uniformly on SO(3) at the
-        mean's shift; all are scored by the likelihood without gradient. Returns
+        the base; images (B, 1, 1, H, W). The hypotheses are the mean pose itself, the posterior samples,
+        where the pose mode allows a global search n_hypotheses rotations drawn uniformly on SO(3) at the
+        mean's shift, and with ``remembered`` (each image's best pose so far: rotation (B, 3, 3), shift
+        (B, 2) A) that pose and n_near perturbations of it (turns of ``MEMORY_NEAR_DEGREES`` sd, halved
+        from one to the next, and shifts of half a pixel sd): a search that keeps what it found. All are
+        scored by the likelihood without gradient. Returns the pull
         gain * (|R_mean - R_best|_F^2 + |t_mean - t_best|^2 / pixel_size^2), averaged over Kc, with gain the
-        best hypothesis's log-likelihood minus the mean's (nats, >= 0, detached): zero once the mean scores
-        best, and strongest where a hypothesis explains the image much better.
+        best hypothesis's log-likelihood minus the mean's (nats, >= 0, detached: zero once the mean scores
+        best, strongest where a hypothesis explains the image much better), and the best hypothesis of
+        each image's first conformation sample, rotation (B, 3, 3), shift (B, 2) A.
         """
         rotation, shift, log_lik = samples
         batch, n_conf = mu_p.shape[:2]
         mean_rotation, mean_shift = mode.latent_to_pose(mu_p.to(coords.dtype), self.config, *given)
         with torch.no_grad():
             extra_rotation = mean_rotation.detach().unsqueeze(2)  # (B, Kc, 1, 3, 3)
+            extra_shift = mean_shift.detach().unsqueeze(2)  # (B, Kc, 1, 2)
             if n_hypotheses > 0 and mode.global_hypotheses:
                 drawn = mode.hypothesis_rotations(
                     batch, n_conf * n_hypotheses, generator, coords.device, coords.dtype
                 ).reshape(batch, n_conf, n_hypotheses, 3, 3)
                 extra_rotation = torch.cat([extra_rotation, drawn], dim=2)
-            extra_shift = mean_shift.detach().unsqueeze(2).expand(-1, -1, extra_rotation.shape[2], -1)
+                extra_shift = extra_shift.expand(-1, -1, extra_rotation.shape[2], -1)
+            if remembered is not None:
+                near_rotation, near_shift = self._near_poses(remembered, n_near, generator, coords.dtype)
+                extra_rotation = torch.cat(
+                    [extra_rotation, near_rotation[:, None].expand(-1, n_conf, -1, 3, 3)], 2
+                )
+                extra_shift = torch.cat([extra_shift, near_shift[:, None].expand(-1, n_conf, -1, 2)], 2)
             predicted = self.render_images(coords.unsqueeze(2), extra_rotation, extra_shift, ctf, images)
-            extra_log_lik = gaussian_log_likelihood(images, predicted, self.noise_sigma)  # (B, Kc, 1 + H)
+            extra_log_lik = gaussian_log_likelihood(images, predicted, self.noise_sigma)  # (B, Kc, M)
             all_rotation = torch.cat([extra_rotation, rotation.detach().expand(batch, n_conf, -1, 3, 3)], 2)
             all_shift = torch.cat([extra_shift, shift.detach().expand(batch, n_conf, -1, 2)], dim=2)
             all_log_lik = torch.cat([extra_log_lik, log_lik.detach().expand(batch, n_conf, -1)], dim=2)
@@ -713,7 +751,27 @@ class AtomVAE(nn.Module):
         distance = (mean_rotation - best_rotation).square().sum(dim=(-2, -1)) + (
             mean_shift - best_shift
         ).square().sum(dim=-1) / self.pixel_size**2
-        return (gain * distance).mean(dim=1)
+        return (gain * distance).mean(dim=1), (best_rotation[:, 0], best_shift[:, 0])
+
+    def _near_poses(
+        self,
+        remembered: tuple[torch.Tensor, torch.Tensor],
+        n_near: int,
+        generator: torch.Generator | BatchNoiseRows | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The remembered pose (B, 3, 3), (B, 2) A and n_near perturbations of it: (B, 1 + n_near, 3, 3),
+        (B, 1 + n_near, 2) A. Perturbation k turns by a rotation vector of sd MEMORY_NEAR_DEGREES / 2^(k % 4)
+        per axis (coarse to fine, so a far optimum and the last degree are both within reach) and shifts by
+        half a pixel sd."""
+        rotation, shift = (t.to(dtype) for t in remembered)
+        batch = rotation.shape[0]
+        noise = standard_normal((batch, n_near, 5), generator, rotation.device, dtype)
+        scale = math.radians(MEMORY_NEAR_DEGREES) / 2.0 ** (torch.arange(n_near, device=rotation.device) % 4)
+        turn = roma.rotvec_to_rotmat(noise[..., :3] * scale.to(dtype)[:, None])  # (B, n_near, 3, 3)
+        near_rotation = rotation[:, None] @ turn
+        near_shift = shift[:, None] + 0.5 * self.pixel_size * noise[..., 3:]
+        return torch.cat([rotation[:, None], near_rotation], 1), torch.cat([shift[:, None], near_shift], 1)
 
     def sleep_loss(
         self,

@@ -99,12 +99,14 @@ def save_checkpoint(
     model_init: dict[str, Any],
     seed: int,
     metrics: dict[str, Any] | None = None,
+    particle_memory: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint atomically.
 
     ``model_init``: the constructor facts of the model that are not in the config (``box``,
     ``pixel_size`` A, ``noise_sigma``). ``metrics``: small summary numbers (e.g. the last validation
-    log-likelihood) for run selection without loading the weights twice.
+    log-likelihood) for run selection without loading the weights twice. ``particle_memory``: what the
+    loss's searches found per particle (``ParticleMemory.state_dict``), when the run keeps it.
     """
     payload = {
         "format": FORMAT,
@@ -118,6 +120,8 @@ def save_checkpoint(
         "model_init": dict(model_init),
         "metrics": dict(metrics or {}),
     }
+    if particle_memory is not None:
+        payload["particle_memory"] = particle_memory
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

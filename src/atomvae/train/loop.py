@@ -226,7 +226,16 @@ def fit(
                     generator = sampling_generator(device, seed, SAMPLING, stage, run.position.global_step)
                     noise = sampling_noise(generator, shard)
                     result = train_step(
-                        loss_fn, optimizer, batch, config, stage, device, noise, shard, stop.requested
+                        loss_fn,
+                        optimizer,
+                        batch,
+                        config,
+                        stage,
+                        device,
+                        noise,
+                        shard,
+                        stop.requested,
+                        memory=run.memory,
                     )
                     tuner.after_step(time.perf_counter() - started)
                     run.position = Position(stage, epoch, step_in_epoch + 1, run.position.global_step + 1)

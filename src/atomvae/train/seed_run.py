@@ -24,8 +24,9 @@ from atomvae.train.checkpoint import (
     stage_checkpoint_name,
 )
 from atomvae.train.config import TrainConfig
+from atomvae.train.particle_memory import ParticleMemory
 from atomvae.train.particles import ParticleSource
-from atomvae.train.seeding import CALIBRATION, derived_seed, sampling_generator
+from atomvae.train.seeding import CALIBRATION, PARTICLE_MEMORY, derived_seed, sampling_generator
 from atomvae.train.step import Batch, stage_config, stages
 
 
@@ -81,6 +82,22 @@ class SeedRun:
             self._load_initial_weights(Path(config.init_from))
         else:
             self._initialise_amplitude(source, train_idx)
+        # What the searches inside the loss found per particle, kept between visits (``ParticleMemory``).
+        search_poses = (
+            1 in stages(config)
+            and config.loss.hypothesis_pull > 0
+            and pose_mode(config.pose_mode).global_hypotheses
+        )
+        search_latents = config.loss.search_candidates > 0 and config.loss.search_memory
+        self.memory = ParticleMemory.for_training(
+            source.n_particles,
+            poses=search_poses,
+            latent_dim=config.model.latent_conf if search_latents else None,
+            device=device,
+            generator=torch.Generator().manual_seed(derived_seed(seed, PARTICLE_MEMORY)),
+        )
+        if self.memory is not None and self.payload is not None and "particle_memory" in self.payload:
+            self.memory.load_state_dict(self.payload["particle_memory"])
         distributed.broadcast_module(self.model)  # identical already; made certain before DDP's first step
         self.model.train()
         self.nonfinite = preflight.NonFiniteStreak(
@@ -145,6 +162,7 @@ class SeedRun:
             position=self.position,
             model_init=self.model_init,
             seed=self.seed,
+            particle_memory=None if self.memory is None else self.memory.state_dict(),
         )
 
     def stage_checkpoint(self, stage: int) -> Path:

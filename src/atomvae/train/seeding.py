@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 # Stream tags mixed into the seeds so the data order, the sampling noise and validation never share draws.
-ORDER, SAMPLING, VALIDATION, SPLIT, CALIBRATION = 1, 2, 3, 4, 5
+ORDER, SAMPLING, VALIDATION, SPLIT, CALIBRATION, PARTICLE_MEMORY = 1, 2, 3, 4, 5, 6
 
 
 def derived_seed(*parts: int) -> int:

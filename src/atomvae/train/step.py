@@ -21,6 +21,7 @@ from atomvae.model.vae import LossOutput
 from atomvae.physics.ctf import CTFParams
 from atomvae.train import distributed
 from atomvae.train.config import StageConfig, TrainConfig
+from atomvae.train.particle_memory import ParticleMemory
 from atomvae.train.particles import ParticleSource
 from atomvae.train.seeding import VALIDATION, sampling_generator
 
@@ -93,11 +94,20 @@ class Objective:
             n_hypotheses=stage_settings.pose_hypotheses if stage == 1 else 0,
         )
 
-    def loss(self, loss_fn, batch: Batch, generator: torch.Generator | BatchNoiseRows) -> LossOutput:
-        """``loss_fn`` (``AtomVAE.loss``, or DistributedDataParallel's wrapper of it) on ``batch``."""
-        given = {}
+    def loss(
+        self,
+        loss_fn,
+        batch: Batch,
+        generator: torch.Generator | BatchNoiseRows,
+        memory: ParticleMemory | None = None,
+    ) -> LossOutput:
+        """``loss_fn`` (``AtomVAE.loss``, or DistributedDataParallel's wrapper of it) on ``batch``; with a
+        particle memory, what earlier visits found for the batch's particles is scored again."""
+        given: dict[str, Any] = {}
         if pose_mode(self.pose_mode).needs_given_poses:
             given = {"given_rotation": batch.rotation, "given_shift": batch.shift}
+        if memory is not None:
+            given["remembered"] = memory.rows(batch.index)
         return loss_fn(
             batch.images,
             batch.ctf,
@@ -151,15 +161,18 @@ def train_step(
     generator: torch.Generator | BatchNoiseRows,
     shard: distributed.Shard,
     stop_requested: bool = False,
+    memory: ParticleMemory | None = None,
 ) -> StepResult:
     """One Adam step on one batch (with several processes: this rank's ``shard`` of the global batch).
 
     A non-finite loss would poison Adam's moments, so that update is skipped (and logged by the caller).
     With several processes the rank's loss is scaled by ``shard.weight`` so that DDP's gradient average is
-    the gradient of the global batch's loss (see ``rank_loss_weights``).
+    the gradient of the global batch's loss (see ``rank_loss_weights``). ``memory``: what the loss's searches
+    found for each particle (``ParticleMemory``), read for the batch and given what this step found.
     """
+    objective = Objective.of(config, stage, shard)
     with autocast(device, config):
-        out = Objective.of(config, stage, shard).loss(loss_fn, batch, generator)
+        out = objective.loss(loss_fn, batch, generator, memory)
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(out.total))
     terms = {k: float(v) for k, v in out.terms.items()}
@@ -187,6 +200,8 @@ def train_step(
     if finite:
         (out.total * weight if weight != 1.0 else out.total).backward()
         optimizer.step()
+        if memory is not None:
+            memory.update(batch.index, out.found, shard)
     return StepResult(finite=finite, terms=terms, stop_requested=stop_requested)
 
 
