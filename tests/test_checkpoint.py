@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,12 +140,21 @@ def _train_records(run_dir):
     ]
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("memory", [False, True], ids=["plain", "particle_memory"])
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch, memory):
     """24 particles, batch 8 -> 3 steps per epoch, 2 + 2 epochs = 12 steps, checkpoints every 5 steps.
     The interrupted run stops by --max-steps in stage 1 mid-epoch (step 4), then crashes in stage 2 during
-    step 11 (resuming from the periodic checkpoint of step 10, mid-epoch), then runs to the end."""
+    step 11 (resuming from the periodic checkpoint of step 10, mid-epoch), then runs to the end. With the
+    particle memory (stage-1 pose search, stage-2 conformation search) the checkpoints carry it, so the
+    resumed run searches from what the interrupted one had found."""
     star = write_particles(tmp_path / "data", n=24)
     config = tiny_config()
+    if memory:
+        config = replace(
+            config,
+            loss=replace(config.loss, hypothesis_pull=1.0, search_candidates=4, search_memory=True),
+            stage1=replace(config.stage1, pose_hypotheses=4),
+        )
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(config, star, BASE_PDB, straight)
     first = train(config, star, BASE_PDB, interrupted, max_steps=4)
@@ -177,6 +187,19 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
     stage1_a = load_checkpoint(straight / "seed_0" / "checkpoints" / "stage1.pt")["model"]
     stage1_b = load_checkpoint(interrupted / "seed_0" / "checkpoints" / "stage1.pt")["model"]
     assert all(torch.equal(stage1_a[k], stage1_b[k]) for k in stage1_a)
+    saved = load_checkpoint(interrupted / "seed_0" / "checkpoints" / "last.pt").get("particle_memory")
+    if memory:
+        # the same memory as the uninterrupted run's; the latents of the training images were written in
+        # stage 2 (the validation images are never visited: NaN, nothing found)
+        uninterrupted = load_checkpoint(straight / "seed_0" / "checkpoints" / "last.pt")["particle_memory"]
+        assert set(saved) == {"rotation", "shift", "latent"}
+        assert saved["latent"].shape == (24, config.model.latent_conf)
+        for key in saved:
+            torch.testing.assert_close(saved[key], uninterrupted[key], rtol=0, atol=0, equal_nan=True)
+        found = torch.isfinite(saved["latent"]).all(dim=1)
+        assert int(found.sum()) >= 20 and bool((saved["latent"][found].abs().sum(dim=1) > 0).all())
+    else:
+        assert saved is None
 
 
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_a_used_folder(tmp_path):

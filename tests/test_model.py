@@ -460,6 +460,50 @@ def test_conformation_search_finds_the_latent_of_a_clean_image(base, binning):
     assert rmsd_to_truth(best).mean() < 0.3 * rmsd_to_truth(start).mean()
 
 
+def test_conformation_search_keeps_a_remembered_latent_that_explains_the_image(base):
+    """A remembered latent (``atomvae.train.particle_memory``) is scored beside the fresh candidates: with
+    the true latent of a clean image remembered, the search ends at least as good by its own objective and
+    far nearer the true structure than without; a NaN row (nothing remembered) changes nothing."""
+    model = make_model(base, latent_conf=2, render_atoms="CA", render_sigma=2.0)
+    perturb_decoder(model, seed=5, scale=0.3)
+    generator = torch.Generator().manual_seed(1)
+    n = 6
+    z_true = torch.randn(n, 2, generator=generator)
+    rotation = random_rotations(n, generator=generator)
+    shift = torch.zeros(n, 2)
+    with torch.no_grad():
+        images = model.render_images(model.decoder(z_true, "render"), rotation, shift, batch_ctf(n))
+
+    def search(remembered):
+        return model.search_conformations(
+            images,
+            batch_ctf(n),
+            rotation,
+            shift,
+            -z_true,
+            4,
+            0.5,
+            torch.Generator().manual_seed(3),
+            remembered=remembered,
+        )
+
+    def score(z: torch.Tensor) -> torch.Tensor:  # (n,) nats: the search's own objective
+        with torch.no_grad():
+            predicted = model.render_images(model.decoder(z, "render"), rotation, shift, batch_ctf(n), images)
+            return gaussian_log_likelihood(images, predicted, model.noise_sigma) - 0.5 * z.square().sum(-1)
+
+    def rmsd_to_truth(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (model.decoder(z, "CA") - model.decoder(z_true, "CA")).square().sum(-1).mean(-1).sqrt()
+
+    kept, gain = search(z_true)
+    assert (score(kept) >= score(z_true) - 1e-3).all() and (gain > 0).all()
+    unknown, _ = search(torch.full((n, 2), math.nan))
+    alone, _ = search(None)
+    torch.testing.assert_close(unknown, alone)
+    assert rmsd_to_truth(kept).mean() < 0.5 * rmsd_to_truth(alone).mean()
+
+
 def test_search_loss_samples_around_the_search_and_fits_the_encoder_to_it(base):
     model = make_model(base, render_atoms="CA", render_sigma=2.0)
     perturb_decoder(model, seed=2, scale=0.2)
@@ -481,6 +525,7 @@ def test_search_loss_samples_around_the_search_and_fits_the_encoder_to_it(base):
         generator=generator,
     )
     assert out.terms["search_gain"] >= 0 and out.terms["search_encoder"] > 0
+    assert set(out.found) == {"latent"} and out.found["latent"].shape == (n, model.config.latent_conf)
     # the search posterior's KL: N(best, 0.1^2) in latent_conf dims is at least its variance part
     latent = model.config.latent_conf
     assert out.terms["kl_conf"] >= 0.5 * latent * (0.01 - 1 - math.log(0.01)) - 1e-4

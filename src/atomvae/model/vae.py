@@ -626,7 +626,8 @@ class AtomVAE(nn.Module):
         rendered at; start (B, latent): the first candidate (the encoder's mean). Each round scores the
         current best, n_candidates // 4 latents drawn around it (sd ``local_scale``, halved each round) and,
         in the first round, the rest drawn from the prior N(0, I); ``remembered`` (B, latent), each image's
-        best latent of earlier visits (``atomvae.train.particle_memory``), is a first-round candidate too.
+        best latent of earlier visits (``atomvae.train.particle_memory``; NaN rows: none yet), is a
+        first-round candidate too.
         Returns best (B, latent), gain (B,) >= 0.
         """
         batch, latent = start.shape
@@ -664,8 +665,9 @@ class AtomVAE(nn.Module):
                 parts = [near]
                 if round_index == 0:
                     parts.insert(0, start[:, None])
-                    if remembered is not None:
-                        parts.insert(1, remembered.to(start.dtype)[:, None])
+                    if remembered is not None:  # NaN rows: nothing remembered yet, the start stands in
+                        known = torch.isfinite(remembered).all(dim=-1, keepdim=True)
+                        parts.insert(1, torch.where(known, remembered.to(start.dtype), start)[:, None])
                     if n_candidates > n_local:
                         parts.append(
                             standard_normal(

@@ -20,6 +20,7 @@ BENCHMARKS.md, "Amortised stage 1 on a tiny problem" and "Training step with the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -46,14 +47,14 @@ class ParticleMemory:
         generator: torch.Generator | None = None,
     ) -> ParticleMemory | None:
         """The memory a run needs: poses (rotation (N, 3, 3) uniformly random from ``generator``, shift
-        (N, 2) A zero) when stage 1 searches them, latents (N, latent_dim) at the prior's mean when the
+        (N, 2) A zero) when stage 1 searches them, latents (N, latent_dim), NaN until found, when the
         conformation search remembers; None when neither."""
         fields = {}
         if poses:
             fields["rotation"] = random_rotations(n_particles, generator=generator).to(device)
             fields["shift"] = torch.zeros(n_particles, 2, device=device)
-        if latent_dim is not None:
-            fields["latent"] = torch.zeros(n_particles, latent_dim, device=device)
+        if latent_dim is not None:  # NaN: not visited yet (the search then scores the encoder's mean twice)
+            fields["latent"] = torch.full((n_particles, latent_dim), math.nan, device=device)
         return cls(fields) if fields else None
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
