@@ -4,7 +4,8 @@ A 30-residue adenylate-kinase fragment (adk_open.pdb residues 1-30, CA atoms, 1.
 of 1.5 A pixels, no CTF, uniformly random rotations, no shift, Gaussian noise at a given SNR (signal
 variance over noise variance, per pixel over the box). ``measure`` prints the suspects at initialisation and
 at a supervised warm start; ``train`` runs a stage-1 variant and prints the median rotation error of the
-poses ``AtomVAE.encode`` returns (random rotations: 126 deg). Results: NOTES_amortised.md.
+poses ``AtomVAE.encode`` returns (random rotations: 126 deg). Results: BENCHMARKS.md, "Amortised stage 1
+on a tiny problem".
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/amortised_poses.py measure
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/amortised_poses.py train --warm-steps 400 --steps 300

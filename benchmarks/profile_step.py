@@ -10,7 +10,10 @@ Two views, both on 1 thread unless ``--threads``:
 - ``--table``: torch.profiler over 3 steps, the 25 costliest operators by self time.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py [--threads 1] [--repeats 7] [--table]
-        [--side-chains rigid|shared|decoded] [--search-candidates N] [--search-binning B]
+        [--side-chains rigid|shared|decoded] [--search-candidates N [--search-memory]] [--search-binning B]
+
+``--search-memory``: the step with ``--search-candidates`` also scores a remembered latent per image
+(``loss.search_memory``; random latents stand in for the particle memory's rows).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ def main() -> None:
     )
     parser.add_argument("--search-candidates", type=int, help="also time the step with this many candidates")
     parser.add_argument("--search-binning", type=int, help="also time the step with the search binned so")
+    parser.add_argument(
+        "--search-memory", action="store_true", help="the --search-candidates step scores a remembered latent"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = PRESETS["cpu"]
@@ -67,7 +73,9 @@ def main() -> None:
     optimizer = make_optimizer(model.trainable_parameters(2), 3e-4, torch.device("cpu"))
     n_conf = config.stage2.n_conf
 
-    def step(weights=config.loss, likelihood: bool = True) -> None:
+    remembered = {"latent": torch.randn(batch, config.model.latent_conf, generator=generator)}
+
+    def step(weights=config.loss, memory: bool = False) -> None:
         out = model.loss(
             images,
             ctf,
@@ -79,6 +87,7 @@ def main() -> None:
             given_rotation=rotation,
             given_shift=shift,
             generator=generator,
+            remembered=remembered if memory else None,
         )
         optimizer.zero_grad()
         out.total.backward()
@@ -122,7 +131,12 @@ def main() -> None:
         "step without heavy-atom clash": lambda: step(no_heavy_clash),
         "step without the conformation search": lambda: step(no_search),
         **(
-            {f"step with {args.search_candidates} search candidates": lambda: step(other_search)}
+            {
+                f"step with {args.search_candidates} search candidates"
+                + (" and the memory" if args.search_memory else ""): lambda: step(
+                    other_search, args.search_memory
+                )
+            }
             if args.search_candidates
             else {}
         ),

@@ -7,7 +7,8 @@ batches of the fixed image set and prints, every ``--report`` steps, the median 
 rotation ``AtomVAE.encode`` returns and the true one (uniformly random rotations: median 126 deg). The
 structure is fixed and chiral, so the truth is identifiable and angles are compared directly, with no
 global alignment; ``--analyse`` checks the one exact ambiguity of a projection (the mirror image of the
-structure seen through the mirrored pose) and prints the error deciles. Results: NOTES_poses.md.
+structure seen through the mirrored pose) and prints the error deciles. Results: BENCHMARKS.md, "Amortised
+stage 1 on a tiny problem".
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/stage1_poses.py --steps 2000
     ... --n-pose 64 | --model-sigma 0.06 | --render-sigma 4 | --lr 3e-4 | --rws q | --supervised

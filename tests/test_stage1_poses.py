@@ -4,8 +4,10 @@ A small asymmetric structure (adk_open.pdb residues 1-30, C-alpha atoms), 24 px 
 random rotations, no shift, no CTF, high SNR. Stage 1 as the training loop runs it (``AtomVAE.loss(stage=1)``,
 Adam on ``trainable_parameters(1)``, the amplitude set by variance matching) with the documented practical
 changes (``ModelConfig.pose_sigma_init``, ``LossWeights.hypothesis_pull`` with ``n_hypotheses`` uniformly
-drawn rotations scored per image): the rotations ``encode`` returns move from random towards the truth.
-Measurements behind the settings: NOTES_amortised.md, ``benchmarks/amortised_poses.py``.
+drawn rotations scored per image, and the particle memory that keeps each particle's best pose between
+visits): the rotations ``encode`` returns move from random to within a few degrees of the truth.
+Measurements behind the settings: BENCHMARKS.md, "Amortised stage 1 on a tiny problem" (commands
+``benchmarks/stage1_memory.py`` and ``benchmarks/amortised_poses.py``).
 """
 
 from __future__ import annotations

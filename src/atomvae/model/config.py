@@ -77,8 +77,9 @@ class ModelConfig:
     # Not in the paper (None there: the sigma layer starts at softplus(0) = 0.69 per pose-latent component):
     # the pose posterior's initial sigma. Against a 6D mean of norm ~0.4 at initialisation, 0.69 spreads
     # the pose samples over all of SO(3) (median 108 deg from the mean) and by ~4 A in shift: measured on
-    # a tiny problem (NOTES_amortised.md), that destroys a 3-deg warm start within 100 stage-1 steps, where
-    # a start at 0.02 keeps it. A value sets the sigma layer's bias to softplus^-1(value).
+    # a tiny problem (BENCHMARKS.md, "Amortised stage 1"), that destroys a 3-deg warm start within 100
+    # stage-1 steps, where a start at 0.02 keeps it. A value sets the sigma layer's bias to
+    # softplus^-1(value).
     pose_sigma_init: float | None = None
 
     def __post_init__(self) -> None:
