@@ -68,6 +68,11 @@ class ModelConfig:
     # A of per-residue translation per unit of the decoder's delta output (the output layer is
     # zero-initialised; this sets how far one unit of it moves a residue).
     delta_translation_scale: float = 1.0
+    # Not in the paper (0 there): residues also move in contiguous segments of this many (a segment a rigid
+    # body about its base centroid, decoded beside the residues' own deltas). Domains move as bodies, and a
+    # segment's motion gets the image gradient of all its residues at once where a residue alone, a blob
+    # several A from where the particles put it, gets almost none (BENCHMARKS.md, "Segments").
+    segment_size: int = 0
     # "refine" pose mode: the pose latent is a correction to the given pose. A unit latent turns
     # the rotation by about atan(refine_rotation_scale) (0.1 -> ~6 degrees) and shifts by
     # refine_shift_scale A, so the N(0, I) prior is a prior on small corrections.
@@ -114,6 +119,8 @@ class ModelConfig:
             raise ValueError(f"amplitude must be one of {AMPLITUDE_MODES}, got {self.amplitude!r}")
         if self.pose_sigma_init is not None and self.pose_sigma_init <= 0:
             raise ValueError(f"pose_sigma_init must be > 0, got {self.pose_sigma_init}")
+        if self.segment_size < 0:
+            raise ValueError(f"segment_size must be >= 0 (0: no segments), got {self.segment_size}")
         if self.render_sigma <= 0:
             raise ValueError(f"render_sigma must be > 0 A, got {self.render_sigma}")
 

@@ -12,6 +12,11 @@ residual updates and the frame layer are zero -- the decoder returns the base st
 residue including its side chain is one rigid body: atoms = frame applied to the residue-local
 coordinates of the base structure.
 
+Not in the paper, optional (``ModelConfig.segment_size``): contiguous segments of residues move as rigid
+bodies about their base centroids c_s, decoded by a second zero-initialised layer Linear(9 S) the same way
+(rotation R_s, translation t_s); a residue's frame is then T_s o base o delta with T_s x = R_s (x - c_s) +
+c_s + t_s, so a zero output is still the base.
+
 Not in the paper, optional (``ModelConfig.side_chains``): per-residue chi offsets (radians), one learnt
 set for every particle ("shared") or read from d by a second zero-initialised layer Linear(4 R)
 ("decoded"), and the side chains turn about their chi bonds
@@ -61,6 +66,8 @@ class ConformationDecoder(nn.Module):
     base_rot: torch.Tensor  # buffers, declared for the type checker
     base_trans: torch.Tensor
     local_all: torch.Tensor
+    segment_of_residue: torch.Tensor
+    segment_centroid: torch.Tensor
 
     def __init__(self, config: ModelConfig, base_rot: torch.Tensor, base_trans: torch.Tensor):
         super().__init__()
@@ -75,6 +82,17 @@ class ConformationDecoder(nn.Module):
         self.final_norm = nn.LayerNorm(width)
         self.to_decoded = linear(width, config.decoded_dim)
         self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
+        # Segments (not in the paper): residue r belongs to segment r // segment_size.
+        self.n_segments = 0
+        self.to_segments: nn.Linear | None = None
+        if config.segment_size > 0:
+            segment = torch.arange(n_residues) // config.segment_size
+            self.n_segments = int(segment[-1]) + 1
+            self.to_segments = linear(config.decoded_dim, 9 * self.n_segments, zero=True)
+            centroid = torch.zeros(self.n_segments, 3).index_add(0, segment, base_trans.detach().float())
+            centroid /= torch.bincount(segment, minlength=self.n_segments).unsqueeze(-1)
+            self.register_buffer("segment_of_residue", segment, persistent=False)
+            self.register_buffer("segment_centroid", centroid, persistent=False)
         # Side-chain torsions (not in the paper): decoded from d, or one shared set of offsets (from 0).
         self.to_torsions: nn.Linear | None = None
         self.shared_torsions: nn.Parameter | None = None
@@ -133,7 +151,10 @@ class ConformationDecoder(nn.Module):
 
     def delta_frames(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """d (..., decoded_dim) -> delta rotations (..., R, 3, 3), delta translations (..., R, 3) A."""
-        out = self.to_frames(d).unflatten(-1, (self.n_residues, 9))
+        return self._rigid_deltas(self.to_frames(d).unflatten(-1, (self.n_residues, 9)))
+
+    def _rigid_deltas(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw outputs (..., N, 9) -> rotations (..., N, 3, 3), translations (..., N, 3) A."""
         translation = self.delta_translation_scale * out[..., 0:3]
         # Offsetting by the identity's first two columns makes a zero output the identity rotation.
         e_x = out.new_tensor([1.0, 0.0, 0.0])
@@ -160,7 +181,15 @@ class ConformationDecoder(nn.Module):
         """d (..., decoded_dim) -> residue frames (..., R, 3, 3), (..., R, 3) A: new = base @ delta."""
         delta = Rigid(*self.delta_frames(d))
         new = Rigid(self.base_rot, self.base_trans).to(delta.rot.dtype) @ delta
-        return new.rot, new.trans
+        if self.to_segments is None:
+            return new.rot, new.trans
+        # Each segment turns about its base centroid c and moves by t: x -> R (x - c) + c + t.
+        seg_rot, seg_trans = self._rigid_deltas(self.to_segments(d).unflatten(-1, (self.n_segments, 9)))
+        rot_r = seg_rot.index_select(-3, self.segment_of_residue)  # (..., R, 3, 3)
+        centre = self.segment_centroid.to(new.trans.dtype).index_select(0, self.segment_of_residue)  # (R, 3)
+        shift = seg_trans.index_select(-2, self.segment_of_residue)
+        trans = (rot_r @ (new.trans - centre).unsqueeze(-1)).squeeze(-1) + centre + shift
+        return rot_r @ new.rot, trans
 
     def local(self, atom_set: str, chi: torch.Tensor | None = None) -> torch.Tensor:
         """Residue-local coordinates of ``atom_set``: (A', 3) A, or (..., A', 3) with the side chains turned
