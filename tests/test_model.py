@@ -608,3 +608,14 @@ def test_segments_move_rigidly_about_their_base_centroids(base):
         torch.testing.assert_close(torch.cdist(moved, moved), torch.cdist(still, still).expand(3, -1, -1))
         torch.testing.assert_close(moved.mean(dim=1), still.mean(dim=0).expand(3, -1), atol=1e-4, rtol=0)
     assert (ca - base_ca).norm(dim=-1).max() > 0.5  # and they did turn
+
+
+def test_segments_are_runs_of_consecutive_residues_that_never_span_a_chain_break():
+    import numpy as np
+
+    from atomvae.model.decoder import residue_segments
+
+    bonded = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 0], dtype=bool)  # chains of 6 and 4 residues
+    assert residue_segments(bonded, 4).tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    assert residue_segments(bonded, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert residue_segments(np.ones(5, dtype=bool), 10).tolist() == [0] * 5

@@ -41,6 +41,19 @@ from atomvae.structure.torsions import MAX_CHI, SideChainTorsions
 TORSION_RATE = 10.0  # radians of shared chi offset per unit of its parameter (see ConformationDecoder)
 
 
+def residue_segments(bonded_to_next: np.ndarray, segment_size: int) -> np.ndarray:
+    """Segment index (R,) of each residue: runs of ``segment_size`` consecutive residues, a new run starting
+    after every residue not bonded to the next (a chain end or a gap in the model)."""
+    segment = np.zeros(len(bonded_to_next), dtype=np.int64)
+    current, length = 0, 0
+    for r in range(len(bonded_to_next)):
+        if length == segment_size or (r > 0 and not bonded_to_next[r - 1]):
+            current, length = current + 1, 0
+        segment[r] = current
+        length += 1
+    return segment
+
+
 class ResidualBlock(nn.Module):
     """x + Linear(leaky_relu(Linear(LayerNorm(x)))), the update's last layer zero-initialised."""
 
@@ -69,7 +82,15 @@ class ConformationDecoder(nn.Module):
     segment_of_residue: torch.Tensor
     segment_centroid: torch.Tensor
 
-    def __init__(self, config: ModelConfig, base_rot: torch.Tensor, base_trans: torch.Tensor):
+    def __init__(
+        self,
+        config: ModelConfig,
+        base_rot: torch.Tensor,
+        base_trans: torch.Tensor,
+        bonded_to_next: np.ndarray | None = None,
+    ):
+        """bonded_to_next (R,) bool: residue r is peptide-bonded to r + 1 (segments never span a chain
+        break); None: one chain."""
         super().__init__()
         n_residues = base_rot.shape[0]
         width = config.decoder_width
@@ -86,7 +107,8 @@ class ConformationDecoder(nn.Module):
         self.n_segments = 0
         self.to_segments: nn.Linear | None = None
         if config.segment_size > 0:
-            segment = torch.arange(n_residues) // config.segment_size
+            bonded = np.ones(n_residues, bool) if bonded_to_next is None else np.asarray(bonded_to_next, bool)
+            segment = torch.as_tensor(residue_segments(bonded, config.segment_size))
             self.n_segments = int(segment[-1]) + 1
             self.to_segments = linear(config.decoded_dim, 9 * self.n_segments, zero=True)
             centroid = torch.zeros(self.n_segments, 3).index_add(0, segment, base_trans.detach().float())

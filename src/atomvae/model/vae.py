@@ -156,7 +156,9 @@ class AtomVAE(nn.Module):
 
         self.encoder = ImageEncoder(config)
         self.conf_posterior = ConformationPosterior(self.encoder.out_features, config.latent_conf)
-        self.decoder = ConformationDecoder(config, base_rot.float(), base_trans.float())
+        self.decoder = ConformationDecoder(
+            config, base_rot.float(), base_trans.float(), np.asarray(base_topology.bonded_to_next)
+        )
         self.pose_head = PoseHead(config, self.encoder.out_features)
         # Images have an arbitrary intensity scale against unit-mass Gaussians: one learnt global
         # amplitude (log-parameterised: positive), set from data by initialise_amplitude().
