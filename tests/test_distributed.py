@@ -65,8 +65,19 @@ def _config():
     )
 
 
-def _train(star, run_dir, max_steps, resume=False):
-    train(_config(), star, BASE_PDB, run_dir, max_steps=max_steps, resume=resume, show_progress=False)
+def _memory_config():
+    # The particle memory: stage 1's pose search with the hypothesis pull, stage 2's conformation search.
+    config = _config()
+    return replace(
+        config,
+        loss=replace(config.loss, hypothesis_pull=1.0, search_candidates=4, search_memory=True),
+        stage1=replace(config.stage1, pose_hypotheses=4),
+    )
+
+
+def _train(star, run_dir, max_steps, resume=False, memory=False):
+    config = _memory_config() if memory else _config()
+    train(config, star, BASE_PDB, run_dir, max_steps=max_steps, resume=resume, show_progress=False)
 
 
 def _state(run_dir):
@@ -132,6 +143,25 @@ def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
     )
     for name, value in _state(one)["model"].items():
         torch.testing.assert_close(_state(two)["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_processes_keep_the_particle_memory_of_one(tmp_path):
+    """Each rank sends what its share found, so both ranks hold the whole memory, the same as one process's:
+    stage 1 (6 steps, the last batch split unevenly) and two stage-2 steps."""
+    star = write_particles(tmp_path / "data", n=48)
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(star, one, 8, False, True)
+    run_processes(2, _train, star, two, 8, False, True)
+    losses_one, _ = _losses(one)
+    losses_two, _ = _losses(two)
+    np.testing.assert_allclose(
+        [losses_two[s] for s in range(1, 9)], [losses_one[s] for s in range(1, 9)], rtol=1e-5
+    )
+    memory_one, memory_two = _state(one)["particle_memory"], _state(two)["particle_memory"]
+    assert set(memory_one) == {"rotation", "shift", "latent"}
+    for name, value in memory_one.items():
+        torch.testing.assert_close(memory_two[name], value, rtol=1e-4, atol=1e-4, equal_nan=True, msg=name)
+    assert int(torch.isfinite(memory_one["latent"]).all(dim=1).sum()) >= 16  # two stage-2 batches of 8
 
 
 def test_weighted_shard_gradients_sum_to_the_global_batch_gradient(tmp_path):
