@@ -435,27 +435,35 @@ def test_sleep_phase_teaches_the_encoder_only(base):
     assert last < first - 10.0  # -log q(z | y) of fresh synthetic particles fell by > 10 nats per image
 
 
-@pytest.mark.parametrize("binning", [1, 2])
-def test_conformation_search_finds_the_latent_of_a_clean_image(base, binning):
+def clean_search_problem(base, n: int = 6):
+    """A model with a latent of 2 and a decoder that moves residues, and clean CTF'd images of n random
+    latents at random rotations: (model, z_true (n, 2), rotation (n, 3, 3), shift (n, 2) A, images, the
+    C-alpha RMSD (A) of decoded latents (n, 2) to the true ones' structures, and the draw's generator)."""
     model = make_model(base, latent_conf=2, render_atoms="CA", render_sigma=2.0)
     perturb_decoder(model, seed=5, scale=0.3)
     generator = torch.Generator().manual_seed(1)
-    n = 6
     z_true = torch.randn(n, 2, generator=generator)
     rotation = random_rotations(n, generator=generator)
     shift = torch.zeros(n, 2)
     with torch.no_grad():
         images = model.render_images(model.decoder(z_true, "render"), rotation, shift, batch_ctf(n))
-    start = -z_true
-    best, gain, _ = model.search_conformations(
-        images, batch_ctf(n), rotation, shift, start, 32, 0.5, generator, rounds=3, binning=binning
-    )
-    assert (gain >= 0).all() and (gain > 0).any()
 
     def rmsd_to_truth(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return (model.decoder(z, "CA") - model.decoder(z_true, "CA")).square().sum(-1).mean(-1).sqrt()
 
+    return model, z_true, rotation, shift, images, rmsd_to_truth, generator
+
+
+@pytest.mark.parametrize("binning", [1, 2])
+def test_conformation_search_finds_the_latent_of_a_clean_image(base, binning):
+    n = 6
+    model, z_true, rotation, shift, images, rmsd_to_truth, generator = clean_search_problem(base, n)
+    start = -z_true
+    best, gain = model.search_conformations(
+        images, batch_ctf(n), rotation, shift, start, 32, 0.5, generator, rounds=3, binning=binning
+    )
+    assert (gain >= 0).all() and (gain > 0).any()
     assert (rmsd_to_truth(best) <= rmsd_to_truth(start) + 1e-6).all()
     assert rmsd_to_truth(best).mean() < 0.3 * rmsd_to_truth(start).mean()
 
@@ -464,15 +472,8 @@ def test_conformation_search_keeps_a_remembered_latent_that_explains_the_image(b
     """A remembered latent (``atomvae.train.particle_memory``) is scored beside the fresh candidates: with
     the true latent of a clean image remembered, the search ends at least as good by its own objective and
     far nearer the true structure than without; a NaN row (nothing remembered) changes nothing."""
-    model = make_model(base, latent_conf=2, render_atoms="CA", render_sigma=2.0)
-    perturb_decoder(model, seed=5, scale=0.3)
-    generator = torch.Generator().manual_seed(1)
     n = 6
-    z_true = torch.randn(n, 2, generator=generator)
-    rotation = random_rotations(n, generator=generator)
-    shift = torch.zeros(n, 2)
-    with torch.no_grad():
-        images = model.render_images(model.decoder(z_true, "render"), rotation, shift, batch_ctf(n))
+    model, z_true, rotation, shift, images, rmsd_to_truth, _ = clean_search_problem(base, n)
 
     def search(remembered):
         return model.search_conformations(
@@ -492,11 +493,7 @@ def test_conformation_search_keeps_a_remembered_latent_that_explains_the_image(b
             predicted = model.render_images(model.decoder(z, "render"), rotation, shift, batch_ctf(n), images)
             return gaussian_log_likelihood(images, predicted, model.noise_sigma) - 0.5 * z.square().sum(-1)
 
-    def rmsd_to_truth(z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return (model.decoder(z, "CA") - model.decoder(z_true, "CA")).square().sum(-1).mean(-1).sqrt()
-
-    kept, gain, _ = search(z_true)
+    kept, gain = search(z_true)
     assert (score(kept) >= score(z_true) - 1e-3).all() and (gain > 0).all()
     unknown = search(torch.full((n, 2), math.nan))[0]
     alone = search(None)[0]

@@ -429,7 +429,7 @@ class AtomVAE(nn.Module):
                 # The samples are drawn around the best latent the likelihood finds (LossWeights, "search");
                 # the encoder learns to propose it.
                 rotation0, shift0 = self._search_pose(h, mu_c.detach(), mode, given_rotation, given_shift)
-                best, search_gain, best_score = self.search_conformations(
+                best, search_gain = self.search_conformations(
                     images,
                     ctf,
                     rotation0,
@@ -526,15 +526,6 @@ class AtomVAE(nn.Module):
             predicted = self.render_images(coords.unsqueeze(2), rotation, shift, ctf, target)
             log_lik = gaussian_log_likelihood(target, predicted, self.noise_sigma)
             per_image = iwae_log_mean_likelihood(log_lik.flatten(start_dim=1))  # (B,)
-            if searching and not mode.uses_pose_head:
-                # The likelihood's own samples around the best are scored already, by the search's objective
-                # at the same pose: one that beats the best is what this visit found (particle memory).
-                with torch.no_grad():
-                    sample_score = log_lik[..., 0].detach() - 0.5 * z_conf.detach().square().sum(-1)
-                    top_score, top = sample_score.max(dim=1)  # (B,)
-                    rows = torch.arange(batch, device=top.device)
-                    better = (top_score > best_score)[:, None]
-                    found["latent"] = torch.where(better, z_conf.detach()[rows, top], best)
 
             pull = zero
             if stage == 1 and weights.hypothesis_pull > 0 and mu_p is not None:
@@ -627,7 +618,7 @@ class AtomVAE(nn.Module):
         rounds: int = 1,
         binning: int = 1,
         remembered: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best latent of each image by log p(y | z) + log p(z) (nats), and its gain over ``start``.
         With ``binning`` > 1 (and the box divisible by it) the candidates are first scored on the binned
         images (``binned_renders``, a quarter of the render cost at 2) and only the best n_candidates // 4
@@ -638,8 +629,7 @@ class AtomVAE(nn.Module):
         current best, n_candidates // 4 latents drawn around it (sd ``local_scale``, halved each round) and,
         in the first round, the rest drawn from the prior N(0, I); ``remembered`` (B, latent), each image's
         best latent of earlier visits (``atomvae.train.particle_memory``; NaN rows: none yet), is a
-        first-round candidate too.
-        Returns best (B, latent), gain (B,) >= 0 and the best's score (B,) nats.
+        first-round candidate too. Returns best (B, latent), gain (B,) >= 0.
         """
         batch, latent = start.shape
         with torch.autocast(device_type=start.device.type, enabled=False):
@@ -701,7 +691,7 @@ class AtomVAE(nn.Module):
                 better = scores[rows, top] > best_score
                 best = torch.where(better[:, None], candidates[rows, top], best)
                 best_score = torch.where(better, scores[rows, top], best_score)
-        return best, best_score - start_score, best_score
+        return best, best_score - start_score
 
     def hypothesis_pull(
         self,
@@ -855,7 +845,7 @@ class AtomVAE(nn.Module):
         mu_c, sigma_c = self.conf_posterior(h)
         if search is not None and search.search_candidates > 0:
             rotation0, shift0 = self._search_pose(h, _full(mu_c), mode, given_rotation, given_shift)
-            mu_c, _, _ = self.search_conformations(
+            mu_c, _ = self.search_conformations(
                 images,
                 ctf,
                 rotation0,
