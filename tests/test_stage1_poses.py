@@ -201,7 +201,7 @@ def test_stage1_learns_poses_from_scratch():
     returns from random (median 126 degrees) to a median under 5 degrees in 2000 steps (~45 s of one CPU
     thread; measured medians 88 / 24 / 12 / 6.2 / 4.2 / 4.0 deg at steps 100 / 300 / 600 / 1000 / 1500 /
     2000, the memory itself at 2.8 deg from step ~700; BENCHMARKS.md, "Amortised stage 1 on a tiny
-    problem"). Without the memory the same run reached 46.5 deg."""
+    problem"). Without the memory the same run reached 33.7 deg."""
 
     torch.set_num_threads(1)
     model, images, rotations = fragment_problem(64, 30, snr=3.0, seed=0, pose_sigma_init=0.05)
