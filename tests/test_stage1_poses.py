@@ -199,8 +199,8 @@ def test_pose_memory_keeps_each_particles_best_pose_and_only_improves_it():
 def test_stage1_learns_poses_from_scratch():
     """From a random start, stage 1 with the hypothesis pull and the pose memory brings the poses ``encode``
     returns from random (median 126 degrees) to a median under 5 degrees in 2000 steps (~45 s of one CPU
-    thread; measured medians 88 / 24 / 12 / 6.2 / 4.2 / 4.0 deg at steps 100 / 300 / 600 / 1000 / 1500 /
-    2000, the memory itself at 2.8 deg from step ~700; BENCHMARKS.md, "Amortised stage 1 on a tiny
+    thread; measured medians 88 / 24 / 12 / 8.8 / 4.2 / 4.0 deg at steps 100 / 300 / 600 / 1000 / 1500 /
+    2000, the memory itself at 2.7-3.2 deg from step ~700; BENCHMARKS.md, "Amortised stage 1 on a tiny
     problem"). Without the memory the same run reached 33.7 deg."""
 
     torch.set_num_threads(1)
