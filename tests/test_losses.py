@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
+import roma
 import torch
+from MDAnalysisTests.datafiles import PDB_xsmall  # adk_open_10res.pdb
 from scipy import stats
 
+from atomvae.evaluate.stereochemistry import backbone_angles
 from atomvae.model.losses import (
     backbone_continuity,
     bond_outliers,
@@ -17,7 +20,10 @@ from atomvae.model.losses import (
     gaussian_log_likelihood,
     iwae_log_mean_likelihood,
     kl_diagonal_normal,
+    peptide_distances,
+    peptide_geometry,
 )
+from atomvae.structure.io import read_structure
 
 
 def test_gaussian_log_likelihood_matches_scipy_including_normalisation():
@@ -160,3 +166,67 @@ def test_centering_hand_computed_and_gradient():
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c: centering(center_of_mass(c)), (x,))
+
+
+def _backbone(structure) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, 3) float64 positions of CA, C and N of each residue."""
+    coords = torch.as_tensor(structure.coords, dtype=torch.float64)
+    return tuple(coords[np.asarray(structure.topology.atom_index(name))] for name in ("CA", "C", "N"))
+
+
+def test_peptide_geometry_sees_the_angles_the_bond_length_does_not():
+    """Turning residue 5 onwards about the C(4)-N(5) bond keeps that bond's length, so
+    ``backbone_continuity`` cannot see it, but it changes omega (CA-CA distance, CA's height); turning
+    them about an axis through N(5) across the bond changes the C-N-CA angle. ``peptide_geometry`` sees
+    both, is zero for the unmoved base and equals the hand-computed mean square of the four measures'
+    changes."""
+    structure = read_structure(PDB_xsmall)
+    ca, c, n = _backbone(structure)
+    bonded = torch.as_tensor(np.asarray(structure.topology.bonded_to_next))
+    base = peptide_distances(ca, c, n)
+    assert peptide_geometry(ca, c, n, base, bonded).item() == pytest.approx(0.0, abs=1e-20)
+
+    def turned(axis: torch.Tensor, pivot: torch.Tensor, degrees: float) -> tuple[torch.Tensor, ...]:
+        rotation = roma.rotvec_to_rotmat(axis / axis.norm() * math.radians(degrees))
+        return tuple(torch.cat([x[:5], (x[5:] - pivot) @ rotation.T + pivot]) for x in (ca, c, n))
+
+    # about the peptide bond itself: omega changes by 30 degrees, the bond length not at all
+    ca_t, c_t, n_t = turned(n[5] - c[4], n[5], 30.0)
+    assert backbone_continuity(c_t, n_t, bonded).item() == pytest.approx(
+        backbone_continuity(c, n, bonded).item(), abs=1e-12
+    )
+    moved = peptide_distances(ca_t, c_t, n_t) - base
+    assert 0.03 < moved[4, 2].abs() < 0.1  # CA(4)-CA(5): second order in omega
+    assert moved[4, 3].abs() > 0.5  # the height of CA(5) over the peptide plane: first order
+    mask = bonded[:-1]
+    expected = moved[mask].square().mean()
+    assert peptide_geometry(ca_t, c_t, n_t, base, bonded).item() == pytest.approx(expected.item(), rel=1e-12)
+
+    # across the bond, about N(5): the C-N-CA angle changes by about the turn, and the term follows
+    normal = torch.linalg.cross(n[5] - c[4], ca[5] - n[5])
+    ca_t, c_t, n_t = turned(normal, n[5], 10.0)
+    angle_before = backbone_angles(np.stack([structure.coords]), structure.topology)["C-N-CA"][0, 4]
+    coords_t = torch.as_tensor(structure.coords, dtype=torch.float64).clone()
+    moving = torch.as_tensor(np.asarray(structure.topology.residue_index) >= 5)
+    rotation = roma.rotvec_to_rotmat(normal / normal.norm() * math.radians(10.0))
+    coords_t[moving] = (coords_t[moving] - n[5]) @ rotation.T + n[5]
+    angle_after = backbone_angles(coords_t.numpy()[None], structure.topology)["C-N-CA"][0, 4]
+    assert abs(abs(angle_after - angle_before) - 10.0) < 1e-6
+    moved = peptide_distances(ca_t, c_t, n_t) - base
+    assert moved[4, 1].abs() > 0.1  # C(4)-CA(5), across the changed angle
+    assert peptide_geometry(ca_t, c_t, n_t, base, bonded).item() == pytest.approx(
+        moved[mask].square().mean().item(), rel=1e-12
+    )
+
+
+def test_peptide_geometry_gradient_matches_finite_differences():
+    structure = read_structure(PDB_xsmall)
+    generator = torch.Generator().manual_seed(7)
+    ca, c, n = (
+        (x + 0.2 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).requires_grad_()
+        for x in _backbone(structure)
+    )
+    base = peptide_distances(*_backbone(structure))
+    bonded = torch.as_tensor(np.asarray(structure.topology.bonded_to_next)).clone()
+    bonded[3] = False  # a chain break is skipped
+    assert torch.autograd.gradcheck(lambda a, b, d: peptide_geometry(a, b, d, base, bonded), (ca, c, n))

@@ -10,7 +10,7 @@ from MDAnalysisTests.datafiles import PDB_xsmall  # adk_open_10res.pdb
 
 from atomvae.geometry.rotations import random_rotations
 from atomvae.model.config import LossWeights, ModelConfig
-from atomvae.model.losses import backbone_continuity, gaussian_log_likelihood
+from atomvae.model.losses import backbone_continuity, gaussian_log_likelihood, peptide_geometry
 from atomvae.model.pose import latent_to_pose, latent_to_pose_correction
 from atomvae.model.vae import AtomVAE
 from atomvae.physics.ctf import CTFParams
@@ -328,7 +328,8 @@ def test_per_image_log_likelihood_equals_direct_computation(base):
 
 
 def test_structure_losses_gradcheck_through_decoder(base):
-    """Backbone continuity and centering of decoded structures vs finite differences (float64)."""
+    """Backbone continuity, peptide geometry and centering of decoded structures vs finite differences
+    (float64)."""
     model = make_model(base, latent_conf=4).double()
     perturb_decoder(model, seed=5, scale=0.1)
     generator = torch.Generator().manual_seed(6)
@@ -339,7 +340,9 @@ def test_structure_losses_gradcheck_through_decoder(base):
         bond = backbone_continuity(
             model.decoder.atoms(rot, trans, "C"), model.decoder.atoms(rot, trans, "N"), model.bonded_to_next
         )
-        return bond + model.decoder.center_of_mass(rot, trans).square().sum(-1)
+        backbone = [model.decoder.atoms(rot, trans, name) for name in ("CA", "C", "N")]
+        peptide = peptide_geometry(*backbone, model.base_peptide_distances.double(), model.bonded_to_next)
+        return bond + peptide + model.decoder.center_of_mass(rot, trans).square().sum(-1)
 
     assert torch.autograd.gradcheck(structure_loss, (z,))
 
@@ -616,3 +619,35 @@ def test_segments_are_runs_of_consecutive_residues_that_never_span_a_chain_break
     assert residue_segments(bonded, 4).tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
     assert residue_segments(bonded, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
     assert residue_segments(np.ones(5, dtype=bool), 10).tolist() == [0] * 5
+
+
+def test_peptide_geometry_term_is_zero_at_the_base_and_counted_in_the_loss(base):
+    """At initialisation the decoder returns the base, so the term is zero; once the decoder moves
+    residues it is positive and enters the total with its weight."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(2, BOX, BOX, generator=generator)
+    rotation = random_rotations(2, generator=generator)
+    shift = torch.zeros(2, 2)
+
+    def terms(model, weight):
+        out = model.loss(
+            images,
+            batch_ctf(2),
+            stage=2,
+            n_conf=2,
+            n_pose=1,
+            weights=LossWeights(peptide_geometry=weight),
+            given_rotation=rotation,
+            given_shift=shift,
+            pose_mode="given",
+            generator=torch.Generator().manual_seed(0),
+        )
+        return out.terms
+
+    model = make_model(base)
+    assert terms(model, 1.0)["peptide_geometry"] == pytest.approx(0.0, abs=1e-8)
+    perturb_decoder(model, seed=1, scale=0.1)
+    with_term, without = terms(model, 1000.0), terms(model, 0.0)
+    assert with_term["peptide_geometry"] > 1e-3 and without["peptide_geometry"] == 0.0
+    added = with_term["total"] - without["total"]
+    assert added == pytest.approx(1000.0 * with_term["peptide_geometry"], rel=1e-3)

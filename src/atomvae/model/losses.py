@@ -75,6 +75,53 @@ def backbone_continuity(
     return (distance - bond_length).square().mean(dim=-1)
 
 
+def peptide_distances(ca_atoms: torch.Tensor, c_atoms: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
+    """What fixes the peptide unit across each bond i -> i+1, (..., R-1, 4) in A: the distances CA(i)-N(i+1),
+    C(i)-CA(i+1) and CA(i)-CA(i+1), and the signed height of CA(i+1) above the plane of CA(i), C(i),
+    N(i+1); from positions (..., R, 3) of each residue's CA, C and N.
+
+    With the C(i)-N(i+1) bond length (``backbone_continuity``) and the rigid residues' own N-CA and CA-C,
+    the distances fix the angles CA-C-N and C-N-CA and omega's cosine; the height is omega's sine, so a
+    twist of the planar peptide is seen to first order (a distance across a dihedral near 180 degrees
+    changes only to second order: 30 degrees of omega move CA-CA by 0.05 A, the height by 0.6 A).
+    What is left between two rigid residues is phi and psi.
+    """
+    ca_i, c_i = ca_atoms[..., :-1, :], c_atoms[..., :-1, :]
+    n_next, ca_next = n_atoms[..., 1:, :], ca_atoms[..., 1:, :]
+    pairs = torch.stack([ca_i - n_next, c_i - ca_next, ca_i - ca_next], dim=-2)  # (..., R-1, 3, xyz)
+    distances = pairs.square().sum(dim=-1).clamp_min(1e-12).sqrt()
+    normal = torch.linalg.cross(c_i - ca_i, n_next - c_i, dim=-1)
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    height = ((ca_next - n_next) * normal).sum(dim=-1, keepdim=True)
+    return torch.cat([distances, height], dim=-1)
+
+
+def peptide_geometry(
+    ca_atoms: torch.Tensor,
+    c_atoms: torch.Tensor,
+    n_atoms: torch.Tensor,
+    base_distances: torch.Tensor,
+    bonded_to_next: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over bonded residue pairs and the four ``peptide_distances`` of their squared deviation
+    from the base structure's (A^2): the peptide unit's angles and planarity kept as the base has them.
+
+    ca_atoms, c_atoms, n_atoms: (..., R, 3) A; base_distances: (R-1, 4) A, ``peptide_distances`` of the
+    base; bonded_to_next: (R,) bool. Returns (...); zero with no bonded pair.
+    Why: the bond length alone leaves each residue free to turn about its peptide bond; trained without
+    this, sampled adenylate kinase had CA-C-N and C-N-CA angles 21 degrees (rms) from Engh & Huber and
+    24% Ramachandran outliers (the base: 2-3 degrees, none; BENCHMARKS.md, "Peptide geometry").
+    The base's own values, not ideal ones: cis peptides (CA-CA 2.9 A instead of 3.8 A) stay cis.
+    """
+    mask = torch.as_tensor(bonded_to_next[:-1], dtype=torch.bool, device=ca_atoms.device)
+    if not bool(mask.any()):
+        return ca_atoms.new_zeros(ca_atoms.shape[:-2])
+    deviation = peptide_distances(ca_atoms, c_atoms, n_atoms)[..., mask, :] - base_distances[mask].to(
+        ca_atoms.dtype
+    )
+    return deviation.square().mean(dim=(-2, -1))
+
+
 def bond_outliers(
     c_atoms: torch.Tensor,
     n_atoms: torch.Tensor,

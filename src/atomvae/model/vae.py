@@ -43,6 +43,8 @@ from atomvae.model.losses import (
     kl_diagonal_normal,
     neighbour_orientation,
     non_neighbour_pairs,
+    peptide_distances,
+    peptide_geometry,
     relative_orientations,
     residue_padded_layout,
 )
@@ -118,6 +120,7 @@ class AtomVAE(nn.Module):
     bonded_to_next: torch.Tensor
     clash_pairs: torch.Tensor
     base_relative_orientations: torch.Tensor
+    base_peptide_distances: torch.Tensor  # (R-1, 4) A, losses.peptide_distances of the base
     base_center: torch.Tensor
     base_coords: torch.Tensor
     base_render_coords: torch.Tensor
@@ -246,6 +249,10 @@ class AtomVAE(nn.Module):
         self.register_buffer(
             "base_relative_orientations", relative_orientations(base_rot.float()), persistent=False
         )
+        base_backbone = (
+            self.decoder.atoms(base_rot.float(), base_trans.float(), atom) for atom in ("CA", "C", "N")
+        )
+        self.register_buffer("base_peptide_distances", peptide_distances(*base_backbone), persistent=False)
         self.register_buffer("base_center", center64.float())
         self.register_buffer("base_coords", coords64.float())  # (A, 3) model frame
         self.register_buffer("base_render_coords", base_render.float())
@@ -417,7 +424,7 @@ class AtomVAE(nn.Module):
         # The networks may run under the caller's autocast (bf16 on CUDA).
         h = self.encoder(self.encoder_input(images, ctf))
         zero = _full(h).new_zeros(batch)
-        kl_conf = backbone = outliers = center_sq = clash = heavy_clash = orientation = zero
+        kl_conf = backbone = outliers = peptide = center_sq = clash = heavy_clash = orientation = zero
 
         # Stage 1: the pose head's input as stage 2 will give it, without gradient (module docstring).
         searching = stage == 2 and weights.search_candidates > 0
@@ -477,6 +484,11 @@ class AtomVAE(nn.Module):
                         self.bonded_to_next,
                         weights.peptide_bond_length,
                         weights.bond_tolerance,
+                    ).mean(dim=1)
+                if weights.peptide_geometry > 0:
+                    every_ca = self.decoder.atoms(rot, trans, "CA")
+                    peptide = peptide_geometry(
+                        every_ca, c_atoms, n_atoms, self.base_peptide_distances, self.bonded_to_next
                     ).mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans, chi=chi)).mean(dim=1)
                 if weights.orientation > 0:
@@ -559,6 +571,7 @@ class AtomVAE(nn.Module):
                 + weights.beta_pose * kl_pose
                 + weights.backbone * backbone
                 + weights.bond_outliers * outliers
+                + weights.peptide_geometry * peptide
                 + weights.centering * center_sq
                 + weights.clash * clash
                 + weights.orientation * orientation
@@ -572,6 +585,7 @@ class AtomVAE(nn.Module):
             "kl_pose": float(kl_pose.detach().mean()),
             "backbone": float(backbone.detach().mean()),
             "bond_outliers": float(outliers.detach().mean()),
+            "peptide_geometry": float(peptide.detach().mean()),
             "centering": float(center_sq.detach().mean()),
             "clash": float(clash.detach().mean()),
             "heavy_clash": float(heavy_clash.detach().mean()),
