@@ -15,6 +15,7 @@ Run from the repository root after `benchmarks/adk.py --out OUT --particles 4000
     .venv/bin/python benchmarks/searched_diagnostics.py OUT resolution --particles 400
     .venv/bin/python benchmarks/searched_diagnostics.py OUT rank
     .venv/bin/python benchmarks/searched_diagnostics.py OUT anm
+    .venv/bin/python benchmarks/searched_diagnostics.py OUT domains
     .venv/bin/python benchmarks/searched_diagnostics.py OUT extrapolate
 """
 
@@ -45,6 +46,8 @@ from atomvae.train.pose_search import (
 from atomvae.train.searched import render_atoms_of_base
 
 GROUPS = {"closed": (0, 30), "intermediate": (30, 70), "open": (70, 10**6)}
+# Adenylate kinase's domains (1-based residue ranges, as in the adk literature): diagnostics only.
+ADK_DOMAINS = {"CORE": ((1, 29), (60, 121), (160, 214)), "NMP": ((30, 59),), "LID": ((122, 159),)}
 
 
 def superposed(mobile: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -61,7 +64,7 @@ def rmsd(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the adk.py --out folder (sim/, base_open_docked.pdb)")
-    parser.add_argument("what", choices=("resolution", "rank", "anm", "extrapolate"))
+    parser.add_argument("what", choices=("resolution", "rank", "anm", "domains", "extrapolate"))
     parser.add_argument("--particles", type=int, default=400)
     parser.add_argument("--resolutions", default="8,12,16,24")
     parser.add_argument("--run", type=Path, help="extrapolate: the learning run (default round 1's)")
@@ -136,6 +139,36 @@ def main() -> None:
                 f"{np.mean(errors < 10):.2f}, within 20 deg {np.mean(errors < 20):.2f}",
                 flush=True,
             )
+    elif args.what == "domains":
+        # The base's three domains (CORE, NMP, LID; residue ranges of the adk literature) each superposed
+        # rigidly onto frame 8: how close a reference made of rigidly moved domains can come to the closed
+        # state, and how well it poses the closed particles.
+        residue_of_ca = base.topology.residue_index[base.topology.select("CA")]
+        frame8 = superposed(frames[8][ca_traj], ca_base)
+        moved = centred.copy()
+        assembled = ca_base.copy()
+        for name, ranges in ADK_DOMAINS.items():
+            in_domain = np.zeros(len(ca_base), dtype=bool)
+            for lo, hi in ranges:
+                in_domain |= (residue_of_ca >= lo - 1) & (residue_of_ca <= hi - 1)
+            rotation, shift = (
+                t.numpy()
+                for t in kabsch(torch.as_tensor(ca_base[in_domain]), torch.as_tensor(frame8[in_domain]))
+            )
+            assembled[in_domain] = ca_base[in_domain] @ rotation.T + shift
+            atoms = np.isin(base.topology.residue_index, residue_of_ca[in_domain])
+            moved[atoms] = centred[atoms] @ rotation.T + shift
+            print(f"{name}: base {rmsd(ca_base[in_domain], frame8[in_domain]):.2f} A from frame 8 in place")
+        print(
+            f"base {rmsd(ca_base, frame8):.2f} A from frame 8; rigidly moved domains "
+            f"{rmsd(assembled, frame8):.2f} A",
+            flush=True,
+        )
+        ref, ref_masses = render_atoms_of_base(moved, base.topology)
+        config = PoseSearchConfig(resolution=8.0, sigma=1.5)
+        result = search_poses(dataset, ref, config, progress=False, masses=ref_masses, indices=closed)
+        errors = pose_errors_deg(result.rotation, torch.as_tensor(truth["rotation"][closed]))
+        print(f"closed within 10 deg {np.mean(errors < 10):.2f}, within 20 deg {np.mean(errors < 20):.2f}")
     else:
         from atomvae.train.inference import encode_particles
         from atomvae.train.run import load_run
