@@ -7,6 +7,10 @@ simulation's truth (nothing of the route is tuned on them).
                 against the base (is it among the top K candidates?)
     anm         frame 8 (closed) projected onto the k slowest elastic-network modes of the base: how far
                 that reference is from the closed frame and how many closed particles it poses
+    domains     the base's three domains each superposed rigidly onto frame 8: how far that reference is
+                and how many closed particles it poses
+    hinges      how few parameters of rigid domain motion reach frame 8: domains moved rigidly along the
+                slowest modes, mobile domains turned about their hinges, domains found by k-means
     extrapolate decode a learning run's latent along its first principal axis, far beyond the data:
                 how near the closed frame the decoder gets
 
@@ -16,12 +20,14 @@ Run from the repository root after `benchmarks/adk.py --out OUT --particles 4000
     .venv/bin/python benchmarks/searched_diagnostics.py OUT rank
     .venv/bin/python benchmarks/searched_diagnostics.py OUT anm
     .venv/bin/python benchmarks/searched_diagnostics.py OUT domains
+    .venv/bin/python benchmarks/searched_diagnostics.py OUT hinges
     .venv/bin/python benchmarks/searched_diagnostics.py OUT extrapolate
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import warnings
 from pathlib import Path
 
@@ -61,10 +67,123 @@ def rmsd(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(((superposed(a, b) - b) ** 2).sum(-1).mean()))
 
 
+def _rigid_motion_fit(x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares small rigid motion (rotation vector w, translation v) of points x (N, 3) about their
+    centroid that best gives displacements u (N, 3): u_i ~ w x (x_i - c) + v."""
+    r = x - x.mean(axis=0)
+    design = np.zeros((len(r), 3, 6))
+    design[:, :, :3] = np.stack([np.cross(np.eye(3)[k], r) for k in range(3)], axis=-1)  # w x r, by w_k
+    design[:, :, 3:] = np.eye(3)
+    solution = np.linalg.lstsq(design.reshape(-1, 6), u.ravel(), rcond=None)[0]
+    return solution[:3], solution[3:]
+
+
+def hinge_diagnostics(ca: np.ndarray, closed: np.ndarray) -> None:
+    """How few parameters of rigid domain motion reach the closed frame (C-alpha RMSDs, A)."""
+    from scipy.cluster.vq import kmeans2
+    from scipy.optimize import minimize
+    from scipy.spatial.transform import Rotation
+
+    labels = np.zeros(len(ca), dtype=np.int64)
+    for k, ranges in enumerate(ADK_DOMAINS.values()):
+        for lo, hi in ranges:
+            labels[lo - 1 : hi] = k
+    modes = anm_modes(ca, 10) * np.sqrt(len(ca))  # a unit amplitude moves by 1 A RMSD
+
+    def rigid_along_modes(amplitudes: np.ndarray) -> np.ndarray:
+        out = ca.copy()
+        for d in range(len(ADK_DOMAINS)):
+            m = labels == d
+            fits = [_rigid_motion_fit(ca[m], modes[j][m]) for j in range(len(amplitudes))]
+            w = sum(a * f[0] for a, f in zip(amplitudes, fits, strict=True))
+            v = sum(a * f[1] for a, f in zip(amplitudes, fits, strict=True))
+            centre = ca[m].mean(axis=0)
+            out[m] = (ca[m] - centre) @ Rotation.from_rotvec(w).as_matrix().T + centre + v
+        return out
+
+    def linear_along_modes(amplitudes: np.ndarray) -> np.ndarray:
+        return ca + np.tensordot(amplitudes, modes[: len(amplitudes)], axes=1)
+
+    for k in (1, 2, 3, 5):
+        starts = [np.zeros(k)] + [np.random.default_rng(s).normal(0.0, 4.0, k) for s in range(6)]
+        best = {
+            name: min(
+                minimize(lambda a, f=motion: rmsd(f(a), closed), x0, method="Nelder-Mead").fun
+                for x0 in starts
+            )
+            for name, motion in (("rigid", rigid_along_modes), ("linear", linear_along_modes))
+        }
+        print(
+            f"{k} slowest modes, best amplitudes: domains moved rigidly {best['rigid']:.2f} A, "
+            f"linearly {best['linear']:.2f} A"
+        )
+    # each mobile domain turned about its hinge (the mean of its C-alphas bonded to another domain), in
+    # the frame where the CORE domains superpose
+    core = labels == 0
+    on_core = superposed_by(closed, core, ca)
+    turned = ca.copy()
+    for d, name in ((1, "NMP"), (2, "LID")):
+        m = labels == d
+        ends = [i for i in np.flatnonzero(m) if not m[max(i - 1, 0)] or not m[min(i + 1, len(m) - 1)]]
+        pivot = ca[ends].mean(axis=0)
+
+        def error(rotvec: np.ndarray, m: np.ndarray = m, pivot: np.ndarray = pivot) -> float:
+            moved = (ca[m] - pivot) @ Rotation.from_rotvec(rotvec).as_matrix().T + pivot
+            return float(np.sqrt(((moved - on_core[m]) ** 2).sum(-1).mean()))
+
+        free = min(
+            (
+                minimize(error, x0, method="Nelder-Mead")
+                for x0 in np.random.default_rng(0).normal(0, 0.5, (6, 3))
+            ),
+            key=lambda r: r.fun,
+        )
+        turned[m] = (ca[m] - pivot) @ Rotation.from_rotvec(free.x).as_matrix().T + pivot
+        w, _ = _rigid_motion_fit(ca[m], modes[0][m])
+        w = w - _rigid_motion_fit(ca[core], modes[0][core])[0]
+        axis = w / np.linalg.norm(w)
+        along = min(
+            (
+                minimize(lambda a, axis=axis: error(a[0] * axis), [x0], method="Nelder-Mead")
+                for x0 in (-1.0, -0.5, 0.5, 1.0)
+            ),
+            key=lambda r: r.fun,
+        )
+        tilt = np.degrees(np.arccos(abs(axis @ free.x) / np.linalg.norm(free.x)))
+        print(
+            f"{name}: turned {np.degrees(np.linalg.norm(free.x)):.0f} deg about its hinge -> "
+            f"{free.fun:.2f} A "
+            f"from the closed frame's; about mode 1's axis ({tilt:.0f} deg from that rotation's) -> "
+            f"{along.fun:.2f} A"
+        )
+    print(
+        f"whole: mobile domains turned about their hinges {rmsd(turned, closed):.2f} A from the closed frame"
+    )
+    for n_modes in (3, 10):
+        features = modes[:n_modes].transpose(1, 0, 2).reshape(len(ca), -1)
+        found = min(
+            (kmeans2(features, 3, seed=s, minit="++") for s in range(10)),
+            key=lambda cl: float(((features - cl[0][cl[1]]) ** 2).sum()),
+        )[1]
+        agreement = max(
+            np.mean(np.asarray(order)[found] == labels) for order in itertools.permutations(range(3))
+        )
+        print(
+            f"k-means (3) of the residues' motion in {n_modes} modes: {agreement:.2f} as the literature's "
+            "domains"
+        )
+
+
+def superposed_by(mobile: np.ndarray, subset: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """mobile (R, 3) moved by the rigid motion that superposes its subset rows onto target's."""
+    rot, trans = kabsch(torch.as_tensor(mobile[subset]).double(), torch.as_tensor(target[subset]).double())
+    return (torch.as_tensor(mobile).double() @ rot.T + trans).numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the adk.py --out folder (sim/, base_open_docked.pdb)")
-    parser.add_argument("what", choices=("resolution", "rank", "anm", "domains", "extrapolate"))
+    parser.add_argument("what", choices=("resolution", "rank", "anm", "domains", "hinges", "extrapolate"))
     parser.add_argument("--particles", type=int, default=400)
     parser.add_argument("--resolutions", default="8,12,16,24")
     parser.add_argument("--run", type=Path, help="extrapolate: the learning run (default round 1's)")
@@ -169,6 +288,8 @@ def main() -> None:
         result = search_poses(dataset, ref, config, progress=False, masses=ref_masses, indices=closed)
         errors = pose_errors_deg(result.rotation, torch.as_tensor(truth["rotation"][closed]))
         print(f"closed within 10 deg {np.mean(errors < 10):.2f}, within 20 deg {np.mean(errors < 20):.2f}")
+    elif args.what == "hinges":
+        hinge_diagnostics(ca_base, superposed(frames[8][ca_traj], ca_base))
     else:
         from atomvae.train.inference import encode_particles
         from atomvae.train.run import load_run
