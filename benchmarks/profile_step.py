@@ -113,6 +113,7 @@ def main() -> None:
         config.loss,
         backbone=0.0,
         bond_outliers=0.0,
+        peptide_geometry=0.0,
         centering=0.0,
         clash=0.0,
         orientation=0.0,

@@ -58,9 +58,22 @@ ADK_DOMAINS = {"CORE": ((1, 29), (60, 121), (160, 214)), "NMP": ((30, 59),), "LI
 
 def superposed(mobile: np.ndarray, target: np.ndarray) -> np.ndarray:
     """mobile (R, 3) superposed onto target (R, 3)."""
-    a, b = torch.as_tensor(mobile).double(), torch.as_tensor(target).double()
-    rot, trans = kabsch(a, b)
-    return (a @ rot.T + trans).numpy()
+    return superposed_by(mobile, np.ones(len(mobile), dtype=bool), target)
+
+
+def superposed_by(mobile: np.ndarray, subset: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """mobile (R, 3) moved by the rigid motion that superposes its subset rows onto target's."""
+    rot, trans = kabsch(torch.as_tensor(mobile[subset]).double(), torch.as_tensor(target[subset]).double())
+    return (torch.as_tensor(mobile).double() @ rot.T + trans).numpy()
+
+
+def adk_domain_labels(n_residues: int) -> np.ndarray:
+    """(R,) index of each residue's domain in ``ADK_DOMAINS`` (0 CORE, 1 NMP, 2 LID)."""
+    labels = np.zeros(n_residues, dtype=np.int64)
+    for k, ranges in enumerate(ADK_DOMAINS.values()):
+        for lo, hi in ranges:
+            labels[lo - 1 : hi] = k
+    return labels
 
 
 def rmsd(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,10 +97,7 @@ def hinge_diagnostics(ca: np.ndarray, closed: np.ndarray) -> None:
     from scipy.optimize import minimize
     from scipy.spatial.transform import Rotation
 
-    labels = np.zeros(len(ca), dtype=np.int64)
-    for k, ranges in enumerate(ADK_DOMAINS.values()):
-        for lo, hi in ranges:
-            labels[lo - 1 : hi] = k
+    labels = adk_domain_labels(len(ca))
     modes = anm_modes(ca, 10) * np.sqrt(len(ca))  # a unit amplitude moves by 1 A RMSD
 
     def rigid_along_modes(amplitudes: np.ndarray) -> np.ndarray:
@@ -174,12 +184,6 @@ def hinge_diagnostics(ca: np.ndarray, closed: np.ndarray) -> None:
         )
 
 
-def superposed_by(mobile: np.ndarray, subset: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """mobile (R, 3) moved by the rigid motion that superposes its subset rows onto target's."""
-    rot, trans = kabsch(torch.as_tensor(mobile[subset]).double(), torch.as_tensor(target[subset]).double())
-    return (torch.as_tensor(mobile).double() @ rot.T + trans).numpy()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the adk.py --out folder (sim/, base_open_docked.pdb)")
@@ -263,13 +267,12 @@ def main() -> None:
         # rigidly onto frame 8: how close a reference made of rigidly moved domains can come to the closed
         # state, and how well it poses the closed particles.
         residue_of_ca = base.topology.residue_index[base.topology.select("CA")]
+        labels = adk_domain_labels(len(ca_base))
         frame8 = superposed(frames[8][ca_traj], ca_base)
         moved = centred.copy()
         assembled = ca_base.copy()
-        for name, ranges in ADK_DOMAINS.items():
-            in_domain = np.zeros(len(ca_base), dtype=bool)
-            for lo, hi in ranges:
-                in_domain |= (residue_of_ca >= lo - 1) & (residue_of_ca <= hi - 1)
+        for k, name in enumerate(ADK_DOMAINS):
+            in_domain = labels == k
             rotation, shift = (
                 t.numpy()
                 for t in kabsch(torch.as_tensor(ca_base[in_domain]), torch.as_tensor(frame8[in_domain]))

@@ -139,7 +139,8 @@ class LossWeights:
     bond_outliers: float = 0.0
     bond_tolerance: float = 0.1  # A
     # Not in the paper (0 there): the peptide unit's other distances (CA-N, C-CA, CA-CA across each peptide
-    # bond) kept at the base's (losses.peptide_geometry): with the bond length, the backbone angles.
+    # bond) and its planarity kept at the base's (losses.peptide_geometry): with the bond length, the
+    # backbone angles and omega.
     peptide_geometry: float = 0.0
     # Not in the paper (0 there): C-alpha clash penalty between residues that are not sequence
     # neighbours, closer than clash_distance (losses.clash_penalty).
