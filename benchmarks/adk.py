@@ -159,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         help="searched mode: references (nearest its own conformation) each particle may match",
     )
     parser.add_argument(
+        "--fit-references",
+        type=int,
+        default=1,
+        help="searched mode: references fitted to the particles in round 1 (rigid domain motions of base)",
+    )
+    parser.add_argument(
+        "--path-points",
+        type=int,
+        default=2,
+        help="searched mode: references on the rigid path from the base to each fitted one",
+    )
+    parser.add_argument(
         "--no-refine", action="store_true", help="searched mode: no local refinement against own conformation"
     )
     parser.add_argument(
@@ -481,6 +493,7 @@ def searched_route(out: Path, sim: Path, base: Path, seed: int, args, report: di
     import dataclasses
 
     from atomvae.train.config import PRESETS, load_config
+    from atomvae.train.domain_references import DomainFitConfig
     from atomvae.train.searched import SearchedRouteConfig
     from atomvae.train.searched import searched_poses as route_poses
 
@@ -493,6 +506,7 @@ def searched_route(out: Path, sim: Path, base: Path, seed: int, args, report: di
         n_references=args.n_references,
         n_nearest=args.n_nearest,
         refine=not args.no_refine,
+        fit=DomainFitConfig(n_fitted=args.fit_references, path_points=args.path_points),
     )
     report["route"] = dataclasses.asdict(route)
 

@@ -59,6 +59,11 @@ def group_kinds(topology: Topology) -> np.ndarray:
     return (np.unique(_group_keys(topology)) % 3).astype(np.int64)
 
 
+def group_residues(topology: Topology) -> np.ndarray:
+    """Residue of every pseudo-atom, in ``residue_groups`` order: ``(G,)`` int."""
+    return (np.unique(_group_keys(topology)) // 3).astype(np.int64)
+
+
 def coarse_grained_density(
     local: np.ndarray, topology: Topology
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

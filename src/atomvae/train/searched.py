@@ -1,13 +1,16 @@
 """The "searched" pose route: poses from the images and the base structure alone, by projection matching
 alternated with short training runs (heterogeneous refinement, as cryoDRGN2 and cryoSPARC do it).
 
-Round 1 searches every particle against the base (``pose_search.search_poses``). Each later round:
+Round 1 fits ``fit.n_fitted`` references to the particles: the base with its dynamic domains moved as
+rigid bodies (``train.domain_references``), plus ``path_points`` structures on the way from the base to
+each; every particle is searched against all of them (``pose_search.search_poses``). With
+``fit.n_fitted`` 0 it searches against the base alone. Each later round:
 
 1. a short run (``round_epochs`` stage-2 epochs, given poses, started from the previous round's weights)
    learns conformations from the latest poses;
 2. each particle is encoded and its posterior mean decoded: its own conformation;
-3. references spread along what was learnt: the base and ``n_references`` decoded particles chosen by
-   farthest-point sampling (C-alpha RMSD) from the base;
+3. references spread along what was learnt: the base, round 1's fitted references and ``n_references``
+   decoded particles chosen by farthest-point sampling (C-alpha RMSD) from the base;
 4. a global search of each particle against only the ``n_nearest`` references nearest its own
    conformation (a closed particle is never offered the open base, an open one never a closed state:
    with every reference allowed, the extra states steal particles whose own state they do not hold);
@@ -34,7 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomvae.errors import atomic_write_text
+from atomvae.errors import atomic_path, atomic_write_text
+from atomvae.physics.coarse_grain import group_residues
+from atomvae.structure.domains import move_domains
+from atomvae.train.domain_references import DomainFitConfig, fit_domain_references
 from atomvae.train.pose_search import (
     PoseSearchConfig,
     refine_poses,
@@ -49,11 +55,14 @@ class SearchedRouteConfig:
     epochs of each learning run between searches; n_references / n_nearest: learnt states searched
     against, and how many of them (nearest the particle's own conformation) each particle may match;
     refine: the local refinement against each particle's own conformation after every later search;
+    fit: round 1's references fitted to the particles as rigid domain motions of the base, and structures
+    on the rigid path to each (``domain_references.DomainFitConfig``; n_fitted 0: the base alone);
     render_sigma: A, the templates' width in round 1 (later rounds take the run's learnt width);
     resolution: A, low-pass of the round-1 search; later rounds step down to ``final_resolution``."""
 
     rounds: int = 3
     round_epochs: int = 4
+    fit: DomainFitConfig = DomainFitConfig()
     n_references: int = 12
     n_nearest: int = 3
     refine: bool = True
@@ -187,10 +196,45 @@ def searched_poses(
     seconds: dict[str, float] = {}
 
     star = folder / "round1.star"
+    fitted_file = folder / "round1_references.npz"
+    round1_config = dataclasses.replace(search, sigma=route.render_sigma, resolution=route.resolution)
+    if route.fit.n_fitted and not fitted_file.exists():
+        start = time.perf_counter()
+        fitted = fit_domain_references(
+            dataset,
+            base_render,
+            group_residues(base.topology),
+            base_ca.double().numpy(),
+            masses,
+            route.fit,
+            round1_config,
+            log=lambda line: print(f"[search poses] {line}", flush=True),
+        )
+        atom_domain = torch.as_tensor(fitted.labels)
+        fitted_ca = move_domains(
+            base_ca.double(), atom_domain, torch.as_tensor(fitted.centres), torch.as_tensor(fitted.motions)
+        )
+        with atomic_path(fitted_file) as tmp:
+            np.savez(
+                tmp,
+                references=fitted.references.numpy(),
+                ca=fitted_ca.float().numpy(),
+                motions=fitted.motions,
+                centres=fitted.centres,
+                labels=fitted.labels,
+                gain=np.asarray(fitted.gain),
+                kind=np.asarray(fitted.kind),
+            )
+        seconds["fit_references"] = time.perf_counter() - start
+    if fitted_file.exists():
+        with np.load(fitted_file) as saved:
+            round1_references = torch.as_tensor(saved["references"])
+            round1_ca = torch.as_tensor(saved["ca"])
+    else:
+        round1_references, round1_ca = base_render[None], base_ca[None]
     if not star.exists():
         start = time.perf_counter()
-        config = dataclasses.replace(search, sigma=route.render_sigma, resolution=route.resolution)
-        result = search_poses(dataset, base_render, config, progress=progress, masses=masses)
+        result = search_poses(dataset, round1_references, round1_config, progress=progress, masses=masses)
         write_search_result(metadata, dataset.rows, result, star)
         seconds["search1"] = time.perf_counter() - start
     if on_round:
@@ -216,8 +260,9 @@ def searched_poses(
             start = time.perf_counter()
             decoded = decode_particles(learn_run, star, np.asarray(dataset.rows))
             chosen = spread_references(decoded.ca, base_ca, route.n_references)
-            references = torch.cat([base_render[None], decoded.render[chosen]])
-            reference_ca = torch.cat([base_ca[None], decoded.ca[chosen]])
+            # round 1's references (the base first) stay, in the run's learnt width from now on
+            references = torch.cat([round1_references, decoded.render[chosen]])
+            reference_ca = torch.cat([round1_ca, decoded.ca[chosen]])
             allowed = nearest_allowed(decoded.ca, reference_ca, route.n_nearest)
             # coarse to fine: the low-pass steps from route.resolution to final_resolution over the rounds
             fraction = (index - 1) / max(route.rounds - 1, 1)
