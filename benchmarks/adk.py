@@ -140,17 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="inferred mode: rounds of pose search (after the first, against learnt states)",
+        default=2,
+        help="searched modes: rounds of pose search (the first against the base or fitted references, "
+        "the later ones against learnt states)",
     )
     parser.add_argument(
         "--n-references",
         type=int,
         default=4,
-        help="inferred mode: learnt states searched against in rounds 2, 3, ...",
+        help="searched modes: learnt states searched against in rounds 2, 3, ...",
     )
     parser.add_argument(
-        "--round-epochs", type=int, default=4, help="searched mode: stage-2 epochs of each learning run"
+        "--round-epochs",
+        type=int,
+        default=4,
+        help="searched mode: stage-2 epochs of each learning run (4 at 4,000 particles, 1 at 20,000: "
+        "about 250-300 steps)",
     )
     parser.add_argument(
         "--n-nearest",

@@ -13,6 +13,8 @@ simulation's truth (nothing of the route is tuned on them).
                 slowest modes, mobile domains turned about their hinges, domains found by k-means
     extrapolate decode a learning run's latent along its first principal axis, far beyond the data:
                 how near the closed frame the decoder gets
+    oracle      each particle searched against its own true frame (the search's ceiling at this SNR):
+                fraction within 10 / 20 deg per state
 
 Run from the repository root after `benchmarks/adk.py --out OUT --particles 4000 ... --modes searched`:
 
@@ -22,6 +24,7 @@ Run from the repository root after `benchmarks/adk.py --out OUT --particles 4000
     .venv/bin/python benchmarks/searched_diagnostics.py OUT domains
     .venv/bin/python benchmarks/searched_diagnostics.py OUT hinges
     .venv/bin/python benchmarks/searched_diagnostics.py OUT extrapolate
+    .venv/bin/python benchmarks/searched_diagnostics.py OUT oracle --particles 600
 """
 
 from __future__ import annotations
@@ -187,7 +190,9 @@ def hinge_diagnostics(ca: np.ndarray, closed: np.ndarray) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the adk.py --out folder (sim/, base_open_docked.pdb)")
-    parser.add_argument("what", choices=("resolution", "rank", "anm", "domains", "hinges", "extrapolate"))
+    parser.add_argument(
+        "what", choices=("resolution", "rank", "anm", "domains", "hinges", "extrapolate", "oracle")
+    )
     parser.add_argument("--particles", type=int, default=400)
     parser.add_argument("--resolutions", default="8,12,16,24")
     parser.add_argument("--run", type=Path, help="extrapolate: the learning run (default round 1's)")
@@ -291,6 +296,33 @@ def main() -> None:
         result = search_poses(dataset, ref, config, progress=False, masses=ref_masses, indices=closed)
         errors = pose_errors_deg(result.rotation, torch.as_tensor(truth["rotation"][closed]))
         print(f"closed within 10 deg {np.mean(errors < 10):.2f}, within 20 deg {np.mean(errors < 20):.2f}")
+    elif args.what == "oracle":
+        # every particle against its own frame only (references centred like the base: on its centre)
+        rows = np.linspace(0, len(dataset) - 1, args.particles).round().astype(np.int64)
+        frame = truth["frame"][rows]
+        used = np.unique(frame)
+        centre = base.coords.mean(axis=0)
+        refs, ref_masses = zip(
+            *(render_atoms_of_base(frames[f] - centre, topology) for f in used), strict=True
+        )
+        allowed = torch.as_tensor(frame[:, None] == used[None, :])
+        for resolution in (float(r) for r in args.resolutions.split(",")):
+            config = PoseSearchConfig(resolution=resolution, sigma=1.5)
+            result = search_poses(
+                dataset,
+                torch.stack(refs),
+                config,
+                progress=False,
+                masses=ref_masses[0],
+                indices=rows,
+                allowed=allowed,
+            )
+            errors = pose_errors_deg(result.rotation, torch.as_tensor(truth["rotation"][rows]))
+            cells = []
+            for name, (lo, hi) in GROUPS.items():
+                e = errors[(frame >= lo) & (frame < hi)]
+                cells.append(f"{name} <10 {np.mean(e < 10):.2f} <20 {np.mean(e < 20):.2f} ({len(e)})")
+            print(f"own true frame, resolution {resolution} A: " + " | ".join(cells), flush=True)
     elif args.what == "hinges":
         hinge_diagnostics(ca_base, superposed(frames[8][ca_traj], ca_base))
     else:

@@ -96,7 +96,7 @@ class DemoConfig:
     progress: bool = True
     # poses "searched" only: pose searches (the first against the base) and the stage-2 epochs of the
     # short learning run between two searches (atomvae.train.searched.SearchedRouteConfig)
-    search_rounds: int = 3
+    search_rounds: int = 2
     search_round_epochs: int = 4
 
 

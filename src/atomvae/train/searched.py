@@ -60,7 +60,7 @@ class SearchedRouteConfig:
     render_sigma: A, the templates' width in round 1 (later rounds take the run's learnt width);
     resolution: A, low-pass of the round-1 search; later rounds step down to ``final_resolution``."""
 
-    rounds: int = 3
+    rounds: int = 2
     round_epochs: int = 4
     fit: DomainFitConfig = DomainFitConfig()
     n_references: int = 12
