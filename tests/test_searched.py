@@ -137,3 +137,48 @@ def test_route_runs_two_rounds_keeps_good_poses_and_resumes(tmp_path):
     assert '"particles_per_reference"' in report
     _last, again = searched_poses(star, ADK_OPEN, tmp_path / "route", config, route, search)
     assert again == {}  # every round's output exists: nothing is redone
+
+
+def test_search_poses_route_from_the_command_line_writes_the_last_rounds_poses(tmp_path, monkeypatch):
+    """`atomvae search-poses --route`: fitted references, a learning run, a second search; OUTPUT holds the
+    last round's poses (the particles are the base itself: they come back within a few degrees)."""
+    import functools
+
+    from atomvae.cli.main import main
+    from atomvae.train import domain_references
+
+    star = write_particles(tmp_path / "data", n=24, seed=7, noise=0.3, base=ADK_OPEN, pixel_size=2.5)
+    small_fit = functools.partial(
+        domain_references.DomainFitConfig,
+        n_rotations=500,
+        search_box=16,
+        subset=16,
+        coarse_evaluations=8,
+        em_rounds=1,
+        em_steps=3,
+    )
+    monkeypatch.setattr(domain_references, "DomainFitConfig", small_fit)
+    out = tmp_path / "posed.star"
+    argv = [
+        "search-poses",
+        str(star),
+        str(ADK_OPEN),
+        "-o",
+        str(out),
+        "--route",
+        "--round-epochs",
+        "1",
+        "--rotations",
+        "1000",
+        "--image-size",
+        "32",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    fitted = np.load(tmp_path / "posed.route" / "round1_references.npz")
+    assert fitted["kind"].tolist() == ["base", "path", "path", "fitted"]
+    assert (tmp_path / "posed.route" / "round2.star").is_file()
+    found = read_particles(out)
+    errors = pose_errors_deg(found.rotation, read_particles(star).rotation)
+    assert np.median(errors) < 6.0, errors
+    assert main(argv) == 2  # never overwrites without --overwrite

@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=(*POSE_MODES, "searched"),
         default=d.poses,
         help=f"as for atomvae train (default here {d.poses}: the simulated poses): {POSES_HELP}; "
-        "searched: the simulated poses are not used, poses are found by projection matching against the "
-        "base alternated with short training runs (atomvae.train.searched), then training keeps them",
+        "searched: the simulated poses are not used, poses are found by projection matching against "
+        "references fitted to the particles (the base's domains moved as bodies), then against a short "
+        "training run's learnt states (atomvae.train.searched); the final training keeps them",
     )
     parser.add_argument("--epochs-stage1", type=int, default=d.epochs_stage1)
     parser.add_argument("--epochs-stage2", type=int, default=d.epochs_stage2)

@@ -9,10 +9,16 @@ poses rotate the base about its centre of atoms, the rotation centre `atomvae tr
 so do not pass --pose-center with them.
 
 A particle in a state far from the base (a closed domain against an open base) matches a wrong view of
-the base better than its own: search a second time against the states a first run learnt
-(--references-from RUN), the refinement loop of heterogeneous cryo-EM refinement.
+the base better than its own. --route runs the whole searched route: references fitted to the particles
+(the base's dynamic domains moved as rigid bodies), a short training run (cpu preset) on those poses,
+and a second search against its learnt states and each particle's own decoded conformation
+(atomvae.train.searched; rounds and runs in OUTPUT.route/, resumable). By hand, the same loop without the
+fitted references: search against the base, train, search against the states a run learnt
+(--references-from RUN).
 
 examples:
+  atomvae search-poses particles.star base.pdb -o posed.star --route
+  atomvae train posed.star base.pdb -o run --preset cpu --poses given
   atomvae search-poses particles.star base.pdb -o round1.star
   atomvae train round1.star base.pdb -o run1 --preset cpu --poses given
   atomvae search-poses particles.star base.pdb -o round2.star --references-from run1
@@ -96,6 +102,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.sigma,
         help=f"A, Gaussian width per atom (default {defaults.sigma})",
     )
+    parser.add_argument(
+        "--route",
+        action="store_true",
+        help="the whole searched route (fitted references, a learning run, a second search; minutes to an "
+        "hour): the final poses go to OUTPUT, the rounds to OUTPUT.route/",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--route: pose searches (default 2)")
+    parser.add_argument(
+        "--round-epochs",
+        type=int,
+        default=4,
+        help="--route: stage-2 epochs of each learning run (default 4; ~250-300 steps suit it: 1 for 20,000 "
+        "particles)",
+    )
+    parser.add_argument(
+        "--fit-references",
+        type=int,
+        default=1,
+        help="--route: references fitted to the particles as rigid domain motions of the base (default 1; "
+        "0: the base alone)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -125,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise InputError("search-poses", str(err)) from None
+    if args.route:
+        return _run_route(args, config)
     result = search_poses_to_file(
         args.particles,
         args.base,
@@ -145,5 +174,64 @@ def run(args: argparse.Namespace) -> int:
         f"poses of {len(result.score)} particles written to {args.output} "
         f"(grid {result.grid_spacing:.1f} deg; median score {float(result.score.median()):.3f}; "
         f"particles per reference {counts.tolist()})"
+    )
+    return 0
+
+
+def _run_route(args: argparse.Namespace, search) -> int:
+    """--route: ``train.searched.searched_poses`` in OUTPUT.route/, its last round's poses to OUTPUT."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from atomvae.data.metadata import read_particles
+    from atomvae.errors import InputError
+    from atomvae.train.config import PRESETS
+    from atomvae.train.domain_references import DomainFitConfig
+    from atomvae.train.pose_search import PoseSearchResult, write_search_result
+    from atomvae.train.searched import SearchedRouteConfig, searched_poses
+
+    try:
+        route = SearchedRouteConfig(
+            rounds=args.rounds,
+            round_epochs=args.round_epochs,
+            image_size=args.image_size,
+            fit=DomainFitConfig(n_fitted=args.fit_references),
+        )
+    except ValueError as err:
+        raise InputError("search-poses", str(err)) from None
+    metadata = read_particles(args.particles)  # bad input fails here, before any work
+    folder = args.output.with_suffix(".route")
+    # the learning runs see the particles at the search's size too
+    learning = PRESETS["cpu"]
+    learning = dataclasses.replace(
+        learning, model=dataclasses.replace(learning.model, image_size=args.image_size)
+    )
+    last, _seconds = searched_poses(
+        args.particles,
+        args.base,
+        folder,
+        learning,
+        route,
+        search,
+        progress=False if args.no_progress else None,
+    )
+    with np.load(last.with_suffix(".npz")) as found:
+        result = PoseSearchResult(
+            rotation=torch.as_tensor(found["rotation"]),
+            shift=torch.as_tensor(found["shift"]),
+            score=torch.as_tensor(found["score"]),
+            global_score=torch.as_tensor(found["global_score"]),
+            reference=torch.as_tensor(found["reference"]),
+            grid_spacing=float("nan"),
+        )
+        rows = found["index"]
+    write_search_result(metadata, rows, result, args.output)
+    counts = np.bincount(result.reference.numpy())
+    print(
+        f"poses of {len(rows)} particles written to {args.output} (the searched route's round "
+        f"{route.rounds}, {folder}; particles per reference {counts.tolist()}); train on them with "
+        "--poses given"
     )
     return 0

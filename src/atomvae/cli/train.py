@@ -9,8 +9,8 @@ examples:
   atomvae train particles.star base.pdb -o run/ --preset cpu
   atomvae train particles.star base.pdb -o run/ --preset paper --seeds 3 --device cuda
   atomvae train particles.star base.pdb -o run/ --poses given          # poses from a consensus refinement
-  atomvae search-poses particles.star base.pdb -o found.star  # no poses: the searched route
-  atomvae train found.star base.pdb -o run/ --poses refine     # (projection matching), refined
+  atomvae search-poses particles.star base.pdb -o found.star --route  # no poses: the searched route
+  atomvae train found.star base.pdb -o run/ --preset cpu --poses given  # (projection matching)
   atomvae train particles.star base.pdb -o run/ --config mine.yaml --max-steps 1000
   atomvae train particles.star base.pdb -o run/ --resume               # continue where it stopped
 
@@ -66,7 +66,7 @@ POSES_HELP = (
     "inferred: the amortised pose head learns each pose from its image (paper; the file "
     "needs no poses); given: the STAR file's poses, fixed; refine: the STAR file's poses as the "
     "start of a local refinement. The searched route (poses by projection matching): run "
-    "`atomvae search-poses`, then train on its output with given or refine"
+    "`atomvae search-poses --route`, then train on its output with given"
 )
 
 

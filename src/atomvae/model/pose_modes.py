@@ -55,8 +55,8 @@ class PoseMode:
             )
         return (
             "the file has no poses: --poses inferred learns them with the amortised pose head (paper "
-            "stage 1); for the searched route (projection matching) run `atomvae search-poses` first "
-            "and train on its output with --poses given or refine"
+            "stage 1); for the searched route (projection matching against references fitted to the "
+            "particles) run `atomvae search-poses --route` first and train on its output with --poses given"
         )
 
     def latent_to_pose(
