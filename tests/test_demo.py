@@ -17,6 +17,7 @@ from atomvae.demo import ADK_WEIGHTS, DemoConfig, adk_inputs, docked_base, run_d
 from atomvae.geometry.superpose import kabsch
 from atomvae.simulate import frame_weights
 from atomvae.structure.io import read_ensemble, read_structure
+from atomvae.train.domain_references import DomainFitConfig
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,9 @@ def test_tiny_demo_with_searched_poses_trains_on_the_last_round(tmp_path):
         progress=False,
         search_rounds=2,
         search_round_epochs=1,
+        search_fit=DomainFitConfig(
+            n_rotations=500, search_box=16, subset=16, coarse_evaluations=8, em_rounds=1, em_steps=3
+        ),
     )
     summary = run_demo(config)
     out = config.out

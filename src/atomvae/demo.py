@@ -20,9 +20,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from atomvae.train.domain_references import DomainFitConfig
 
 from atomvae.errors import InputError, atomic_write_text
 from atomvae.geometry.superpose import kabsch
@@ -98,6 +102,8 @@ class DemoConfig:
     # short learning run between two searches (atomvae.train.searched.SearchedRouteConfig)
     search_rounds: int = 2
     search_round_epochs: int = 4
+    # poses "searched" only: the fit of round 1's references (None: DomainFitConfig's defaults)
+    search_fit: DomainFitConfig | None = None
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -154,10 +160,15 @@ def run_demo(config: DemoConfig) -> dict:
     pose_center: tuple[float, ...] | None = tuple(float(c) for c in truth["center"])
     pose_mode = config.poses
     if config.poses == "searched":
+        from atomvae.train.domain_references import DomainFitConfig
         from atomvae.train.searched import SearchedRouteConfig, searched_poses
 
         step("search poses")
-        route = SearchedRouteConfig(rounds=config.search_rounds, round_epochs=config.search_round_epochs)
+        route = SearchedRouteConfig(
+            rounds=config.search_rounds,
+            round_epochs=config.search_round_epochs,
+            fit=config.search_fit or DomainFitConfig(),
+        )
         route_config = dataclasses.replace(train_config, seed=config.seed)
         particles, _seconds = searched_poses(
             particles, base, out / "poses", route_config, route, progress=config.progress
