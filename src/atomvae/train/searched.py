@@ -63,7 +63,7 @@ class SearchedRouteConfig:
     rounds: int = 2
     round_epochs: int = 4
     fit: DomainFitConfig = DomainFitConfig()
-    n_references: int = 12
+    n_references: int = 4
     n_nearest: int = 3
     refine: bool = True
     render_sigma: float = 1.5
