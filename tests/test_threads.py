@@ -84,3 +84,27 @@ def test_rejects_bad_settings():
         ThreadTuner(fixed=0)
     with pytest.raises(ValueError):
         ThreadTuner(interval=0)
+
+
+def test_training_leaves_the_callers_thread_count_as_it_was(tmp_path):
+    """A run that trains on 1 thread hands the caller back its own thread count (the searched route searches
+    poses in the same process after each learning run)."""
+    from atomvae.train.loop import train
+    from helpers_train import BASE_PDB, tiny_config, write_particles
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        star = write_particles(tmp_path / "data", n=16)
+        train(
+            tiny_config(pose_mode="given"),
+            star,
+            BASE_PDB,
+            tmp_path / "run",
+            max_steps=1,
+            show_progress=False,
+            threads=1,
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -177,7 +177,13 @@ def train_seed(
         ) as bar,
         StopRequest() as stop,
     ):
-        fit(run, source, train_idx, val_idx, metrics, bar, max_steps, stop, tuner)
+        threads_before = torch.get_num_threads()
+        try:
+            fit(run, source, train_idx, val_idx, metrics, bar, max_steps, stop, tuner)
+        finally:
+            # the tuner's last choice (1 thread under load) must not leak into the caller's later work,
+            # e.g. the searched route's next pose search in the same process
+            torch.set_num_threads(threads_before)
     if run.stopped:
         raise KeyboardInterrupt(f"stopped at step {run.position.global_step}; checkpoint {run.last}")
     # Seeds are compared on the final stage's objective (stage 1 only if stopped before stage 2).
