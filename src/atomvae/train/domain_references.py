@@ -37,6 +37,7 @@ from atomvae.train.pose_search import (
     PoseSearchConfig,
     _rfft_weights,
     _Scorer,
+    grid_templates,
     search_poses,
     super_fibonacci_rotations,
 )
@@ -107,22 +108,8 @@ class _SubsetScores:
     @torch.no_grad()
     def __call__(self, reference: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
         """reference (G, 3) A -> (N,) each particle's best score over the grid."""
-        templates = torch.cat(
-            [
-                fourier_crop(
-                    render_projections(
-                        reference,
-                        self.grid[i : i + 1024],
-                        torch.zeros(2),
-                        self.box,
-                        self.pixel_size,
-                        self.sigma,
-                        masses,
-                    ),
-                    self.search_box,
-                )
-                for i in range(0, len(self.grid), 1024)
-            ]
+        templates = grid_templates(
+            reference, self.grid, self.box, self.pixel_size, self.sigma, masses, self.search_box
         )
         power = torch.fft.rfft2(templates).abs().square().flatten(1)
         scores = self.scorer.global_scores(self.filtered, self.ctf_power, templates.flatten(1), power)

@@ -213,6 +213,31 @@ class _Scorer:
         return best / norm.sqrt(), shift
 
 
+def grid_templates(
+    reference: torch.Tensor,
+    grid: torch.Tensor,
+    box: int,
+    pixel_size: float,
+    sigma: float,
+    masses: torch.Tensor | None,
+    search_box: int,
+) -> torch.Tensor:
+    """Projections of reference (A, 3) A at every rotation of grid (T, 3, 3), rendered on the model's grid
+    (box px of pixel_size A) and Fourier-cropped to search_box px: (T, search_box, search_box). Rendered
+    first at full size because point-sampled Gaussians narrower than the coarse pixels would alias."""
+    return torch.cat(
+        [
+            fourier_crop(
+                render_projections(
+                    reference, grid[i : i + 1024], torch.zeros(2), box, pixel_size, sigma, masses
+                ),
+                search_box,
+            )
+            for i in range(0, len(grid), 1024)
+        ]
+    )
+
+
 def search_poses(
     dataset: ParticleDataset,
     references: torch.Tensor,
@@ -246,14 +271,8 @@ def search_poses(
     # coarse pixels would alias. Order: reference-major, template t = (t // n_rotations, t % n_rotations).
     templates = torch.cat(
         [
-            fourier_crop(
-                render_projections(
-                    reference, grid[i : i + 1024], torch.zeros(2), box, pixel_size, config.sigma, masses
-                ),
-                search_box,
-            )
+            grid_templates(reference, grid, box, pixel_size, config.sigma, masses, search_box)
             for reference in coords
-            for i in range(0, len(grid), 1024)
         ]
     )
     template_power = torch.fft.rfft2(templates).abs().square().flatten(1)
