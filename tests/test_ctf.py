@@ -125,7 +125,8 @@ def _direct_convolution(image: np.ndarray, kernel_wrapped: np.ndarray) -> np.nda
 
 
 @pytest.mark.parametrize(("shape", "pad_factor"), [((12, 12), 2), ((9, 14), 2), ((9, 14), 2.5)])
-@pytest.mark.parametrize("renders_per_ctf", [1, 2])  # rfft2/irfft2 path and paired complex path
+# rfft2/irfft2 path; paired complex path (3: the last render with a zero partner)
+@pytest.mark.parametrize("renders_per_ctf", [1, 2, 3])
 def test_padded_fft_equals_direct_real_space_convolution(shape, pad_factor, renders_per_ctf):
     g = torch.Generator().manual_seed(3)
     images = torch.randn(2, renders_per_ctf, *shape, generator=g, dtype=torch.float64)
@@ -164,7 +165,7 @@ def test_one_ctf_per_particle_is_shared_by_its_renders(pairs_per_block, monkeypa
         torch.testing.assert_close(together[b], alone)
 
 
-@pytest.mark.parametrize(("renders_per_ctf", "pairs_per_block"), [(1, 16), (2, 16), (4, 1)])
+@pytest.mark.parametrize(("renders_per_ctf", "pairs_per_block"), [(1, 16), (2, 16), (4, 1), (3, 1)])
 def test_apply_ctf_gradcheck_and_float32(renders_per_ctf, pairs_per_block, monkeypatch):
     monkeypatch.setattr(ctf_module, "PAIRS_PER_BLOCK", pairs_per_block)  # (4, 1): 4 blocks, maybe threaded
     g = torch.Generator().manual_seed(7)

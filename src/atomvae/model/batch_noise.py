@@ -43,3 +43,15 @@ def standard_normal(
     if isinstance(generator, BatchNoiseRows):
         return generator.standard_normal(tuple(shape), device, dtype)
     return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+
+
+def shared_standard_normal(
+    shape: tuple[int, ...],
+    generator: torch.Generator | BatchNoiseRows | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``torch.randn(shape)`` shared by every image of the global batch: every process draws the same."""
+    if isinstance(generator, BatchNoiseRows):
+        generator = generator.generator
+    return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
