@@ -15,6 +15,7 @@ from atomvae.model.pose import latent_to_pose, latent_to_pose_correction
 from atomvae.model.vae import AtomVAE
 from atomvae.physics.ctf import CTFParams
 from atomvae.physics.render import render, render_projections
+from atomvae.structure.domains import dynamic_domains
 from atomvae.structure.io import read_structure
 
 BOX = 24
@@ -586,12 +587,23 @@ def test_binned_renders_are_the_full_renders_with_their_pixel_blocks_averaged(ba
         assert float((binned - averaged).norm() / averaged.norm()) < tolerance
 
 
-def test_segments_move_rigidly_about_their_base_centroids(base):
-    """``segment_size``: at initialisation the decoder is still the base; a segment's own output moves its
-    residues as one rigid body (every distance within the segment kept), turning about the centroid of its
-    base C-alpha atoms when its translation output is zero; residues move only with their own segment."""
-    model = make_model(base, segment_size=4)
-    decoder = model.decoder
+@pytest.mark.parametrize("bodies", ["segments", "domains"])
+def test_bodies_move_rigidly_about_their_base_centroids(base, bodies):
+    """``segment_size`` / ``domain_bodies``: at initialisation the decoder is still the base; a body's own
+    output moves its residues as one rigid body (every distance within it kept), turning about the
+    centroid of its base C-alpha atoms when its translation output is zero; residues move only with their
+    own body. Domains are the base's dynamic domains, and a checkpoint keeps them."""
+    if bodies == "segments":
+        model = make_model(base, segment_size=4)
+        decoder = model.decoder
+        out, group, n_groups = decoder.to_segments, decoder.segment_of_residue, decoder.n_segments
+    else:
+        model = make_model(base, domain_bodies=3)
+        decoder = model.decoder
+        out, group, n_groups = decoder.to_domains, decoder.domain_of_residue, decoder.n_domains
+        assert "decoder.domain_of_residue" in model.state_dict()
+        base_ca_np = decoder.base_trans.double().numpy()
+        assert group.tolist() == dynamic_domains(base_ca_np, 3).tolist()
     z = torch.randn(3, model.config.latent_conf, generator=torch.Generator().manual_seed(0))
     base_ca = decoder.atoms(decoder.base_rot, decoder.base_trans, "CA")  # (R, 3): one C-alpha per residue
     torch.testing.assert_close(decoder(z, "CA"), base_ca.expand(3, -1, -1))
@@ -599,15 +611,13 @@ def test_segments_move_rigidly_about_their_base_centroids(base):
     with torch.no_grad():
         for block in decoder.blocks:  # a d that varies with z
             block.update.weight.copy_(0.3 * torch.randn(block.update.weight.shape, generator=generator))
-        out = decoder.to_segments
         out.weight.copy_(0.2 * torch.randn(out.weight.shape, generator=generator))
-        out.weight.view(decoder.n_segments, 9, -1)[:, 0:3] = 0.0  # rotations only
+        out.weight.view(n_groups, 9, -1)[:, 0:3] = 0.0  # rotations only
         out.bias.zero_()
     ca = decoder(z, "CA")  # (3, R, 3)
-    segment = decoder.segment_of_residue
-    assert decoder.n_segments == int(segment.max()) + 1 >= 2
-    for k in range(decoder.n_segments):
-        rows = (segment == k).nonzero().squeeze(-1)
+    assert n_groups == int(group.max()) + 1 >= 2
+    for k in range(n_groups):
+        rows = (group == k).nonzero().squeeze(-1)
         moved, still = ca[:, rows], base_ca[rows]
         torch.testing.assert_close(torch.cdist(moved, moved), torch.cdist(still, still).expand(3, -1, -1))
         torch.testing.assert_close(moved.mean(dim=1), still.mean(dim=0).expand(3, -1), atol=1e-4, rtol=0)

@@ -73,6 +73,10 @@ class ModelConfig:
     # segment's motion gets the image gradient of all its residues at once where a residue alone, a blob
     # several A from where the particles put it, gets almost none (BENCHMARKS.md, "Segments").
     segment_size: int = 0
+    # Not in the paper (0 there): the base's dynamic domains (k-means of the slowest elastic-network modes,
+    # atomvae.structure.domains) also move as rigid bodies, composed over the segments: hinge motions
+    # (adenylate kinase's NMP and LID closing) are one output each instead of a dozen segments in step.
+    domain_bodies: int = 0
     # "refine" pose mode: the pose latent is a correction to the given pose. A unit latent turns
     # the rotation by about atan(refine_rotation_scale) (0.1 -> ~6 degrees) and shifts by
     # refine_shift_scale A, so the N(0, I) prior is a prior on small corrections.
@@ -119,6 +123,8 @@ class ModelConfig:
             raise ValueError(f"amplitude must be one of {AMPLITUDE_MODES}, got {self.amplitude!r}")
         if self.pose_sigma_init is not None and self.pose_sigma_init <= 0:
             raise ValueError(f"pose_sigma_init must be > 0, got {self.pose_sigma_init}")
+        if self.domain_bodies < 0 or self.domain_bodies == 1:
+            raise ValueError(f"domain_bodies must be 0 (none) or >= 2, got {self.domain_bodies}")
         if self.segment_size < 0:
             raise ValueError(f"segment_size must be >= 0 (0: no segments), got {self.segment_size}")
         if self.render_sigma <= 0:

@@ -17,6 +17,10 @@ bodies about their base centroids c_s, decoded by a second zero-initialised laye
 (rotation R_s, translation t_s); a residue's frame is then T_s o base o delta with T_s x = R_s (x - c_s) +
 c_s + t_s, so a zero output is still the base.
 
+Not in the paper, optional (``ModelConfig.domain_bodies``): the base's D dynamic domains
+(``atomvae.structure.domains.dynamic_domains``) move as rigid bodies about their base C-alpha centroids the
+same way, by a third zero-initialised layer Linear(9 D), applied over the segments: T_d o T_s o base o delta.
+
 Not in the paper, optional (``ModelConfig.side_chains``): per-residue chi offsets (radians), one learnt
 set for every particle ("shared") or read from d by a second zero-initialised layer Linear(4 R)
 ("decoded"), and the side chains turn about their chi bonds
@@ -35,6 +39,7 @@ from atomvae.geometry.rigid import Rigid
 from atomvae.geometry.rotations import gram_schmidt
 from atomvae.model.config import ModelConfig
 from atomvae.model.layers import linear
+from atomvae.structure.domains import dynamic_domains
 from atomvae.structure.frames import frames_to_coordinates
 from atomvae.structure.torsions import MAX_CHI, SideChainTorsions
 
@@ -52,6 +57,12 @@ def residue_segments(bonded_to_next: np.ndarray, segment_size: int) -> np.ndarra
         segment[r] = current
         length += 1
     return segment
+
+
+def _centroids(points: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Mean (n_groups, 3) of points (R, 3) by group (R,) long."""
+    total = torch.zeros(n_groups, 3, dtype=points.dtype).index_add(0, group, points)
+    return total / torch.bincount(group, minlength=n_groups).unsqueeze(-1).to(points.dtype)
 
 
 class ResidualBlock(nn.Module):
@@ -81,6 +92,8 @@ class ConformationDecoder(nn.Module):
     local_all: torch.Tensor
     segment_of_residue: torch.Tensor
     segment_centroid: torch.Tensor
+    domain_of_residue: torch.Tensor
+    domain_centroid: torch.Tensor
 
     def __init__(
         self,
@@ -111,10 +124,22 @@ class ConformationDecoder(nn.Module):
             segment = torch.as_tensor(residue_segments(bonded, config.segment_size))
             self.n_segments = int(segment[-1]) + 1
             self.to_segments = linear(config.decoded_dim, 9 * self.n_segments, zero=True)
-            centroid = torch.zeros(self.n_segments, 3).index_add(0, segment, base_trans.detach().float())
-            centroid /= torch.bincount(segment, minlength=self.n_segments).unsqueeze(-1)
+            centroid = _centroids(base_trans.detach().float(), segment, self.n_segments)
             self.register_buffer("segment_of_residue", segment, persistent=False)
             self.register_buffer("segment_centroid", centroid, persistent=False)
+        # Domains (not in the paper): found once from the base; the labels are a persistent buffer, so a
+        # checkpoint keeps the domains it was trained with.
+        self.n_domains = config.domain_bodies
+        self.to_domains: nn.Linear | None = None
+        if self.n_domains > 0:
+            domain = torch.as_tensor(
+                dynamic_domains(base_trans.detach().double().cpu().numpy(), self.n_domains)
+            )
+            self.to_domains = linear(config.decoded_dim, 9 * self.n_domains, zero=True)
+            self.register_buffer("domain_of_residue", domain)
+            self.register_buffer(
+                "domain_centroid", _centroids(base_trans.detach().float(), domain, self.n_domains)
+            )
         # Side-chain torsions (not in the paper): decoded from d, or one shared set of offsets (from 0).
         self.to_torsions: nn.Linear | None = None
         self.shared_torsions: nn.Parameter | None = None
@@ -203,15 +228,34 @@ class ConformationDecoder(nn.Module):
         """d (..., decoded_dim) -> residue frames (..., R, 3, 3), (..., R, 3) A: new = base @ delta."""
         delta = Rigid(*self.delta_frames(d))
         new = Rigid(self.base_rot, self.base_trans).to(delta.rot.dtype) @ delta
-        if self.to_segments is None:
-            return new.rot, new.trans
-        # Each segment turns about its base centroid c and moves by t: x -> R (x - c) + c + t.
-        seg_rot, seg_trans = self._rigid_deltas(self.to_segments(d).unflatten(-1, (self.n_segments, 9)))
-        rot_r = seg_rot.index_select(-3, self.segment_of_residue)  # (..., R, 3, 3)
-        centre = self.segment_centroid.to(new.trans.dtype).index_select(0, self.segment_of_residue)  # (R, 3)
-        shift = seg_trans.index_select(-2, self.segment_of_residue)
-        trans = (rot_r @ (new.trans - centre).unsqueeze(-1)).squeeze(-1) + centre + shift
-        return rot_r @ new.rot, trans
+        rot, trans = new.rot, new.trans
+        if self.to_segments is not None:
+            rot, trans = self._move_bodies(
+                rot, trans, self.to_segments(d), self.segment_of_residue, self.segment_centroid
+            )
+        if self.to_domains is not None:
+            rot, trans = self._move_bodies(
+                rot, trans, self.to_domains(d), self.domain_of_residue, self.domain_centroid
+            )
+        return rot, trans
+
+    def _move_bodies(
+        self,
+        rot: torch.Tensor,
+        trans: torch.Tensor,
+        out: torch.Tensor,
+        body_of_residue: torch.Tensor,
+        centroid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (..., R, 3, 3), (..., R, 3) A moved by rigid bodies of residues: raw outputs (..., 9 N) of
+        N bodies, body_of_residue (R,), base centroids (N, 3) A. Each body turns about its centroid c and
+        moves by t: x -> R (x - c) + c + t."""
+        body_rot, body_trans = self._rigid_deltas(out.unflatten(-1, (centroid.shape[0], 9)))
+        rot_r = body_rot.index_select(-3, body_of_residue)  # (..., R, 3, 3)
+        centre = centroid.to(trans.dtype).index_select(0, body_of_residue)  # (R, 3)
+        shift = body_trans.index_select(-2, body_of_residue)
+        trans = (rot_r @ (trans - centre).unsqueeze(-1)).squeeze(-1) + centre + shift
+        return rot_r @ rot, trans
 
     def local(self, atom_set: str, chi: torch.Tensor | None = None) -> torch.Tensor:
         """Residue-local coordinates of ``atom_set``: (A', 3) A, or (..., A', 3) with the side chains turned
