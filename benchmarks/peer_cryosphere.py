@@ -19,13 +19,15 @@ Gaussian per residue (214). cryoSPHERE renders one image per particle, ours 4 (c
 Timing: process CPU time on 1 thread, min over ``--rounds`` interleaved rounds (robust on a shared
 machine), each step or render batch once per round.
 
-Run with a Python that has cryoSPHERE and ours. How it was installed here (2026-12-01):
+Run with a Python that has cryoSPHERE and ours. How it was installed here (2026-12-01, again 2026-12-02):
 
     /work/main/.venv/bin/python -m venv --system-site-packages /tmp/cryosphere-venv
     /tmp/cryosphere-venv/bin/pip install --no-deps cryosphere
-    /tmp/cryosphere-venv/bin/pip install -r ../shared/peers/cryosphere_requirements.txt
-    # one of those requirements pulls torch 2.14 with CUDA (5 GB): removed again, so torch is ours (2.13 CPU)
-    /tmp/cryosphere-venv/bin/pip uninstall -y torch triton 'nvidia-*' 'cuda-*'
+    # one of those requirements pulls torch; the constraint keeps it at the CPU wheel on disk (2026-12-02:
+    # earlier a torch 2.14 CUDA build of 5 GB was pulled and uninstalled again)
+    echo torch==2.13.0 > /tmp/torch-constraint.txt
+    /tmp/cryosphere-venv/bin/pip install -c /tmp/torch-constraint.txt \
+        -r ../shared/peers/cryosphere_requirements.txt
     echo /work/main/.venv/lib/python3.11/site-packages \
         > /tmp/cryosphere-venv/lib/python3.11/site-packages/zz.pth
 
