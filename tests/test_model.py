@@ -624,6 +624,18 @@ def test_bodies_move_rigidly_about_their_base_centroids(base, bodies):
     assert (ca - base_ca).norm(dim=-1).max() > 0.5  # and they did turn
 
 
+def test_segments_within_domains_never_span_two_domains(base):
+    model = make_model(base, segment_size=6, domain_bodies=3, segments_within_domains=True)
+    decoder = model.decoder
+    segment, domain = decoder.segment_of_residue, decoder.domain_of_residue
+    for k in range(decoder.n_segments):
+        assert len(domain[segment == k].unique()) == 1
+    plain = make_model(base, segment_size=6, domain_bodies=3).decoder
+    assert any(len(domain[plain.segment_of_residue == k].unique()) > 1 for k in range(plain.n_segments))
+    with pytest.raises(ValueError, match="segments_within_domains"):
+        small_config(segment_size=6, segments_within_domains=True)
+
+
 def test_segments_are_runs_of_consecutive_residues_that_never_span_a_chain_break():
     import numpy as np
 

@@ -116,17 +116,6 @@ class ConformationDecoder(nn.Module):
         self.final_norm = nn.LayerNorm(width)
         self.to_decoded = linear(width, config.decoded_dim)
         self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
-        # Segments (not in the paper): residue r belongs to segment r // segment_size.
-        self.n_segments = 0
-        self.to_segments: nn.Linear | None = None
-        if config.segment_size > 0:
-            bonded = np.ones(n_residues, bool) if bonded_to_next is None else np.asarray(bonded_to_next, bool)
-            segment = torch.as_tensor(residue_segments(bonded, config.segment_size))
-            self.n_segments = int(segment[-1]) + 1
-            self.to_segments = linear(config.decoded_dim, 9 * self.n_segments, zero=True)
-            centroid = _centroids(base_trans.detach().float(), segment, self.n_segments)
-            self.register_buffer("segment_of_residue", segment, persistent=False)
-            self.register_buffer("segment_centroid", centroid, persistent=False)
         # Domains (not in the paper): found once from the base; the labels are a persistent buffer, so a
         # checkpoint keeps the domains it was trained with.
         self.n_domains = config.domain_bodies
@@ -140,6 +129,20 @@ class ConformationDecoder(nn.Module):
             self.register_buffer(
                 "domain_centroid", _centroids(base_trans.detach().float(), domain, self.n_domains)
             )
+        # Segments (not in the paper): runs of segment_size residues (residue_segments).
+        self.n_segments = 0
+        self.to_segments: nn.Linear | None = None
+        if config.segment_size > 0:
+            bonded = np.ones(n_residues, bool) if bonded_to_next is None else np.asarray(bonded_to_next, bool)
+            if config.segments_within_domains:
+                labels = self.domain_of_residue.numpy()
+                bonded = bonded & np.append(labels[:-1] == labels[1:], False)
+            segment = torch.as_tensor(residue_segments(bonded, config.segment_size))
+            self.n_segments = int(segment[-1]) + 1
+            self.to_segments = linear(config.decoded_dim, 9 * self.n_segments, zero=True)
+            centroid = _centroids(base_trans.detach().float(), segment, self.n_segments)
+            self.register_buffer("segment_of_residue", segment, persistent=False)
+            self.register_buffer("segment_centroid", centroid, persistent=False)
         # Side-chain torsions (not in the paper): decoded from d, or one shared set of offsets (from 0).
         self.to_torsions: nn.Linear | None = None
         self.shared_torsions: nn.Parameter | None = None
