@@ -636,6 +636,16 @@ def test_segments_within_domains_never_span_two_domains(base):
         small_config(segment_size=6, segments_within_domains=True)
 
 
+def test_domain_bodies_are_left_out_where_the_base_has_no_domains(base, monkeypatch):
+    import atomvae.model.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "MAX_DOMAIN_RESIDUES", 3)
+    with pytest.warns(UserWarning, match="no domain bodies"):
+        model = make_model(base, segment_size=4, domain_bodies=3, segments_within_domains=True)
+    assert model.decoder.n_domains == 0 and model.decoder.to_domains is None
+    assert "decoder.domain_of_residue" not in model.state_dict()
+
+
 def test_segments_are_runs_of_consecutive_residues_that_never_span_a_chain_break():
     import numpy as np
 

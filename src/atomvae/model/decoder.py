@@ -30,6 +30,8 @@ render pseudo-atoms, the padded clash layout) is then recomputed from the turned
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -57,6 +59,32 @@ def residue_segments(bonded_to_next: np.ndarray, segment_size: int) -> np.ndarra
         segment[r] = current
         length += 1
     return segment
+
+
+# The dense elastic-network eigenproblem behind the domains costs O(R^3) time and O(R^2) memory (3,000
+# x 3,000 at 1,000 residues: seconds); above this size the decoder has no domain bodies.
+MAX_DOMAIN_RESIDUES = 1000
+
+
+def _domain_labels(base_trans: torch.Tensor, n_domains: int) -> np.ndarray | None:
+    """Dynamic-domain labels (R,) of the base's residues (C-alphas base_trans (R, 3) A), or None when
+    ``n_domains`` is 0 or the base has no such domains (too large for the dense elastic network, or a
+    network that falls apart): the decoder then has no domain bodies. Deterministic in the base, so a
+    checkpoint rebuilt from its base gets the same layers."""
+    if n_domains == 0:
+        return None
+    n_residues = base_trans.shape[0]
+    if n_residues > MAX_DOMAIN_RESIDUES:
+        warnings.warn(
+            f"{n_residues} residues, more than {MAX_DOMAIN_RESIDUES}: no domain bodies (model.domain_bodies)",
+            stacklevel=3,
+        )
+        return None
+    try:
+        return dynamic_domains(base_trans.detach().double().cpu().numpy(), n_domains)
+    except ValueError as error:
+        warnings.warn(f"no domain bodies (model.domain_bodies): {error}", stacklevel=3)
+        return None
 
 
 def _centroids(points: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -118,12 +146,11 @@ class ConformationDecoder(nn.Module):
         self.to_frames = linear(config.decoded_dim, 9 * n_residues, zero=True)
         # Domains (not in the paper): found once from the base; the labels are a persistent buffer, so a
         # checkpoint keeps the domains it was trained with.
-        self.n_domains = config.domain_bodies
+        domain_labels = _domain_labels(base_trans, config.domain_bodies)
+        self.n_domains = 0 if domain_labels is None else config.domain_bodies
         self.to_domains: nn.Linear | None = None
-        if self.n_domains > 0:
-            domain = torch.as_tensor(
-                dynamic_domains(base_trans.detach().double().cpu().numpy(), self.n_domains)
-            )
+        if domain_labels is not None:
+            domain = torch.as_tensor(domain_labels)
             self.to_domains = linear(config.decoded_dim, 9 * self.n_domains, zero=True)
             self.register_buffer("domain_of_residue", domain)
             self.register_buffer(
@@ -134,7 +161,7 @@ class ConformationDecoder(nn.Module):
         self.to_segments: nn.Linear | None = None
         if config.segment_size > 0:
             bonded = np.ones(n_residues, bool) if bonded_to_next is None else np.asarray(bonded_to_next, bool)
-            if config.segments_within_domains:
+            if config.segments_within_domains and self.n_domains:
                 labels = self.domain_of_residue.numpy()
                 bonded = bonded & np.append(labels[:-1] == labels[1:], False)
             segment = torch.as_tensor(residue_segments(bonded, config.segment_size))
