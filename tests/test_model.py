@@ -624,24 +624,12 @@ def test_bodies_move_rigidly_about_their_base_centroids(base, bodies):
     assert (ca - base_ca).norm(dim=-1).max() > 0.5  # and they did turn
 
 
-def test_segments_within_domains_never_span_two_domains(base):
-    model = make_model(base, segment_size=6, domain_bodies=3, segments_within_domains=True)
-    decoder = model.decoder
-    segment, domain = decoder.segment_of_residue, decoder.domain_of_residue
-    for k in range(decoder.n_segments):
-        assert len(domain[segment == k].unique()) == 1
-    plain = make_model(base, segment_size=6, domain_bodies=3).decoder
-    assert any(len(domain[plain.segment_of_residue == k].unique()) > 1 for k in range(plain.n_segments))
-    with pytest.raises(ValueError, match="segments_within_domains"):
-        small_config(segment_size=6, segments_within_domains=True)
-
-
 def test_domain_bodies_are_left_out_where_the_base_has_no_domains(base, monkeypatch):
     import atomvae.model.decoder as decoder_module
 
     monkeypatch.setattr(decoder_module, "MAX_DOMAIN_RESIDUES", 3)
     with pytest.warns(UserWarning, match="no domain bodies"):
-        model = make_model(base, segment_size=4, domain_bodies=3, segments_within_domains=True)
+        model = make_model(base, segment_size=4, domain_bodies=3)
     assert model.decoder.n_domains == 0 and model.decoder.to_domains is None
     assert "decoder.domain_of_residue" not in model.state_dict()
 

@@ -38,20 +38,12 @@ def standard_normal(
     generator: torch.Generator | BatchNoiseRows | None,
     device: torch.device,
     dtype: torch.dtype,
+    shared: bool = False,
 ) -> torch.Tensor:
-    """``torch.randn(shape)`` from a generator, or this process's rows of a global batch's draw."""
+    """``torch.randn(shape)`` from a generator, or this process's rows of a global batch's draw; with
+    ``shared`` one draw for every image of the global batch (every process draws the same)."""
     if isinstance(generator, BatchNoiseRows):
-        return generator.standard_normal(tuple(shape), device, dtype)
-    return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
-
-
-def shared_standard_normal(
-    shape: tuple[int, ...],
-    generator: torch.Generator | BatchNoiseRows | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """``torch.randn(shape)`` shared by every image of the global batch: every process draws the same."""
-    if isinstance(generator, BatchNoiseRows):
+        if not shared:
+            return generator.standard_normal(tuple(shape), device, dtype)
         generator = generator.generator
     return torch.randn(*shape, generator=generator, device=device, dtype=dtype)

@@ -77,9 +77,6 @@ class ModelConfig:
     # atomvae.structure.domains) also move as rigid bodies, composed over the segments: hinge motions
     # (adenylate kinase's NMP and LID closing) are one output each instead of a dozen segments in step.
     domain_bodies: int = 0
-    # With domain_bodies: a segment never spans two domains (a segment across a hinge cannot follow both
-    # sides, and the peptide bond at its edge takes the strain).
-    segments_within_domains: bool = False
     # "refine" pose mode: the pose latent is a correction to the given pose. A unit latent turns
     # the rotation by about atan(refine_rotation_scale) (0.1 -> ~6 degrees) and shifts by
     # refine_shift_scale A, so the N(0, I) prior is a prior on small corrections.
@@ -128,8 +125,6 @@ class ModelConfig:
             raise ValueError(f"pose_sigma_init must be > 0, got {self.pose_sigma_init}")
         if self.domain_bodies < 0 or self.domain_bodies == 1:
             raise ValueError(f"domain_bodies must be 0 (none) or >= 2, got {self.domain_bodies}")
-        if self.segments_within_domains and not (self.domain_bodies and self.segment_size):
-            raise ValueError("segments_within_domains needs domain_bodies and segment_size")
         if self.segment_size < 0:
             raise ValueError(f"segment_size must be >= 0 (0: no segments), got {self.segment_size}")
         if self.render_sigma <= 0:

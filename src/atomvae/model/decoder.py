@@ -161,9 +161,6 @@ class ConformationDecoder(nn.Module):
         self.to_segments: nn.Linear | None = None
         if config.segment_size > 0:
             bonded = np.ones(n_residues, bool) if bonded_to_next is None else np.asarray(bonded_to_next, bool)
-            if config.segments_within_domains and self.n_domains:
-                labels = self.domain_of_residue.numpy()
-                bonded = bonded & np.append(labels[:-1] == labels[1:], False)
             segment = torch.as_tensor(residue_segments(bonded, config.segment_size))
             self.n_segments = int(segment[-1]) + 1
             self.to_segments = linear(config.decoded_dim, 9 * self.n_segments, zero=True)

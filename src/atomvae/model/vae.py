@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from atomvae.geometry.rotations import random_rotations
-from atomvae.model.batch_noise import BatchNoiseRows, shared_standard_normal, standard_normal
+from atomvae.model.batch_noise import BatchNoiseRows, standard_normal
 from atomvae.model.config import LossWeights, ModelConfig
 from atomvae.model.decoder import ConformationDecoder
 from atomvae.model.encoder import ConformationPosterior, ImageEncoder
@@ -697,8 +697,8 @@ class AtomVAE(nn.Module):
                         parts.insert(1, torch.where(known, remembered.to(start.dtype), start)[:, None])
                     if n_candidates > n_local:
                         n_shared = n_candidates - n_local
-                        prior = shared_standard_normal(
-                            (n_shared, latent), generator, start.device, start.dtype
+                        prior = standard_normal(
+                            (n_shared, latent), generator, start.device, start.dtype, shared=True
                         )
                         parts.append(prior.expand(batch, n_shared, latent))
                 candidates = torch.cat(parts, dim=1)  # (B, M, latent), the last n_shared the same in each row

@@ -267,8 +267,7 @@ def search_poses(
 
     grid = super_fibonacci_rotations(config.n_rotations, torch.float32)
     spacing = grid_spacing_deg(grid)
-    # Templates rendered on the model's grid then Fourier-cropped: point-sampled Gaussians narrower than the
-    # coarse pixels would alias. Order: reference-major, template t = (t // n_rotations, t % n_rotations).
+    # Order: reference-major, template t = (t // n_rotations, t % n_rotations).
     templates = torch.cat(
         [
             grid_templates(reference, grid, box, pixel_size, config.sigma, masses, search_box)
