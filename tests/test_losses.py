@@ -11,7 +11,7 @@ import torch
 from MDAnalysisTests.datafiles import PDB_xsmall  # adk_open_10res.pdb
 from scipy import stats
 
-from atomvae.evaluate.stereochemistry import backbone_angles
+from atomvae.evaluate.stereochemistry import backbone_angles, phi_psi
 from atomvae.model.losses import (
     backbone_continuity,
     bond_outliers,
@@ -20,6 +20,8 @@ from atomvae.model.losses import (
     gaussian_log_likelihood,
     iwae_log_mean_likelihood,
     kl_diagonal_normal,
+    local_contact_pairs,
+    local_contact_penalty,
     peptide_distances,
     peptide_geometry,
 )
@@ -230,3 +232,56 @@ def test_peptide_geometry_gradient_matches_finite_differences():
     bonded = torch.as_tensor(np.asarray(structure.topology.bonded_to_next)).clone()
     bonded[3] = False  # a chain break is skipped
     assert torch.autograd.gradcheck(lambda a, b, d: peptide_geometry(a, b, d, base, bonded), (ca, c, n))
+
+
+def _turn_phi(structure, residue: int, degrees: float) -> np.ndarray:
+    """The structure's coordinates (A, 3) with phi of ``residue`` turned by ``degrees``: everything past the
+    N-CA bond (the residue's other atoms but N and CA, and every later residue) turned about it."""
+    coords = np.asarray(structure.coords, dtype=np.float64).copy()
+    topology = structure.topology
+    n, ca = coords[topology.atom_index("N")[residue]], coords[topology.atom_index("CA")[residue]]
+    residue_of = np.asarray(topology.residue_index)
+    names = np.asarray(topology.atom_name)
+    moving = (residue_of > residue) | ((residue_of == residue) & ~np.isin(names, ["N", "CA"]))
+    axis = torch.as_tensor((ca - n) / np.linalg.norm(ca - n) * math.radians(degrees))
+    rotation = roma.rotvec_to_rotmat(axis).numpy()
+    coords[moving] = (coords[moving] - ca) @ rotation.T + ca
+    return coords
+
+
+def test_local_contacts_see_the_phi_wall_that_the_clash_terms_leave_out():
+    """The pairs are sequence neighbours' backbone and C-beta atoms less the peptide unit's six; the
+    penalty is zero on the base, and turning one residue's phi to 0 (C(i-1) onto C(i): the wall of the
+    Ramachandran plot, 2.9 A at phi = 0 against the 3.0 A limit) makes it positive, by exactly the
+    hand-computed overlaps; its gradient matches finite differences."""
+    structure = read_structure(PDB_xsmall)
+    topology = structure.topology
+    names, residue_of = np.asarray(topology.atom_name), np.asarray(topology.residue_index)
+    bonded = np.asarray(topology.bonded_to_next)
+    first, second, limit = local_contact_pairs(
+        names, topology.element, residue_of, bonded, np.asarray(structure.coords)
+    )
+    pairs = {(names[a], names[b]) for a, b in zip(first, second, strict=True)}
+    assert ("C", "C") in pairs and ("N", "N") in pairs and ("O", "CB") in pairs and ("CB", "N") in pairs
+    assert not pairs & {("CA", "N"), ("C", "N"), ("O", "N"), ("C", "CA"), ("CA", "CA"), ("O", "CA")}
+    assert np.all(residue_of[second] == residue_of[first] + 1) and np.all(bonded[residue_of[first]])
+    assert np.all(limit <= 3.0)
+    index = (torch.as_tensor(first), torch.as_tensor(second), torch.as_tensor(limit))
+    base = torch.as_tensor(structure.coords, dtype=torch.float64)
+    assert local_contact_penalty(base, *index).item() == 0.0
+
+    residue = 5
+    phi_before = phi_psi(np.asarray(structure.coords)[None], topology)
+    row = list(phi_before[2]).index(residue)
+    turned = _turn_phi(structure, residue, -float(phi_before[0][0, row]))
+    phi_after = phi_psi(turned[None], topology)[0][0, row]
+    assert abs(phi_after) < 1e-6
+    c = topology.atom_index("C")
+    assert np.linalg.norm(turned[c[residue - 1]] - turned[c[residue]]) < 3.0
+    distance = np.linalg.norm(turned[first] - turned[second], axis=-1)
+    expected = (np.clip(limit - distance, 0.0, None) ** 2).sum()
+    got = local_contact_penalty(torch.as_tensor(turned), *index).item()
+    assert got == pytest.approx(expected, rel=1e-12) and got > 0.01
+
+    x = torch.as_tensor(turned).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: local_contact_penalty(c, *index), (x,))

@@ -675,3 +675,33 @@ def test_peptide_geometry_term_is_zero_at_the_base_and_counted_in_the_loss(base)
     assert with_term["peptide_geometry"] > 1e-3 and without["peptide_geometry"] == 0.0
     added = with_term["total"] - without["total"]
     assert added == pytest.approx(1000.0 * with_term["peptide_geometry"], rel=1e-3)
+
+
+def test_local_contacts_term_is_zero_at_the_base_and_counted_in_the_loss(base):
+    """The decoder starts at the base, where no neighbour contact is short; once residues move the term is
+    positive, enters the total with its weight, and its atoms are the decoded ones."""
+    generator = torch.Generator().manual_seed(4)
+    images = torch.randn(2, BOX, BOX, generator=generator)
+    rotation = random_rotations(2, generator=generator)
+
+    def terms(model, weight):
+        return model.loss(
+            images,
+            batch_ctf(2),
+            stage=2,
+            n_conf=2,
+            n_pose=1,
+            weights=LossWeights(local_contacts=weight),
+            given_rotation=rotation,
+            given_shift=torch.zeros(2, 2),
+            pose_mode="given",
+            generator=torch.Generator().manual_seed(0),
+        ).terms
+
+    model = make_model(base)
+    assert terms(model, 1.0)["local_contacts"] == 0.0
+    perturb_decoder(model, seed=2, scale=0.3)
+    with_term, without = terms(model, 10.0), terms(model, 0.0)
+    assert with_term["local_contacts"] > 1e-3 and without["local_contacts"] == 0.0
+    added = with_term["total"] - without["total"]
+    assert added == pytest.approx(10.0 * with_term["local_contacts"], rel=1e-3)

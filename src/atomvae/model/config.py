@@ -155,6 +155,9 @@ class LossWeights:
     # (losses.neighbour_orientation).
     orientation: float = 0.0
     clash_distance: float = 4.0  # A; non-adjacent C-alpha pairs in real proteins stay above ~3.8 A
+    # Not in the paper (0 there): hard-sphere contacts of sequence neighbours' backbone and C-beta atoms,
+    # the walls of the Ramachandran plot (losses.local_contact_penalty).
+    local_contacts: float = 0.0
     # Not in the paper (0 there): heavy-atom clash penalty between residues that are not sequence
     # neighbours (losses.heavy_atom_clash_penalty).
     heavy_clash: float = 0.0

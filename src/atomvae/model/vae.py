@@ -33,6 +33,7 @@ from atomvae.model.config import LossWeights, ModelConfig
 from atomvae.model.decoder import ConformationDecoder
 from atomvae.model.encoder import ConformationPosterior, ImageEncoder
 from atomvae.model.losses import (
+    LOCAL_CONTACT_ATOMS,
     backbone_continuity,
     bond_outliers,
     centering,
@@ -41,6 +42,8 @@ from atomvae.model.losses import (
     heavy_atom_clash_penalty,
     iwae_log_mean_likelihood,
     kl_diagonal_normal,
+    local_contact_pairs,
+    local_contact_penalty,
     neighbour_orientation,
     non_neighbour_pairs,
     peptide_distances,
@@ -219,6 +222,28 @@ class AtomVAE(nn.Module):
         for name in ("N", "C", "CA"):
             idx = _indices(base_topology.atom_index(name))
             self.decoder.add_atom_set(name, local[idx].float(), residue_index[idx])
+        # Backbone and C-beta atoms, and the sequence neighbours' pairs of them the local-contact term
+        # checks (indices into this set). Derived from the base: out of the state dict.
+        contact_atoms = np.flatnonzero(np.isin(base_topology.atom_name, LOCAL_CONTACT_ATOMS))
+        self.decoder.add_atom_set(
+            "contacts",
+            local[contact_atoms].float(),
+            residue_index[contact_atoms],
+            persistent=False,
+            from_all=(np.arange(len(contact_atoms)), contact_atoms, np.ones(len(contact_atoms))),
+        )
+        first, second, limit = local_contact_pairs(
+            base_topology.atom_name,
+            base_topology.element,
+            residue_index,
+            np.asarray(base_topology.bonded_to_next),
+            coords64.numpy(),
+        )
+        position = np.full(base_topology.n_atoms, -1, dtype=np.int64)
+        position[contact_atoms] = np.arange(len(contact_atoms))
+        self.register_buffer("contact_first", torch.as_tensor(position[first]), persistent=False)
+        self.register_buffer("contact_second", torch.as_tensor(position[second]), persistent=False)
+        self.register_buffer("contact_limit", torch.as_tensor(limit, dtype=torch.float32), persistent=False)
         # Every heavy atom again, padded to K slots per residue (atom k of residue r at r*K + k; empty
         # slots sit on the C-alpha and are masked) for the heavy-atom clash penalty. Derived from the base,
         # so kept out of the state dict (checkpoints written before it existed still load).
@@ -424,7 +449,8 @@ class AtomVAE(nn.Module):
         # The networks may run under the caller's autocast (bf16 on CUDA).
         h = self.encoder(self.encoder_input(images, ctf))
         zero = _full(h).new_zeros(batch)
-        kl_conf = backbone = outliers = peptide = center_sq = clash = heavy_clash = orientation = zero
+        kl_conf = backbone = outliers = peptide = contacts = center_sq = zero
+        clash = heavy_clash = orientation = zero
 
         # Stage 1: the pose head's input as stage 2 will give it, without gradient (module docstring).
         searching = stage == 2 and weights.search_candidates > 0
@@ -489,6 +515,13 @@ class AtomVAE(nn.Module):
                     every_ca = self.decoder.atoms(rot, trans, "CA")
                     peptide = peptide_geometry(
                         every_ca, c_atoms, n_atoms, self.base_peptide_distances, self.bonded_to_next
+                    ).mean(dim=1)
+                if weights.local_contacts > 0:
+                    contacts = local_contact_penalty(
+                        self.decoder.atoms(rot, trans, "contacts"),
+                        self.contact_first,
+                        self.contact_second,
+                        self.contact_limit,
                     ).mean(dim=1)
                 center_sq = centering(self.decoder.center_of_mass(rot, trans, chi=chi)).mean(dim=1)
                 if weights.orientation > 0:
@@ -572,6 +605,7 @@ class AtomVAE(nn.Module):
                 + weights.backbone * backbone
                 + weights.bond_outliers * outliers
                 + weights.peptide_geometry * peptide
+                + weights.local_contacts * contacts
                 + weights.centering * center_sq
                 + weights.clash * clash
                 + weights.orientation * orientation
@@ -586,6 +620,7 @@ class AtomVAE(nn.Module):
             "backbone": float(backbone.detach().mean()),
             "bond_outliers": float(outliers.detach().mean()),
             "peptide_geometry": float(peptide.detach().mean()),
+            "local_contacts": float(contacts.detach().mean()),
             "centering": float(center_sq.detach().mean()),
             "clash": float(clash.detach().mean()),
             "heavy_clash": float(heavy_clash.detach().mean()),
