@@ -124,6 +124,9 @@ class AtomVAE(nn.Module):
     clash_pairs: torch.Tensor
     base_relative_orientations: torch.Tensor
     base_peptide_distances: torch.Tensor  # (R-1, 4) A, losses.peptide_distances of the base
+    contact_first: torch.Tensor  # (P,) indices into the "contacts" atom set, losses.local_contact_pairs
+    contact_second: torch.Tensor  # (P,)
+    contact_limit: torch.Tensor  # (P,) A
     base_center: torch.Tensor
     base_coords: torch.Tensor
     base_render_coords: torch.Tensor
