@@ -645,53 +645,26 @@ def test_segments_are_runs_of_consecutive_residues_that_never_span_a_chain_break
     assert residue_segments(np.ones(5, dtype=bool), 10).tolist() == [0] * 5
 
 
-def test_peptide_geometry_term_is_zero_at_the_base_and_counted_in_the_loss(base):
-    """At initialisation the decoder returns the base, so the term is zero; once the decoder moves
-    residues it is positive and enters the total with its weight."""
+@pytest.mark.parametrize(
+    ("term", "weight", "scale"),
+    [("peptide_geometry", 1000.0, 0.1), ("local_contacts", 10.0, 0.3)],
+)
+def test_structure_term_is_zero_at_the_base_and_counted_in_the_loss(base, term, weight, scale):
+    """At initialisation the decoder returns the base, so the term (the peptide unit's geometry; the
+    neighbours' local contacts) is zero; once the decoder moves residues it is positive and enters the
+    total with its weight."""
     generator = torch.Generator().manual_seed(3)
     images = torch.randn(2, BOX, BOX, generator=generator)
     rotation = random_rotations(2, generator=generator)
-    shift = torch.zeros(2, 2)
 
-    def terms(model, weight):
-        out = model.loss(
-            images,
-            batch_ctf(2),
-            stage=2,
-            n_conf=2,
-            n_pose=1,
-            weights=LossWeights(peptide_geometry=weight),
-            given_rotation=rotation,
-            given_shift=shift,
-            pose_mode="given",
-            generator=torch.Generator().manual_seed(0),
-        )
-        return out.terms
-
-    model = make_model(base)
-    assert terms(model, 1.0)["peptide_geometry"] == pytest.approx(0.0, abs=1e-8)
-    perturb_decoder(model, seed=1, scale=0.1)
-    with_term, without = terms(model, 1000.0), terms(model, 0.0)
-    assert with_term["peptide_geometry"] > 1e-3 and without["peptide_geometry"] == 0.0
-    added = with_term["total"] - without["total"]
-    assert added == pytest.approx(1000.0 * with_term["peptide_geometry"], rel=1e-3)
-
-
-def test_local_contacts_term_is_zero_at_the_base_and_counted_in_the_loss(base):
-    """The decoder starts at the base, where no neighbour contact is short; once residues move the term is
-    positive, enters the total with its weight, and its atoms are the decoded ones."""
-    generator = torch.Generator().manual_seed(4)
-    images = torch.randn(2, BOX, BOX, generator=generator)
-    rotation = random_rotations(2, generator=generator)
-
-    def terms(model, weight):
+    def terms(model, value):
         return model.loss(
             images,
             batch_ctf(2),
             stage=2,
             n_conf=2,
             n_pose=1,
-            weights=LossWeights(local_contacts=weight),
+            weights=LossWeights(**{term: value}),
             given_rotation=rotation,
             given_shift=torch.zeros(2, 2),
             pose_mode="given",
@@ -699,9 +672,9 @@ def test_local_contacts_term_is_zero_at_the_base_and_counted_in_the_loss(base):
         ).terms
 
     model = make_model(base)
-    assert terms(model, 1.0)["local_contacts"] == 0.0
-    perturb_decoder(model, seed=2, scale=0.3)
-    with_term, without = terms(model, 10.0), terms(model, 0.0)
-    assert with_term["local_contacts"] > 1e-3 and without["local_contacts"] == 0.0
+    assert terms(model, 1.0)[term] == pytest.approx(0.0, abs=1e-8)
+    perturb_decoder(model, seed=1, scale=scale)
+    with_term, without = terms(model, weight), terms(model, 0.0)
+    assert with_term[term] > 1e-3 and without[term] == 0.0
     added = with_term["total"] - without["total"]
-    assert added == pytest.approx(10.0 * with_term["local_contacts"], rel=1e-3)
+    assert added == pytest.approx(weight * with_term[term], rel=1e-3)
