@@ -20,8 +20,11 @@ closed, 39 A open). Cutoffs 21 A and 35 A split the closed and open modes.
 Poses: "given" = the simulator's, fixed; "searched" = from the images and the base alone
 (``atomvae.train.searched``): a search against the base, then (--rounds - 1) times a short run learns
 conformations, each particle is searched again against the learnt states nearest its own decoded
-conformation and refined against that conformation; the final model trains on the last poses
-(--final-poses given or refine). "searched-v1" = the earlier route (search against the base and 4 learnt
+conformation; the last round refines each pose against that conformation, starting from the better of the
+new pose and the previous round's; the final model trains on the last poses (--final-poses given or
+refine), continuing from the last learning run's weights (--final-start route). At 20,000 particles:
+--rounds 3 --round-epochs 1 6 (the final training is then 6 + 6 epochs with the third search between).
+"searched-v1" = the earlier route (search against the base and 4 learnt
 states, C-alpha templates; recorded as "inferred" in the older results; kept to reproduce its numbers);
 "inferred" = the paper's amortised pose encoder from scratch (``atomvae train --poses inferred``).
 
@@ -153,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--round-epochs",
         type=int,
-        default=4,
-        help="searched mode: stage-2 epochs of each learning run (4 at 4,000 particles, 1 at 20,000: "
-        "about 250-300 steps)",
+        nargs="+",
+        default=[4],
+        help="searched mode: stage-2 epochs of each learning run, one value or one per run, the last "
+        "repeating (4 at 4,000 particles; 1 6 with --rounds 3 at 20,000: the last run's 6 epochs are the "
+        "final training's first half, see --final-start)",
     )
     parser.add_argument(
         "--n-nearest",
@@ -176,7 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         help="searched mode: references on the rigid path from the base to each fitted one",
     )
     parser.add_argument(
-        "--no-refine", action="store_true", help="searched mode: no local refinement against own conformation"
+        "--refine",
+        choices=("every", "last", "none"),
+        default="last",
+        help="searched mode: rounds refined against each particle's own conformation",
+    )
+    parser.add_argument(
+        "--final-start",
+        choices=("route", "scratch"),
+        default="route",
+        help="searched mode: the final training continues from the route's last learning run (the preset's "
+        "stage-2 epochs less that run's) or starts from scratch (all of them)",
     )
     parser.add_argument(
         "--final-poses",
@@ -272,10 +287,24 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / f"run_{mode}_seed{seed}"
             pose_report: dict = {}
             if mode == "searched":
-                train_s, particles = searched_route(out, sim, base, seed, args, pose_report)
+                train_s, particles, last_run, last_epochs = searched_route(
+                    out, sim, base, seed, args, pose_report
+                )
                 final = {"stage1": {"epochs": 0}} if args.final_poses == "refine" else None
+                init, epochs = None, None
+                if args.final_start == "route" and last_run is not None:
+                    init, epochs = last_run, max(preset_stage2_epochs(args) - last_epochs, 1)
                 train_s += train(
-                    particles, base, run_dir, args.final_poses, seed, args, center=None, extra=final
+                    particles,
+                    base,
+                    run_dir,
+                    args.final_poses,
+                    seed,
+                    args,
+                    center=None,
+                    extra=final,
+                    init=init,
+                    epochs_stage2=epochs,
                 )
                 if args.final_poses == "refine":
                     pose_report["final_refined"] = refined_pose_accuracy(run_dir, particles, truth)
@@ -492,14 +521,24 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
     return seconds, poses
 
 
-def searched_route(out: Path, sim: Path, base: Path, seed: int, args, report: dict) -> tuple[float, Path]:
+def preset_stage2_epochs(args) -> int:
+    """Stage-2 epochs of the cpu preset under --config."""
+    from atomvae.train.config import PRESETS, load_config
+
+    return (load_config(args.config, preset="cpu") if args.config else PRESETS["cpu"]).stage2.epochs
+
+
+def searched_route(
+    out: Path, sim: Path, base: Path, seed: int, args, report: dict
+) -> tuple[float, Path, Path | None, int]:
     """The searched route (``atomvae.train.searched``) in OUT/poses_searched_seed<seed>; pose accuracy of
-    every round into ``report``. Returns (wall seconds, last round's STAR)."""
+    every round into ``report``. Returns (wall seconds, last round's STAR, the last learning run or None,
+    its stage-2 epochs)."""
     import dataclasses
 
     from atomvae.train.config import PRESETS, load_config
     from atomvae.train.domain_references import DomainFitConfig
-    from atomvae.train.searched import SearchedRouteConfig
+    from atomvae.train.searched import SearchedRouteConfig, last_learning_run
     from atomvae.train.searched import searched_poses as route_poses
 
     truth = dict(np.load(sim / "truth.npz"))
@@ -507,10 +546,10 @@ def searched_route(out: Path, sim: Path, base: Path, seed: int, args, report: di
     config = dataclasses.replace(config, seed=seed)
     route = SearchedRouteConfig(
         rounds=args.rounds,
-        round_epochs=args.round_epochs,
+        round_epochs=tuple(args.round_epochs),
         n_references=args.n_references,
         n_nearest=args.n_nearest,
-        refine=not args.no_refine,
+        refine=args.refine,
         fit=DomainFitConfig(n_fitted=args.fit_references, path_points=args.path_points),
     )
     report["route"] = dataclasses.asdict(route)
@@ -524,7 +563,13 @@ def searched_route(out: Path, sim: Path, base: Path, seed: int, args, report: di
         sim / "particles.star", base, out / f"poses_searched_seed{seed}", config, route, on_round=on_round
     )
     report["seconds"] = seconds
-    return time.perf_counter() - start, star
+    folder = out / f"poses_searched_seed{seed}"
+    return (
+        time.perf_counter() - start,
+        star,
+        last_learning_run(folder, route),
+        route.epochs_of_run(route.rounds - 1),
+    )
 
 
 def refined_pose_accuracy(run_dir: Path, particles: Path, truth: dict) -> dict:

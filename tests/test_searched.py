@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import roma
 import torch
 from MDAnalysisTests.datafiles import PDB_small
@@ -55,6 +56,45 @@ def test_refine_poses_brings_poses_6_degrees_off_back_to_the_truth(tmp_path):
     assert (result.score >= result.global_score - 1e-6).all()  # never worse than the start
     shift_error = (result.shift - metadata.shift.float()).norm(dim=1)
     assert shift_error.median() < 1.0, shift_error
+
+
+def test_refine_poses_starts_from_the_better_of_several_starting_poses(tmp_path):
+    """A far-off start (90 deg) beside one 6 deg off: the climb starts from the near one, whichever slot it
+    is in, and ends near the truth (from the far one alone it cannot)."""
+    dataset, metadata, atoms = _dataset(tmp_path)
+    truth = metadata.rotation.float()
+    generator = torch.Generator().manual_seed(0)
+    axes = torch.nn.functional.normalize(torch.randn(len(truth), 3, generator=generator), dim=1)
+    near = roma.rotvec_to_rotmat(axes * np.deg2rad(6.0)) @ truth
+    far = roma.rotvec_to_rotmat(axes.flip(1) * np.deg2rad(90.0)) @ truth
+    slot = torch.arange(len(truth)) % 2 == 0  # the near start first for even particles, second for odd
+    starts = torch.where(slot[:, None, None, None], torch.stack([near, far], 1), torch.stack([far, near], 1))
+    structures = atoms[None].expand(len(truth), -1, -1)
+    config = dataclasses.replace(CONFIG, sigma=1.5)
+    shifts = torch.zeros(len(truth), 2)
+    result = refine_poses(dataset, structures, starts, shifts, config, start_step_deg=3.0)
+    assert np.median(pose_errors_deg(result.rotation, truth)) < 2.0
+    alone = refine_poses(dataset, structures, far, shifts, config, start_step_deg=3.0)
+    assert np.median(pose_errors_deg(alone.rotation, truth)) > 45.0
+    with pytest.raises(ValueError, match="rotation"):
+        refine_poses(dataset, structures, starts[:, :, :2], shifts, config)
+
+
+def test_route_config_epochs_per_learning_run_and_refined_rounds():
+    from atomvae.train.searched import SearchedRouteConfig, last_learning_run
+
+    route = SearchedRouteConfig(rounds=3, round_epochs=(1, 6))
+    assert [route.epochs_of_run(i) for i in (1, 2)] == [1, 6]
+    assert [route.refines(i) for i in (2, 3)] == [False, True]
+    assert last_learning_run(Path("f"), route) == Path("f") / "run_round2"
+    assert SearchedRouteConfig(round_epochs=4).epochs_of_run(3) == 4  # one value for every run
+    assert [SearchedRouteConfig(rounds=3, refine="every").refines(i) for i in (2, 3)] == [True, True]
+    assert not SearchedRouteConfig(refine="none").refines(2)
+    assert last_learning_run(Path("f"), SearchedRouteConfig(rounds=1)) is None
+    with pytest.raises(ValueError, match="refine"):
+        SearchedRouteConfig(refine="sometimes")
+    with pytest.raises(ValueError, match="round_epochs"):
+        SearchedRouteConfig(round_epochs=(1, 0))
 
 
 def test_search_matches_each_particle_only_against_its_allowed_references(tmp_path):

@@ -369,7 +369,9 @@ def refine_poses(
     """Local refinement of poses against each particle's own structure: hill climbing from (rotation (N,
     3, 3), shift (N, 2) A) over small turns (``neighbour_rotations``), the shift re-searched at every trial,
     ``config.local_rounds`` rounds from ``start_step_deg`` (halving every 2 rounds); a turn is kept only
-    when it scores better than the current pose (the identity is always a trial).
+    when it scores better than the current pose (the identity is always a trial). rotation may hold S
+    starting poses per particle, (N, S, 3, 3): the climb starts from the best-scoring of them (e.g. a new
+    search's pose and the previous round's, so a round never loses a pose its predecessor had right).
 
     structures: (N, A, 3) A, particle i's own conformation (e.g. decoded at its posterior mean) centred on
     the rotation centre; masses (A,) the atoms' weights (default 1). indices: the dataset rows of the N
@@ -382,8 +384,14 @@ def refine_poses(
         masses = torch.as_tensor(masses, dtype=torch.float32)
     indices = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     n = len(indices)
-    if structures.shape[0] != n or rotation.shape != (n, 3, 3) or shift.shape != (n, 2):
-        raise ValueError(f"need structures (N, A, 3), rotation (N, 3, 3), shift (N, 2) for N = {n}")
+    starts = rotation if rotation.dim() == 4 else rotation[:, None]  # (N, S, 3, 3)
+    if (
+        structures.shape[0] != n
+        or starts.shape[0] != n
+        or starts.shape[-2:] != (3, 3)
+        or shift.shape != (n, 2)
+    ):
+        raise ValueError(f"need structures (N, A, 3), rotation (N, [S,] 3, 3), shift (N, 2) for N = {n}")
     out_rotation, out_shift = torch.empty(n, 3, 3), torch.empty(n, 2)
     out_score, start_score = torch.empty(n), torch.empty(n)
     bar = tqdm(total=n, unit="img", desc="pose refine", disable=None if progress is None else not progress)
@@ -393,9 +401,8 @@ def refine_poses(
         images, ctf = batch["image"].float(), batch["ctf"]
         filtered, ctf_power = fine.filtered_images(images, ctf)
         own = structures[rows][:, None]  # (B, 1, A, 3)
-        best_rotation = rotation[rows].float()
-        _r, best_shift, best_score, _ = _best_of(
-            fine, filtered, ctf_power, own, best_rotation[:, None], config, masses
+        best_rotation, best_shift, best_score, _ = _best_of(
+            fine, filtered, ctf_power, own, starts[rows].float(), config, masses
         )
         start_score[rows] = best_score
         step = start_step_deg

@@ -6,15 +6,22 @@ rigid bodies (``train.domain_references``), plus ``path_points`` structures on t
 each; every particle is searched against all of them (``pose_search.search_poses``). With
 ``fit.n_fitted`` 0 it searches against the base alone. Each later round:
 
-1. a short run (``round_epochs`` stage-2 epochs, given poses, started from the previous round's weights)
-   learns conformations from the latest poses;
+1. a run (``round_epochs`` stage-2 epochs, given poses, started from the previous round's weights) learns
+   conformations from the latest poses;
 2. each particle is encoded and its posterior mean decoded: its own conformation;
 3. references spread along what was learnt: the base, round 1's fitted references and ``n_references``
    decoded particles chosen by farthest-point sampling (C-alpha RMSD) from the base;
 4. a global search of each particle against only the ``n_nearest`` references nearest its own
    conformation (a closed particle is never offered the open base, an open one never a closed state:
    with every reference allowed, the extra states steal particles whose own state they do not hold);
-5. a local refinement of that pose against the particle's own decoded conformation.
+5. a local refinement against the particle's own decoded conformation (``refine``: in the last round only
+   by default), starting from the better of the new pose and the previous round's by their score against
+   that conformation: a round never loses a pose its predecessor had right.
+
+The last round's poses are best when its learning run is long (a model trained 6 epochs decodes
+conformations that pose the closed state of adenylate kinase better than one trained 1): the shipped
+benchmark route runs ``round_epochs`` (1, 6) over three rounds and continues the final training from the
+last learning run's weights (``last_learning_run``), so the 6 epochs are not paid twice.
 
 Templates are rendered with the training's image model: residue pseudo-atoms weighted by their scattering
 and (from round 2) the run's learnt width; the score is amplitude-free (normalised cross-correlation),
@@ -52,20 +59,22 @@ from atomvae.train.pose_search import (
 @dataclass(frozen=True)
 class SearchedRouteConfig:
     """Numbers of the route. rounds: pose searches (the first against the base); round_epochs: stage-2
-    epochs of each learning run between searches; n_references / n_nearest: learnt states searched
-    against, and how many of them (nearest the particle's own conformation) each particle may match;
-    refine: the local refinement against each particle's own conformation after every later search;
+    epochs of each learning run between searches, one value for all or one per run (the last repeats);
+    n_references / n_nearest: learnt states searched against, and how many of them (nearest the
+    particle's own conformation) each particle may match; refine: the local refinement against each
+    particle's own conformation after the later searches, "every" one, the "last" one (earlier rounds
+    only feed a learning run, which tolerates a few degrees) or "none";
     fit: round 1's references fitted to the particles as rigid domain motions of the base, and structures
     on the rigid path to each (``domain_references.DomainFitConfig``; n_fitted 0: the base alone);
     render_sigma: A, the templates' width in round 1 (later rounds take the run's learnt width);
     resolution: A, low-pass of the round-1 search; later rounds step down to ``final_resolution``."""
 
     rounds: int = 2
-    round_epochs: int = 4
+    round_epochs: int | tuple[int, ...] = 4
     fit: DomainFitConfig = DomainFitConfig()
     n_references: int = 4
     n_nearest: int = 3
-    refine: bool = True
+    refine: str = "last"
     render_sigma: float = 1.5
     resolution: float = 8.0
     final_resolution: float = 6.0
@@ -73,8 +82,29 @@ class SearchedRouteConfig:
     max_decoded: int = 100000  # particles decoded at most (all of them at benchmark sizes)
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.round_epochs < 1 or self.n_references < 0 or self.n_nearest < 1:
+        epochs = self.round_epochs if isinstance(self.round_epochs, tuple) else (self.round_epochs,)
+        if self.rounds < 1 or not epochs or min(epochs) < 1 or self.n_references < 0 or self.n_nearest < 1:
             raise ValueError("rounds, round_epochs, n_nearest >= 1 and n_references >= 0")
+        if self.refine not in REFINE_ROUNDS:
+            raise ValueError(f"refine must be one of {', '.join(REFINE_ROUNDS)}, got {self.refine!r}")
+
+    def epochs_of_run(self, index: int) -> int:
+        """Stage-2 epochs of learning run ``index`` (1-based: the run before round index + 1)."""
+        epochs = self.round_epochs if isinstance(self.round_epochs, tuple) else (self.round_epochs,)
+        return epochs[min(index, len(epochs)) - 1]
+
+    def refines(self, round_index: int) -> bool:
+        """Whether round ``round_index`` (2, 3, ...) refines against the particles' own conformations."""
+        return self.refine == "every" or (self.refine == "last" and round_index == self.rounds)
+
+
+REFINE_ROUNDS = ("every", "last", "none")
+
+
+def last_learning_run(folder: Path, route: SearchedRouteConfig) -> Path | None:
+    """The route's last learning run (its weights learnt the conformations the last poses were refined
+    against; a final training may continue from them), None with a single round."""
+    return Path(folder) / f"run_round{route.rounds - 1}" if route.rounds > 1 else None
 
 
 def render_atoms_of_base(coords: np.ndarray, topology) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +278,7 @@ def searched_poses(
                 train_config,
                 pose_mode="given",
                 init_from=None if previous is None else str(previous),
-                stage2=dataclasses.replace(train_config.stage2, epochs=route.round_epochs),
+                stage2=dataclasses.replace(train_config.stage2, epochs=route.epochs_of_run(index - 1)),
                 data=dataclasses.replace(train_config.data, pose_center=None),
             )
             resume = (learn_run / "config.yaml").is_file()
@@ -271,12 +301,17 @@ def searched_poses(
             result = search_poses(
                 dataset, references, config, progress=progress, masses=decoded.masses, allowed=allowed
             )
-            if route.refine:
+            if route.refines(index):
                 searched_reference = result.reference
+                with np.load(star.with_suffix(".npz")) as last:
+                    order = {int(r): i for i, r in enumerate(last["index"])}
+                    previous_rotation = torch.as_tensor(
+                        last["rotation"][[order[int(r)] for r in dataset.rows]]
+                    )
                 result = refine_poses(
                     dataset,
                     decoded.render,
-                    result.rotation,
+                    torch.stack([result.rotation, previous_rotation.float()], dim=1),
                     result.shift,
                     config,
                     masses=decoded.masses,
