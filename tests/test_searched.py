@@ -179,7 +179,7 @@ def test_route_runs_two_rounds_keeps_good_poses_and_resumes(tmp_path):
     assert again == {}  # every round's output exists: nothing is redone
 
 
-def test_search_poses_route_from_the_command_line_writes_the_last_rounds_poses(tmp_path, monkeypatch):
+def test_search_poses_route_from_the_command_line_writes_the_last_rounds_poses(tmp_path, monkeypatch, capsys):
     """`atomvae search-poses --route`: fitted references, a learning run, a second search; OUTPUT holds the
     last round's poses (the particles are the base itself: they come back within a few degrees)."""
     import functools
@@ -215,6 +215,7 @@ def test_search_poses_route_from_the_command_line_writes_the_last_rounds_poses(t
         "--no-progress",
     ]
     assert main(argv) == 0
+    assert f"--init {tmp_path / 'posed.route' / 'run_round1'}" in capsys.readouterr().out  # how to continue
     fitted = np.load(tmp_path / "posed.route" / "round1_references.npz")
     assert fitted["kind"].tolist() == ["base", "path", "path", "fitted"]
     assert (tmp_path / "posed.route" / "round2.star").is_file()

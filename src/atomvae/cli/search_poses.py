@@ -112,9 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--round-epochs",
         type=int,
-        default=4,
-        help="--route: stage-2 epochs of each learning run (default 4; ~250-300 steps suit it: 1 for 20,000 "
-        "particles)",
+        nargs="+",
+        default=[4],
+        help="--route: stage-2 epochs of each learning run, one value or one per run, the last repeating "
+        "(default 4; ~250-300 steps suit a run between searches: 1 for 20,000 particles; with --rounds 3 "
+        "'1 6' makes the last run the first half of the final training, continued with --init)",
     )
     parser.add_argument(
         "--fit-references",
@@ -190,12 +192,12 @@ def _run_route(args: argparse.Namespace, search) -> int:
     from atomvae.train.config import PRESETS
     from atomvae.train.domain_references import DomainFitConfig
     from atomvae.train.pose_search import PoseSearchResult, write_search_result
-    from atomvae.train.searched import SearchedRouteConfig, searched_poses
+    from atomvae.train.searched import SearchedRouteConfig, last_learning_run, searched_poses
 
     try:
         route = SearchedRouteConfig(
             rounds=args.rounds,
-            round_epochs=args.round_epochs,
+            round_epochs=tuple(args.round_epochs),
             image_size=args.image_size,
             fit=DomainFitConfig(n_fitted=args.fit_references),
         )
@@ -229,9 +231,11 @@ def _run_route(args: argparse.Namespace, search) -> int:
         rows = found["index"]
     write_search_result(metadata, rows, result, args.output)
     counts = np.bincount(result.reference.numpy())
+    last_run = last_learning_run(folder, route)
+    continue_with = "" if last_run is None else f" --init {last_run} (its weights learnt them)"
     print(
         f"poses of {len(rows)} particles written to {args.output} (the searched route's round "
         f"{route.rounds}, {folder}; particles per reference {counts.tolist()}); train on them with "
-        "--poses given"
+        f"--poses given{continue_with}"
     )
     return 0
