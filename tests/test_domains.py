@@ -119,7 +119,7 @@ def test_pose_scores_equal_the_search_scorer_at_the_same_pose(tmp_path):
     templates = render_projections(
         render, rotation[:, None], torch.zeros(2), 32, float(dataset.pixel_size), 1.5, masses
     )
-    theirs, _shift = scorer.shifted_scores(filtered, ctf_power, templates, 0.0)
+    theirs, _shift = scorer.shifted_scores(filtered, ctf_power, torch.fft.rfft2(templates), 0.0)
     assert torch.allclose(ours, theirs[:, 0], rtol=1e-4)
 
 

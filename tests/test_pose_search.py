@@ -104,7 +104,7 @@ def test_scores_match_brute_force_normalised_cross_correlation():
     template_power = torch.fft.rfft2(templates).abs().square().flatten(1)
     scores = scorer.global_scores(filtered, power, templates.flatten(1), template_power)
     shifted, shifts = scorer.shifted_scores(
-        filtered, power, templates[None].expand(3, -1, -1, -1), max_shift=0.0
+        filtered, power, torch.fft.rfft2(templates)[None].expand(3, -1, -1, -1), max_shift=0.0
     )
     c = ctf_2d(ctf, box, pixel, rfft=True)
     for i in range(3):
@@ -138,7 +138,7 @@ def test_shift_search_finds_a_whole_pixel_shift_with_the_render_sign_convention(
     scorer = _Scorer(box, pixel, resolution=3.5)
     filtered, power = scorer.filtered_images(image, ctf)
     template = render_projections(coords, rotation, torch.zeros(1, 2), box, pixel, 1.5)
-    _, shift = scorer.shifted_scores(filtered, power, template[:, None], max_shift=10.0)
+    _, shift = scorer.shifted_scores(filtered, power, torch.fft.rfft2(template)[:, None], max_shift=10.0)
     assert torch.allclose(shift[0, 0], true_shift[0], atol=0.3)
 
 

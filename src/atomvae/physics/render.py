@@ -260,3 +260,65 @@ def render(
     """
     images = render_projections(coords, rotation, shift, box, pixel_size, sigma, weights)
     return apply_ctf(images, ctf_params, pixel_size, pad_factor)
+
+
+def band_limited_spectra(
+    coords: torch.Tensor,
+    rotation: torch.Tensor,
+    box: int,
+    pixel_size: float,
+    sigma: float,
+    resolution: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The half spectrum (``rfft2``) of ``render_projections``' image at zero shift, at the frequencies
+    ``|k_x|, |k_y| <= 1 / resolution`` (1/A), zero elsewhere: (..., box, box//2 + 1) complex. Forward only,
+    for projection matching, whose scores ignore every frequency above the low-pass anyway.
+
+    Straight from each atom's analytic transform, ``w exp(-2 pi^2 sigma^2 |k|^2) exp(-2 pi i k.t)`` (``t``
+    its position from the first pixel centre), separable in k_x and k_y: per render one real
+    ``(2F, A) @ (A, 2F)`` matmul over the F frequencies of the band per axis (F = 17 for a 64-px box of
+    1.5 A at 6 A) against ``(box, A) @ (A, box)`` and an FFT for the image. The sampled image's aliases
+    are left out (relative size exp(-2 pi^2 s^2 (1 - nu)^2) for s = sigma / pixel and nu cycles per
+    pixel: 1.5e-5 at s = 1, nu = 1/4; ``benchmarks/fourier_renderer.py`` keeps them, for training), and
+    so is the image's edge: atoms must lie well inside the box. coords (..., A, 3) A, rotation (..., 3, 3)
+    broadcast as in ``render_projections``; weights (A,) default 1."""
+    positions = image_plane_positions(
+        coords, rotation, torch.zeros(2, dtype=coords.dtype, device=coords.device)
+    )
+    batch_shape, n_atoms = positions.shape[:-2], positions.shape[-2]
+    n_band = min(int(math.floor(box * pixel_size / resolution + 1e-9)), box // 2) + 1
+    first_center = -(box // 2) * pixel_size
+    # exp(-2 pi i f t / box) for f = 0 .. n_band - 1 as powers of one phasor per atom and axis: a few
+    # multiplies per frequency instead of a cos and a sin (float32 powers drift by ~f ulp: 1e-6 at f = 32)
+    angle = positions.reshape(-1, n_atoms, 2) * (2 * math.pi / (box * pixel_size))
+    angle = angle - first_center * (2 * math.pi / (box * pixel_size))
+    complex_dtype = torch.complex128 if coords.dtype == torch.float64 else torch.complex64
+    spectra = torch.zeros(len(angle), box, box // 2 + 1, dtype=complex_dtype, device=coords.device)
+    frequency = torch.arange(n_band, dtype=coords.dtype, device=coords.device) / (box * pixel_size)
+    gaussian = torch.exp(-2 * math.pi**2 * sigma**2 * frequency.square())  # per axis, 1/A
+    envelope = (gaussian[:, None] * gaussian[None, :]).to(complex_dtype)
+    chunk = max(1, 16 * CHUNK_ATOMS // max(n_atoms, 1))  # few, large elementwise passes
+    for lo in range(0, len(angle), chunk):
+        part = angle[lo : lo + chunk].permute(0, 2, 1)  # (n, 2 axes, A): atoms contiguous
+        cos, sin = part.cos(), part.sin().neg_()  # exp(-i angle)
+        # [Re; Im] of exp(-i f angle), frequency-major (2F, n, 2 axes, A) so that every step of the
+        # angle-addition recurrence writes contiguous memory; rows (n, 2 axes, 2F, A) are a view of it
+        table = part.new_empty(2 * n_band, *part.shape)
+        real, imag = table[:n_band], table[n_band:]
+        real[0], imag[0] = 1.0, 0.0
+        for f in range(1, n_band):
+            torch.mul(real[f - 1], cos, out=real[f]).addcmul_(imag[f - 1], sin, value=-1.0)
+            torch.mul(real[f - 1], sin, out=imag[f]).addcmul_(imag[f - 1], cos)
+        rows = table.permute(1, 2, 0, 3)
+        x_rows, y_rows = rows[:, 0], rows[:, 1]
+        if weights is not None:
+            x_rows = x_rows * weights.to(x_rows.dtype)
+        products = torch.bmm(y_rows, x_rows.transpose(1, 2))  # (n, 2F, 2F): [Re y, Im y] x [Re x, Im x]
+        rr, ri = products[:, :n_band, :n_band], products[:, :n_band, n_band:]
+        ir, ii = products[:, n_band:, :n_band], products[:, n_band:, n_band:]
+        block = spectra[lo : lo + chunk]
+        block[:, :n_band, :n_band] = torch.complex(rr - ii, ri + ir) * envelope  # k_y >= 0
+        # k_y < 0: the y profile's conjugate (a real image's spectrum)
+        block[:, box - n_band + 1 :, :n_band] = (torch.complex(rr + ii, ri - ir) * envelope)[:, 1:].flip(1)
+    return spectra.reshape(*batch_shape, box, box // 2 + 1)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from atomvae.data.dataset import ParticleDataset, fourier_crop
 from atomvae.physics.ctf import CTFParams, ctf_2d
-from atomvae.physics.render import render_projections
+from atomvae.physics.render import band_limited_spectra, render_projections
 
 SUPER_FIBONACCI_PSI = 1.533751168755204288118041  # Alexa 2022, the root of psi^4 = psi + 4
 
@@ -180,14 +180,14 @@ class _Scorer:
         return numerator / norm.sqrt()
 
     def shifted_scores(
-        self, filtered: torch.Tensor, ctf_power: torch.Tensor, templates: torch.Tensor, max_shift: float
+        self, filtered: torch.Tensor, ctf_power: torch.Tensor, spectra: torch.Tensor, max_shift: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best score over shifts and the shift (x, y) in A for templates (B, K, H, W) of each image.
+        """Best score over shifts and the shift (x, y) in A for templates of each image, given as their half
+        spectra (B, K, H, W//2+1) (``rfft2``, or ``render.band_limited_spectra`` below the low-pass).
 
         The cross-correlation map corr[s] = sum_x T(x - s) (M C y)(x) peaks where the template moved by
         +s matches; |s| <= max_shift, refined to sub-pixel by a parabola through the peak on each axis.
         """
-        spectra = torch.fft.rfft2(templates)
         norm = (ctf_power[:, None] * spectra.abs().square()).sum(dim=(-2, -1)).clamp_min(1e-30) / self.box**2
         corr = torch.fft.irfft2(spectra.conj() * filtered[:, None], s=(self.box, self.box))
         offsets = torch.fft.fftfreq(self.box, d=1.0 / self.box)  # 0, 1, ..., -1 pixels
@@ -345,10 +345,17 @@ def _best_of(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best of candidates (B, K, 3, 3) of coords (B, K or 1, A, 3) per image, each at its best shift:
     rotation (B, 3, 3), shift (B, 2) A, score (B,) and the candidate's index (B,)."""
-    templates = render_projections(
-        coords, candidates, torch.zeros(2), scorer.box, scorer.pixel_size, config.sigma, masses
+    # the templates' spectra straight below the low-pass: the scores see no other frequency
+    spectra = band_limited_spectra(
+        coords.expand(*candidates.shape[:2], -1, -1),
+        candidates,
+        scorer.box,
+        scorer.pixel_size,
+        config.sigma,
+        config.resolution,
+        masses,
     )
-    scores, shifts = scorer.shifted_scores(filtered, ctf_power, templates, config.max_shift)
+    scores, shifts = scorer.shifted_scores(filtered, ctf_power, spectra, config.max_shift)
     best = scores.argmax(dim=1)
     rows = torch.arange(len(best))
     return candidates[rows, best], shifts[rows, best], scores[rows, best], best
