@@ -287,13 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / f"run_{mode}_seed{seed}"
             pose_report: dict = {}
             if mode == "searched":
-                train_s, particles, last_run, last_epochs = searched_route(
-                    out, sim, base, seed, args, pose_report
-                )
+                train_s, particles, init, epochs = searched_route(out, sim, base, seed, args, pose_report)
                 final = {"stage1": {"epochs": 0}} if args.final_poses == "refine" else None
-                init, epochs = None, None
-                if args.final_start == "route" and last_run is not None:
-                    init, epochs = last_run, max(preset_stage2_epochs(args) - last_epochs, 1)
                 train_s += train(
                     particles,
                     base,
@@ -521,19 +516,13 @@ def searched_poses(out: Path, sim: Path, base: Path, seed: int, args, report: di
     return seconds, poses
 
 
-def preset_stage2_epochs(args) -> int:
-    """Stage-2 epochs of the cpu preset under --config."""
-    from atomvae.train.config import PRESETS, load_config
-
-    return (load_config(args.config, preset="cpu") if args.config else PRESETS["cpu"]).stage2.epochs
-
-
 def searched_route(
     out: Path, sim: Path, base: Path, seed: int, args, report: dict
-) -> tuple[float, Path, Path | None, int]:
+) -> tuple[float, Path, Path | None, int | None]:
     """The searched route (``atomvae.train.searched``) in OUT/poses_searched_seed<seed>; pose accuracy of
-    every round into ``report``. Returns (wall seconds, last round's STAR, the last learning run or None,
-    its stage-2 epochs)."""
+    every round into ``report``. Returns (wall seconds, last round's STAR, the run the final training
+    starts from and its stage-2 epochs: with --final-start route the last learning run and the preset's
+    epochs less that run's, else None, None)."""
     import dataclasses
 
     from atomvae.train.config import PRESETS, load_config
@@ -563,13 +552,11 @@ def searched_route(
         sim / "particles.star", base, out / f"poses_searched_seed{seed}", config, route, on_round=on_round
     )
     report["seconds"] = seconds
-    folder = out / f"poses_searched_seed{seed}"
-    return (
-        time.perf_counter() - start,
-        star,
-        last_learning_run(folder, route),
-        route.epochs_of_run(route.rounds - 1),
-    )
+    init = last_learning_run(out / f"poses_searched_seed{seed}", route)
+    if args.final_start == "scratch" or init is None:
+        return time.perf_counter() - start, star, None, None
+    remaining = max(config.stage2.epochs - route.epochs_of_run(route.rounds - 1), 1)
+    return time.perf_counter() - start, star, init, remaining
 
 
 def refined_pose_accuracy(run_dir: Path, particles: Path, truth: dict) -> dict:

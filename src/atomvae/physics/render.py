@@ -291,8 +291,7 @@ def band_limited_spectra(
     first_center = -(box // 2) * pixel_size
     # exp(-2 pi i f t / box) for f = 0 .. n_band - 1 as powers of one phasor per atom and axis: a few
     # multiplies per frequency instead of a cos and a sin (float32 powers drift by ~f ulp: 1e-6 at f = 32)
-    angle = positions.reshape(-1, n_atoms, 2) * (2 * math.pi / (box * pixel_size))
-    angle = angle - first_center * (2 * math.pi / (box * pixel_size))
+    angle = (positions.reshape(-1, n_atoms, 2) - first_center) * (2 * math.pi / (box * pixel_size))
     complex_dtype = torch.complex128 if coords.dtype == torch.float64 else torch.complex64
     spectra = torch.zeros(len(angle), box, box // 2 + 1, dtype=complex_dtype, device=coords.device)
     frequency = torch.arange(n_band, dtype=coords.dtype, device=coords.device) / (box * pixel_size)

@@ -55,6 +55,8 @@ from atomvae.train.pose_search import (
     write_search_result,
 )
 
+REFINE_ROUNDS = ("every", "last", "none")
+
 
 @dataclass(frozen=True)
 class SearchedRouteConfig:
@@ -82,23 +84,24 @@ class SearchedRouteConfig:
     max_decoded: int = 100000  # particles decoded at most (all of them at benchmark sizes)
 
     def __post_init__(self) -> None:
-        epochs = self.round_epochs if isinstance(self.round_epochs, tuple) else (self.round_epochs,)
+        epochs = self._epochs_per_run
         if self.rounds < 1 or not epochs or min(epochs) < 1 or self.n_references < 0 or self.n_nearest < 1:
             raise ValueError("rounds, round_epochs, n_nearest >= 1 and n_references >= 0")
         if self.refine not in REFINE_ROUNDS:
             raise ValueError(f"refine must be one of {', '.join(REFINE_ROUNDS)}, got {self.refine!r}")
 
+    @property
+    def _epochs_per_run(self) -> tuple[int, ...]:
+        return self.round_epochs if isinstance(self.round_epochs, tuple) else (self.round_epochs,)
+
     def epochs_of_run(self, index: int) -> int:
         """Stage-2 epochs of learning run ``index`` (1-based: the run before round index + 1)."""
-        epochs = self.round_epochs if isinstance(self.round_epochs, tuple) else (self.round_epochs,)
+        epochs = self._epochs_per_run
         return epochs[min(index, len(epochs)) - 1]
 
     def refines(self, round_index: int) -> bool:
         """Whether round ``round_index`` (2, 3, ...) refines against the particles' own conformations."""
         return self.refine == "every" or (self.refine == "last" and round_index == self.rounds)
-
-
-REFINE_ROUNDS = ("every", "last", "none")
 
 
 def last_learning_run(folder: Path, route: SearchedRouteConfig) -> Path | None:
