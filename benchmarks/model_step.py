@@ -12,7 +12,9 @@ Configurations: the cpu preset as it ships (given poses); the cpu preset renderi
 learnt width; the paper preset (heavy atoms, 64 x 4 samples per image) with given and with inferred
 poses, on a small batch. The last line is, for the cpu preset as it ships:
 ``step/render ratio: R; renderer ceiling fraction: F`` with R = step renders/s / renderer-alone
-renders/s and F = the renderer's FLOP/s / the ceiling.
+renders/s and F = the renderer's FLOP/s / the ceiling. R counts the renders the likelihood differentiates;
+for a preset with the conformation search a line before it also times the search's forward-only renders
+(with their CTF) alone and says which share of the step the renderer alone would take for all of them.
 
     .venv/bin/python benchmarks/model_step.py [--threads 2] [--steps 5] [--clock wall|cpu] [--shipped-only]
 
@@ -111,10 +113,26 @@ def measure(name: str, config: TrainConfig, pose_mode: str, batch: int, steps: i
         )
         out.backward(torch.ones_like(out))
 
+    # The conformation search (AtomVAE.search_conformations, one round, full resolution) renders the start
+    # and n_candidates latents per image forward only, at the image's pose, with its CTF.
+    searched_per_image = 1 + config.loss.search_candidates if config.loss.search_candidates else 0
+    search_coords = model.base_render_coords.expand(batch, searched_per_image, -1, -1)
+    search_rotation = rotation[:, None].expand(batch, searched_per_image, 3, 3)
+    search_shift = torch.zeros(batch, searched_per_image, 2)
+
+    @torch.no_grad()
+    def search_renders_alone() -> None:
+        mass = model.render_mass
+        render(search_coords, search_rotation, search_shift, ctf, BOX, PIXEL_SIZE, sigma, weights=mass)
+
     step()
     render_alone()
     step_s = statistics.median(_timed(step) for _ in range(steps))
     render_s = statistics.median(_timed(render_alone) for _ in range(steps))
+    search_s = 0.0
+    if searched_per_image:
+        search_renders_alone()
+        search_s = statistics.median(_timed(search_renders_alone) for _ in range(steps))
     n_atoms = int(model.base_render_coords.shape[0])
     renders = batch * renders_per_image
     ceiling = matmul_gflops(n_atoms)
@@ -128,6 +146,11 @@ def measure(name: str, config: TrainConfig, pose_mode: str, batch: int, steps: i
         "render_renders_per_s": renders / render_s,
         "ceiling_gflops": ceiling,
         "render_fraction": renders / render_s * 6 * BOX * BOX * n_atoms / 1e9 / ceiling,
+        "searched_per_image": searched_per_image,
+        # The share of the step the renderer alone would take for all of the step's renders: the
+        # differentiated ones and the search's forward-only ones (the line's R counts only the former).
+        "renders_share": (render_s + search_s) / step_s,
+        "search_share": search_s / step_s,
     }
 
 
@@ -179,6 +202,13 @@ def main() -> int:
             f"{r['ceiling_gflops']:.0f} GFLOP/s ceiling at A={r['atoms']})",
             flush=True,
         )
+        if r["searched_per_image"]:
+            print(
+                f"  + {r['searched_per_image']} forward-only search renders/image: the renderer alone would "
+                f"take {100 * r['renders_share']:.0f}% of the step for all its renders "
+                f"({100 * r['search_share']:.0f}% for the search's)",
+                flush=True,
+            )
     shipped = results[0]
     print(
         f"step/render ratio: {shipped['step_renders_per_s'] / shipped['render_renders_per_s']:.2f}; "
