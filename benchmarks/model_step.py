@@ -33,6 +33,7 @@ import time
 import torch
 from MDAnalysisTests.datafiles import PDB_small  # adk_open.pdb
 
+from atomvae.allocator import keep_freed_memory
 from atomvae.geometry.rotations import random_rotations
 from atomvae.model.vae import AtomVAE
 from atomvae.physics.ctf import CTFParams
@@ -169,6 +170,7 @@ def main() -> int:
         "--shipped-only", action="store_true", help="only the cpu preset as it ships (the last line's case)"
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI runs every command (atomvae.allocator)
     torch.set_num_threads(args.threads)
     global _clock
     _clock = CLOCKS[args.clock]

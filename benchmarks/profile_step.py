@@ -25,6 +25,7 @@ import time
 import torch
 from MDAnalysisTests.datafiles import PDB_small  # adk_open.pdb
 
+from atomvae.allocator import keep_freed_memory
 from atomvae.geometry.rotations import random_rotations
 from atomvae.model.config import SIDE_CHAIN_MODES
 from atomvae.model.vae import AtomVAE
@@ -35,6 +36,7 @@ from atomvae.train.loop import make_optimizer
 
 
 def build(config, batch: int):
+    keep_freed_memory()  # as the CLI runs every command (atomvae.allocator)
     structure = read_structure(PDB_small)
     torch.manual_seed(0)
     model = AtomVAE(

@@ -13,6 +13,7 @@ import threading
 import warnings
 
 from atomvae import __version__
+from atomvae.allocator import keep_freed_memory
 from atomvae.errors import InputError
 
 # subcommand -> module under atomvae.cli (one thin module per subcommand)
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    keep_freed_memory()  # no page faults on every step's large tensors (atomvae.allocator)
     previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return int(args._run(args) or 0)
