@@ -21,7 +21,6 @@ import time
 
 import torch
 
-from atomvae.allocator import keep_freed_memory
 from atomvae.train.config import PRESETS
 from atomvae.train.loop import make_optimizer
 from atomvae.train.threads import ThreadTuner
@@ -64,7 +63,6 @@ def main() -> int:
         "--interval", type=int, default=10, help="the tuner's steps between probes (training: 50)"
     )
     args = parser.parse_args()
-    keep_freed_memory()  # as the CLI runs every command (atomvae.allocator)
     config = PRESETS["cpu"]
     batch = args.batch or config.batch_size
     model, generator, images, ctf, rotation, shift = build(config, batch)

@@ -41,7 +41,9 @@ def _glibc_with_mallinfo2() -> bool:
 
 
 def _probe(mode: str, **env: str) -> tuple[bool, int]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
+    # Without the caller's own allocator choices, which keep_freed_memory() would rightly defer to.
+    chosen = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(chosen)} | env
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], env=environment, capture_output=True, text=True, check=True
     ).stdout.split()

@@ -5,9 +5,9 @@ start, adjusted upwards as such blocks are freed) with fresh ``mmap`` pages and 
 when they are freed, and trims the heap whenever more than twice that threshold lies free at its top. A
 training step allocates and frees tensors of 1-20 MB hundreds of times (the conformation search's 1,088
 renders per batch are 18 MB), so every step page-faults those pages in again and the kernel zeroes each
-one: ~16,000-18,000 minor page faults per cpu-preset step, and the step 1.2x slower than with the memory
-kept (BENCHMARKS.md, "Page faults"). The memory kept is the step's own peak, which the process reaches
-again on every step anyway.
+one: 8,000-26,000 minor page faults per cpu-preset step on 1 thread, and the step 1.06-1.07x slower than
+with the memory kept (BENCHMARKS.md, "Page faults"). The memory kept is the step's own peak, which the
+process reaches again on every step anyway.
 
 ``keep_freed_memory()`` sets glibc's mmap threshold to its maximum (32 MiB on 64-bit) and its trim
 threshold to 1 GiB, once per process; blocks above 32 MiB still come from mmap. A user's own
