@@ -11,6 +11,7 @@ Two views, both on 1 thread unless ``--threads``:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py [--threads 1] [--repeats 7] [--table]
         [--side-chains rigid|shared|decoded] [--search-candidates N [--search-memory]] [--search-binning B]
+        [--search-resolution A]
 
 ``--search-memory``: the step with ``--search-candidates`` also scores a remembered latent per image
 (``loss.search_memory``; random latents stand in for the particle memory's rows).
@@ -62,6 +63,9 @@ def main() -> None:
     )
     parser.add_argument("--search-candidates", type=int, help="also time the step with this many candidates")
     parser.add_argument("--search-binning", type=int, help="also time the step with the search binned so")
+    parser.add_argument(
+        "--search-resolution", type=float, help="also time the step with the search scored below this (A)"
+    )
     parser.add_argument(
         "--search-memory", action="store_true", help="the --search-candidates step scores a remembered latent"
     )
@@ -125,6 +129,7 @@ def main() -> None:
     no_search = dataclasses.replace(config.loss, search_candidates=0)
     other_search = dataclasses.replace(config.loss, search_candidates=args.search_candidates or 0)
     binned_search = dataclasses.replace(config.loss, search_binning=args.search_binning or 1)
+    band_search = dataclasses.replace(config.loss, search_resolution=args.search_resolution or 0.0)
 
     def adam() -> None:
         optimizer.step()
@@ -146,6 +151,11 @@ def main() -> None:
         **(
             {f"step with the search on {args.search_binning}x binned images": lambda: step(binned_search)}
             if args.search_binning
+            else {}
+        ),
+        **(
+            {f"step with the search below {args.search_resolution:g} A": lambda: step(band_search)}
+            if args.search_resolution
             else {}
         ),
         "step without structure terms": lambda: step(no_structure),

@@ -459,13 +459,24 @@ def clean_search_problem(base, n: int = 6):
     return model, z_true, rotation, shift, images, rmsd_to_truth, generator
 
 
-@pytest.mark.parametrize("binning", [1, 2])
-def test_conformation_search_finds_the_latent_of_a_clean_image(base, binning):
+@pytest.mark.parametrize(("binning", "resolution"), [(1, 0.0), (2, 0.0), (1, 6.0)])
+def test_conformation_search_finds_the_latent_of_a_clean_image(base, binning, resolution):
+    """Full likelihood, coarse to fine on binned images, and the band below 6 A (``band_likelihood``)."""
     n = 6
     model, z_true, rotation, shift, images, rmsd_to_truth, generator = clean_search_problem(base, n)
     start = -z_true
     best, gain = model.search_conformations(
-        images, batch_ctf(n), rotation, shift, start, 32, 0.5, generator, rounds=3, binning=binning
+        images,
+        batch_ctf(n),
+        rotation,
+        shift,
+        start,
+        32,
+        0.5,
+        generator,
+        rounds=3,
+        binning=binning,
+        resolution=resolution,
     )
     assert (gain >= 0).all() and (gain > 0).any()
     assert (rmsd_to_truth(best) <= rmsd_to_truth(start) + 1e-6).all()

@@ -198,6 +198,10 @@ class LossWeights:
     # (2: 2x2 pixels averaged, a quarter of the render cost) against renders at the binned pixel size, and
     # only the best quarter rescored at full resolution. 1 = every candidate at full resolution.
     search_binning: int = 1
+    # Candidates scored over the frequencies below this resolution (A) only, straight from the renders'
+    # analytic spectra with the CTF as a multiply (``model.band_likelihood``): no real-space render and no
+    # CTF FFT pair per candidate. 0 = the full likelihood, as the training's.
+    search_resolution: float = 0.0
     # Keep each particle's best latent between its visits and score it again beside the fresh candidates
     # (``atomvae.train.particle_memory``): the search then builds on what it found in earlier epochs.
     search_memory: bool = False
@@ -219,6 +223,10 @@ class LossWeights:
             raise ValueError(f"search_candidates must be >= 0, got {self.search_candidates}")
         if self.search_binning < 1:
             raise ValueError(f"search_binning must be >= 1, got {self.search_binning}")
+        if self.search_resolution < 0:
+            raise ValueError(f"search_resolution must be >= 0 A, got {self.search_resolution}")
+        if self.search_resolution > 0 and self.search_binning > 1:
+            raise ValueError("search_resolution and search_binning both cheapen the search: set one")
         if self.search_width <= 0 or self.search_local <= 0:
             raise ValueError("search_width and search_local must be > 0")
         if self.heavy_clash_distance <= 0:

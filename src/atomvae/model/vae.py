@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from atomvae.geometry.rotations import random_rotations
+from atomvae.model.band_likelihood import BandLikelihood
 from atomvae.model.batch_noise import BatchNoiseRows, standard_normal
 from atomvae.model.config import LossWeights, ModelConfig
 from atomvae.model.decoder import ConformationDecoder
@@ -476,6 +477,7 @@ class AtomVAE(nn.Module):
                     generator,
                     binning=weights.search_binning,
                     remembered=remembered.get("latent"),
+                    resolution=weights.search_resolution,
                 )
                 found["latent"] = best
                 z_conf = best.unsqueeze(1) + weights.search_width * eps  # (B, Kc, latent)
@@ -670,11 +672,14 @@ class AtomVAE(nn.Module):
         rounds: int = 1,
         binning: int = 1,
         remembered: torch.Tensor | None = None,
+        resolution: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The best latent of each image by log p(y | z) + log p(z) (nats), and its gain over ``start``.
         With ``binning`` > 1 (and the box divisible by it) the candidates are first scored on the binned
         images (``binned_renders``, a quarter of the render cost at 2) and only the best n_candidates // 4
-        (and the start) at full resolution.
+        (and the start) at full resolution. With ``resolution`` > 0 (A) log p(y | z) is taken over the
+        frequencies below it only, from the renders' analytic spectra (``band_likelihood``; no real-space
+        render, no CTF FFTs).
 
         images (B, H, W); ctf (B,) or None; rotation (B, 3, 3), shift (B, 2) A: the pose each candidate is
         rendered at; start (B, latent): the first candidate (the encoder's mean). Each round scores the
@@ -686,6 +691,22 @@ class AtomVAE(nn.Module):
         """
         batch, latent = start.shape
         with torch.autocast(device_type=start.device.type, enabled=False):
+            band = None
+            if resolution > 0:
+                if self.render_kinds is not None:
+                    raise ValueError("the band-limited search needs one render width")
+                band = BandLikelihood(
+                    images.to(start.dtype),
+                    ctf,
+                    shift.to(start.dtype),
+                    self.box,
+                    self.pixel_size,
+                    resolution,
+                    float(self.noise_sigma),
+                )
+                sigma = float(self.render_sigma)
+                mass = None if self.render_mass is None else self.render_mass.to(start.dtype)
+                amplitude = None if self.config.amplitude == "per_image" else self.amplitude.detach()
             target = images.to(start.dtype)[:, None]
             rotation, shift = rotation[:, None].to(start.dtype), shift[:, None].to(start.dtype)
 
@@ -700,8 +721,12 @@ class AtomVAE(nn.Module):
                 return torch.cat([self.decoder(z[:, : z.shape[1] - n_shared], "render"), shared], dim=1)
 
             def score(z: torch.Tensor, n_shared: int = 0) -> torch.Tensor:  # (B, M, latent) -> (B, M) nats
-                predicted = self.render_images(decode(z, n_shared), rotation, shift, ctf, target)
-                return gaussian_log_likelihood(target, predicted, self.noise_sigma) - 0.5 * z.square().sum(-1)
+                if band is not None:
+                    log_lik = band(decode(z, n_shared), rotation, sigma, mass, amplitude)
+                else:
+                    predicted = self.render_images(decode(z, n_shared), rotation, shift, ctf, target)
+                    log_lik = gaussian_log_likelihood(target, predicted, self.noise_sigma)
+                return log_lik - 0.5 * z.square().sum(-1)
 
             coarse_score = None
             if binning > 1 and self.box % binning == 0:
@@ -920,6 +945,7 @@ class AtomVAE(nn.Module):
                 generator,
                 rounds=search_rounds,
                 binning=search.search_binning,
+                resolution=search.search_resolution,
             )
             sigma_c = torch.full_like(mu_c, search.search_width)
         if mode.uses_pose_head:

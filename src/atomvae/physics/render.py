@@ -262,7 +262,19 @@ def render(
     return apply_ctf(images, ctf_params, pixel_size, pad_factor)
 
 
-def band_limited_spectra(
+def band_size(box: int, pixel_size: float, resolution: float) -> int:
+    """F: the frequencies 0 .. F-1 (cycles per box) per axis with ``|k| <= 1 / resolution`` (1/A), below
+    Nyquist (an even box's Nyquist row would stand for both signs of k_y)."""
+    return min(int(math.floor(box * pixel_size / resolution + 1e-9)), (box - 1) // 2) + 1
+
+
+def band_rows(box: int, n_band: int) -> torch.Tensor:
+    """Rows of a ``rfft2`` half spectrum (box rows) that the band's 2F-1 rows stand for: k_y = 0 .. F-1,
+    then -(F-1) .. -1 (as ``fftfreq`` orders them)."""
+    return torch.cat([torch.arange(n_band), torch.arange(box - n_band + 1, box)])
+
+
+def band_spectra(
     coords: torch.Tensor,
     rotation: torch.Tensor,
     box: int,
@@ -271,9 +283,10 @@ def band_limited_spectra(
     resolution: float,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The half spectrum (``rfft2``) of ``render_projections``' image at zero shift, at the frequencies
-    ``|k_x|, |k_y| <= 1 / resolution`` (1/A), zero elsewhere: (..., box, box//2 + 1) complex. Forward only,
-    for projection matching, whose scores ignore every frequency above the low-pass anyway.
+    """The half spectrum (``rfft2``) of ``render_projections``' image at zero shift, only at the frequencies
+    ``|k_x|, |k_y| <= 1 / resolution`` (1/A): (..., 2F-1, F) complex, F = ``band_size``, rows as
+    ``band_rows``. Forward only, for scores that ignore every frequency above the band (projection
+    matching's low-pass, the conformation search's band).
 
     Straight from each atom's analytic transform, ``w exp(-2 pi^2 sigma^2 |k|^2) exp(-2 pi i k.t)`` (``t``
     its position from the first pixel centre), separable in k_x and k_y: per render one real
@@ -287,37 +300,55 @@ def band_limited_spectra(
         coords, rotation, torch.zeros(2, dtype=coords.dtype, device=coords.device)
     )
     batch_shape, n_atoms = positions.shape[:-2], positions.shape[-2]
-    n_band = min(int(math.floor(box * pixel_size / resolution + 1e-9)), box // 2) + 1
+    n_band = band_size(box, pixel_size, resolution)
     first_center = -(box // 2) * pixel_size
     # exp(-2 pi i f t / box) for f = 0 .. n_band - 1 as powers of one phasor per atom and axis: a few
     # multiplies per frequency instead of a cos and a sin (float32 powers drift by ~f ulp: 1e-6 at f = 32)
     angle = (positions.reshape(-1, n_atoms, 2) - first_center) * (2 * math.pi / (box * pixel_size))
     complex_dtype = torch.complex128 if coords.dtype == torch.float64 else torch.complex64
-    spectra = torch.zeros(len(angle), box, box // 2 + 1, dtype=complex_dtype, device=coords.device)
+    spectra = torch.empty(len(angle), 2 * n_band - 1, n_band, dtype=complex_dtype, device=coords.device)
     frequency = torch.arange(n_band, dtype=coords.dtype, device=coords.device) / (box * pixel_size)
     gaussian = torch.exp(-2 * math.pi**2 * sigma**2 * frequency.square())  # per axis, 1/A
     envelope = (gaussian[:, None] * gaussian[None, :]).to(complex_dtype)
     chunk = max(1, 16 * CHUNK_ATOMS // max(n_atoms, 1))  # few, large elementwise passes
     for lo in range(0, len(angle), chunk):
-        part = angle[lo : lo + chunk].permute(0, 2, 1)  # (n, 2 axes, A): atoms contiguous
+        part = angle[lo : lo + chunk].permute(0, 2, 1).contiguous()  # (n, 2 axes, A): atoms contiguous
         cos, sin = part.cos(), part.sin().neg_()  # exp(-i angle)
         # [Re; Im] of exp(-i f angle), frequency-major (2F, n, 2 axes, A) so that every step of the
         # angle-addition recurrence writes contiguous memory; rows (n, 2 axes, 2F, A) are a view of it
         table = part.new_empty(2 * n_band, *part.shape)
         real, imag = table[:n_band], table[n_band:]
+        # The recurrence is linear in its start: starting the x profiles at the weights weighs every power.
         real[0], imag[0] = 1.0, 0.0
+        if weights is not None:
+            real[0, :, 0] = weights.to(real.dtype)
         for f in range(1, n_band):
             torch.mul(real[f - 1], cos, out=real[f]).addcmul_(imag[f - 1], sin, value=-1.0)
             torch.mul(real[f - 1], sin, out=imag[f]).addcmul_(imag[f - 1], cos)
         rows = table.permute(1, 2, 0, 3)
         x_rows, y_rows = rows[:, 0], rows[:, 1]
-        if weights is not None:
-            x_rows = x_rows * weights.to(x_rows.dtype)
         products = torch.bmm(y_rows, x_rows.transpose(1, 2))  # (n, 2F, 2F): [Re y, Im y] x [Re x, Im x]
         rr, ri = products[:, :n_band, :n_band], products[:, :n_band, n_band:]
         ir, ii = products[:, n_band:, :n_band], products[:, n_band:, n_band:]
         block = spectra[lo : lo + chunk]
-        block[:, :n_band, :n_band] = torch.complex(rr - ii, ri + ir) * envelope  # k_y >= 0
+        block[:, :n_band] = torch.complex(rr - ii, ri + ir) * envelope  # k_y >= 0
         # k_y < 0: the y profile's conjugate (a real image's spectrum)
-        block[:, box - n_band + 1 :, :n_band] = (torch.complex(rr + ii, ri - ir) * envelope)[:, 1:].flip(1)
-    return spectra.reshape(*batch_shape, box, box // 2 + 1)
+        block[:, n_band:] = (torch.complex(rr + ii, ri - ir) * envelope)[:, 1:].flip(1)
+    return spectra.reshape(*batch_shape, 2 * n_band - 1, n_band)
+
+
+def band_limited_spectra(
+    coords: torch.Tensor,
+    rotation: torch.Tensor,
+    box: int,
+    pixel_size: float,
+    sigma: float,
+    resolution: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``band_spectra`` placed on the whole half grid, zero outside the band: (..., box, box//2 + 1)."""
+    band = band_spectra(coords, rotation, box, pixel_size, sigma, resolution, weights)
+    n_band = band.shape[-1]
+    spectra = band.new_zeros(*band.shape[:-2], box, box // 2 + 1)
+    spectra[..., band_rows(box, n_band).to(band.device), :n_band] = band
+    return spectra
