@@ -35,6 +35,7 @@ from MDAnalysisTests.datafiles import PDB_small  # adk_open.pdb
 
 from atomvae.allocator import keep_freed_memory
 from atomvae.geometry.rotations import random_rotations
+from atomvae.model.band_likelihood import BandLikelihood
 from atomvae.model.vae import AtomVAE
 from atomvae.physics.ctf import CTFParams
 from atomvae.physics.render import render
@@ -114,8 +115,9 @@ def measure(name: str, config: TrainConfig, pose_mode: str, batch: int, steps: i
         )
         out.backward(torch.ones_like(out))
 
-    # The conformation search (AtomVAE.search_conformations, one round, full resolution) renders the start
-    # and n_candidates latents per image forward only, at the image's pose, with its CTF.
+    # The conformation search (AtomVAE.search_conformations, one round) renders the start and n_candidates
+    # latents per image forward only, at the image's pose, with its CTF: in real space, or with
+    # loss.search_resolution as band-limited spectra scored in Fourier space (model.band_likelihood).
     searched_per_image = 1 + config.loss.search_candidates if config.loss.search_candidates else 0
     search_coords = model.base_render_coords.expand(batch, searched_per_image, -1, -1)
     search_rotation = rotation[:, None].expand(batch, searched_per_image, 3, 3)
@@ -124,7 +126,13 @@ def measure(name: str, config: TrainConfig, pose_mode: str, batch: int, steps: i
     @torch.no_grad()
     def search_renders_alone() -> None:
         mass = model.render_mass
-        render(search_coords, search_rotation, search_shift, ctf, BOX, PIXEL_SIZE, sigma, weights=mass)
+        if config.loss.search_resolution > 0:
+            band = BandLikelihood(
+                images, ctf, search_shift[:, 0], BOX, PIXEL_SIZE, config.loss.search_resolution, 1.0
+            )
+            band(search_coords, rotation[:, None], sigma, mass, None)
+        else:
+            render(search_coords, search_rotation, search_shift, ctf, BOX, PIXEL_SIZE, sigma, weights=mass)
 
     step()
     render_alone()
