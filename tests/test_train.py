@@ -67,6 +67,13 @@ def test_yaml_overrides_preset_field_by_field(tmp_path):
         ("pose_mode: guessed\n", "pose_mode must be one of"),
         ("stage1: [1, 2]\n", "stage1: expected a mapping"),
         ("batch_size: [\n", "not valid YAML"),
+        ("loss: {search_resolution: -1}\n", "search_resolution must be >= 0"),
+        ("loss: {search_resolution: 6, search_binning: 2}\n", "set one"),
+        (
+            "model: {render_atoms: residue, learn_render_sigma: true, render_sigma_by_kind: true}\n"
+            "loss: {search_resolution: 6}\n",
+            "search_resolution needs one render width",
+        ),
     ],
 )
 def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):

@@ -129,6 +129,8 @@ class TrainConfig:
             problems.append(f"data.pose_center must be 3 values (x, y, z in A), got {self.data.pose_center}")
         if self.data.noise_sigma is not None and self.data.noise_sigma <= 0:
             problems.append(f"data.noise_sigma must be > 0, got {self.data.noise_sigma}")
+        if self.loss.search_resolution > 0 and self.model.render_sigma_by_kind:
+            problems.append("loss.search_resolution needs one render width: model.render_sigma_by_kind is on")
         if problems:
             raise InputError("config", "; ".join(problems))
 
