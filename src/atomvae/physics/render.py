@@ -282,11 +282,14 @@ def band_spectra(
     sigma: float,
     resolution: float,
     weights: torch.Tensor | None = None,
+    period: int | None = None,
 ) -> torch.Tensor:
     """The half spectrum (``rfft2``) of ``render_projections``' image at zero shift, only at the frequencies
     ``|k_x|, |k_y| <= 1 / resolution`` (1/A): (..., 2F-1, F) complex, F = ``band_size``, rows as
     ``band_rows``. Forward only, for scores that ignore every frequency above the band (projection
-    matching's low-pass, the conformation search's band).
+    matching's low-pass, the conformation search's band). period (px, default box): the spectrum of the
+    image zero-padded at its end to period x period pixels (``apply_ctf``'s padded grid), on that grid's
+    finer frequencies.
 
     Straight from each atom's analytic transform, ``w exp(-2 pi^2 sigma^2 |k|^2) exp(-2 pi i k.t)`` (``t``
     its position from the first pixel centre), separable in k_x and k_y: per render one real
@@ -300,14 +303,15 @@ def band_spectra(
         coords, rotation, torch.zeros(2, dtype=coords.dtype, device=coords.device)
     )
     batch_shape, n_atoms = positions.shape[:-2], positions.shape[-2]
-    n_band = band_size(box, pixel_size, resolution)
+    period = box if period is None else period
+    n_band = band_size(period, pixel_size, resolution)
     first_center = -(box // 2) * pixel_size
-    # exp(-2 pi i f t / box) for f = 0 .. n_band - 1 as powers of one phasor per atom and axis: a few
+    # exp(-2 pi i f t / period) for f = 0 .. n_band - 1 as powers of one phasor per atom and axis: a few
     # multiplies per frequency instead of a cos and a sin (float32 powers drift by ~f ulp: 1e-6 at f = 32)
-    angle = (positions.reshape(-1, n_atoms, 2) - first_center) * (2 * math.pi / (box * pixel_size))
+    angle = (positions.reshape(-1, n_atoms, 2) - first_center) * (2 * math.pi / (period * pixel_size))
     complex_dtype = torch.complex128 if coords.dtype == torch.float64 else torch.complex64
     spectra = torch.empty(len(angle), 2 * n_band - 1, n_band, dtype=complex_dtype, device=coords.device)
-    frequency = torch.arange(n_band, dtype=coords.dtype, device=coords.device) / (box * pixel_size)
+    frequency = torch.arange(n_band, dtype=coords.dtype, device=coords.device) / (period * pixel_size)
     gaussian = torch.exp(-2 * math.pi**2 * sigma**2 * frequency.square())  # per axis, 1/A
     envelope = (gaussian[:, None] * gaussian[None, :]).to(complex_dtype)
     chunk = max(1, 16 * CHUNK_ATOMS // max(n_atoms, 1))  # few, large elementwise passes
