@@ -199,8 +199,10 @@ class LossWeights:
     # only the best quarter rescored at full resolution. 1 = every candidate at full resolution.
     search_binning: int = 1
     # Candidates scored over the frequencies below this resolution (A) only, straight from the renders'
-    # analytic spectra with the CTF as a multiply (``model.band_likelihood``): no real-space render and no
-    # CTF FFT pair per candidate. 0 = the full likelihood, as the training's.
+    # analytic spectra, the CTF on apply_ctf's padded grid (``model.band_likelihood``): no real-space render
+    # and no FFT per candidate. 0 = the full likelihood, as the training's (both presets: at 8 A the step
+    # is 1.24x faster, the recovered fraction holds, the particles' states were told apart less well in one
+    # of two seeds; BENCHMARKS.md, "The conformation search over a band of low frequencies").
     search_resolution: float = 0.0
     # Keep each particle's best latent between its visits and score it again beside the fresh candidates
     # (``atomvae.train.particle_memory``): the search then builds on what it found in earlier epochs.
