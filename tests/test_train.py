@@ -35,6 +35,31 @@ def test_learning_rate_halves_at_the_milestone():
     assert stage.learning_rate_at(1000) == stage.learning_rate_at(1999) == 1.5e-4
 
 
+def test_decay_epochs_scale_with_the_stage_length():
+    paper = StageConfig(epochs=2000, n_pose=128, lr_decay_epochs=(1000,))
+    assert paper.with_epochs(300).lr_decay_epochs == (150,)  # still after half the stage
+    assert paper.with_epochs(2000) == paper
+    cpu = StageConfig(epochs=8, n_pose=8, lr_decay_epochs=(6,))
+    short = cpu.with_epochs(2)
+    assert (short.epochs, short.lr_decay_epochs) == (2, (1,))
+    assert short.learning_rate_at(1) == cpu.learning_rate / 2  # a short stage still decays
+    assert cpu.with_epochs(1).lr_decay_epochs == (1,)  # never from the first epoch
+    assert cpu.with_epochs(16).lr_decay_epochs == (12,)
+
+
+def test_cli_epochs_move_the_decay(tmp_path):
+    import argparse
+
+    from atomvae.cli.train import add_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["p.star", "b.pdb", "-o", str(tmp_path / "run"), "--preset", "cpu", "--epochs-stage1", "4"]
+    )
+    assert build_config(args).stage1.lr_decay_epochs == (3,)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_yaml_round_trip(tmp_path, preset):
     path = tmp_path / "config.yaml"

@@ -179,8 +179,8 @@ def run_demo(config: DemoConfig) -> dict:
         train_config,
         pose_mode=pose_mode,
         seed=config.seed,
-        stage1=dataclasses.replace(train_config.stage1, epochs=config.epochs_stage1),
-        stage2=dataclasses.replace(train_config.stage2, epochs=config.epochs_stage2),
+        stage1=train_config.stage1.with_epochs(config.epochs_stage1),
+        stage2=train_config.stage2.with_epochs(config.epochs_stage2),
         data=dataclasses.replace(train_config.data, pose_center=pose_center),
     )
     resume = (run_dir / "config.yaml").is_file()

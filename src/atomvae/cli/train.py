@@ -116,8 +116,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="pixel noise sigma in normalised image units (default: from the background)",
     )
-    parser.add_argument("--epochs-stage1", type=int, help="epochs of pose-only training")
-    parser.add_argument("--epochs-stage2", type=int, help="epochs of full training")
+    parser.add_argument(
+        "--epochs-stage1",
+        type=int,
+        help="epochs of pose-only training (the learning-rate decay epochs scale with it)",
+    )
+    parser.add_argument(
+        "--epochs-stage2",
+        type=int,
+        help="epochs of full training (the learning-rate decay epochs scale with it)",
+    )
     parser.add_argument("--batch-size", type=int, help="images per step")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
     parser.add_argument(
@@ -162,7 +170,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     )
     for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
         if epochs is not None:
-            stage = dataclasses.replace(getattr(config, name), epochs=epochs)
+            stage = getattr(config, name).with_epochs(epochs)
             config = dataclasses.replace(config, **{name: stage})
     return config
 

@@ -47,6 +47,16 @@ class StageConfig:
     # ``loss.hypothesis_pull`` > 0; ``AtomVAE.hypothesis_pull``). Each costs one render per image.
     pose_hypotheses: int = 0
 
+    def with_epochs(self, epochs: int) -> StageConfig:
+        """The same stage over ``epochs`` epochs, its decay milestones moved in proportion (floored, at least
+        epoch 1). Why: the schedule is a shape, not a date (the paper halves stage 1's rate after half its
+        epochs); kept as absolute epochs, a shorter stage (``--epochs-stage1 2`` against the cpu preset's
+        decay at 6 of 8) would never decay and a longer one would decay early."""
+        if self.epochs <= 0 or epochs == self.epochs:
+            return dataclasses.replace(self, epochs=epochs)
+        milestones = tuple(max(1, milestone * epochs // self.epochs) for milestone in self.lr_decay_epochs)
+        return dataclasses.replace(self, epochs=epochs, lr_decay_epochs=milestones)
+
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate during ``epoch`` (0-based, within the stage)."""
         n_decays = sum(1 for milestone in self.lr_decay_epochs if epoch >= milestone)

@@ -281,7 +281,7 @@ def searched_poses(
                 train_config,
                 pose_mode="given",
                 init_from=None if previous is None else str(previous),
-                stage2=dataclasses.replace(train_config.stage2, epochs=route.epochs_of_run(index - 1)),
+                stage2=train_config.stage2.with_epochs(route.epochs_of_run(index - 1)),
                 data=dataclasses.replace(train_config.data, pose_center=None),
             )
             resume = (learn_run / "config.yaml").is_file()
