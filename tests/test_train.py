@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import yaml
 
+from atomvae.cli.train import add_arguments, build_config
 from atomvae.errors import InputError
 from atomvae.train import metrics as metrics_module
 from atomvae.train.config import PRESETS, StageConfig, TrainConfig, load_config, save_config
@@ -48,10 +50,6 @@ def test_decay_epochs_scale_with_the_stage_length():
 
 
 def test_cli_epochs_move_the_decay(tmp_path):
-    import argparse
-
-    from atomvae.cli.train import add_arguments, build_config
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(
