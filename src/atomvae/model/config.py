@@ -202,8 +202,8 @@ class LossWeights:
     # analytic spectra, the CTF on apply_ctf's padded grid (``model.band_likelihood``): no real-space render
     # and no FFT per candidate. 0 = the full likelihood, as the training's (both presets: at 8 A training
     # is 1.2x faster and the ensemble's recovered fraction holds on the standard data and issue 10's four
-    # variations, but each particle's latent follows its state less well (conditional r 0.80-0.93 against
-    # 0.88-0.97); BENCHMARKS.md, "The band search at 8 A on issue 10's variations").
+    # variations, but each particle's latent follows its state less well (conditional r with the closed
+    # base 0.88 against 0.96); BENCHMARKS.md, "The band search at 8 A on issue 10's variations").
     search_resolution: float = 0.0
     # Keep each particle's best latent between its visits and score it again beside the fresh candidates
     # (``atomvae.train.particle_memory``): the search then builds on what it found in earlier epochs.
