@@ -67,7 +67,8 @@ from atomvae.errors import atomic_write_text
 from atomvae.evaluate.evaluation import score_ensemble
 from atomvae.evaluate.stereochemistry import stereochemistry_summary
 from atomvae.structure.io import read_ensemble
-from atomvae.train.run import base_structure_path
+from atomvae.train.metrics import METRICS_FILE, training_seconds
+from atomvae.train.run import base_structure_path, seed_dir
 from command_line import repository_command
 
 WEIGHTS = ADK_WEIGHTS
@@ -396,7 +397,8 @@ def train(
     extra: dict | None = None,
 ) -> float:
     """``atomvae train`` with the cpu preset (resumed if run_dir exists; weights started from ``init``'s
-    best checkpoint when given; ``extra`` config overrides on top of --config); returns wall seconds."""
+    best checkpoint when given; ``extra`` config overrides on top of --config); returns wall seconds, those
+    of the earlier processes of a resumed run included (the metrics' training clock)."""
     cmd = [
         "train",
         str(particles),
@@ -430,7 +432,9 @@ def train(
         cmd += ["--init", str(init)]
     if run_dir.exists():
         cmd.append("--resume")
-    return run(atomvae_cmd(*cmd), run_dir.with_suffix(".train.log"))
+    wall_s = run(atomvae_cmd(*cmd), run_dir.with_suffix(".train.log"))
+    logged_s = training_seconds(seed_dir(run_dir, seed) / METRICS_FILE)
+    return max(wall_s, logged_s or 0.0)
 
 
 # Particles grouped by their true trajectory frame for pose diagnostics: [lo, hi).

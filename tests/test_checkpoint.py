@@ -21,7 +21,7 @@ from atomvae.train.checkpoint import (
     save_checkpoint,
 )
 from atomvae.train.loop import train
-from atomvae.train.metrics import read_metrics
+from atomvae.train.metrics import read_metrics, training_seconds
 from atomvae.train.seeding import epoch_batches, split_indices
 from helpers_train import BASE_PDB, tiny_config, write_particles
 
@@ -135,7 +135,7 @@ def _final_state(run_dir):
 
 def _train_records(run_dir):
     return [
-        {k: v for k, v in r.items() if k != "images_per_s"}
+        {k: v for k, v in r.items() if k not in ("images_per_s", "train_seconds")}
         for r in read_metrics(run_dir / "seed_0" / "metrics.jsonl")
     ]
 
@@ -183,6 +183,14 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
     for key in model_a:
         assert torch.equal(model_a[key], model_b[key]), key
     assert _train_records(straight) == _train_records(interrupted)
+    # The training clock runs on over the three processes: it never goes back along the log, and the
+    # total counts the earlier legs too (the first leg's 4 steps are in it).
+    clock = [r["train_seconds"] for r in read_metrics(interrupted / "seed_0" / "metrics.jsonl")]
+    assert len(clock) == len(_train_records(interrupted)) and clock == sorted(clock)
+    first_leg = [
+        r["train_seconds"] for r in read_metrics(interrupted / "seed_0" / "metrics.jsonl") if r["step"] <= 4
+    ]
+    assert training_seconds(interrupted / "seed_0" / "metrics.jsonl") > max(first_leg) > 0
     # Stage-end snapshots agree too (stage 1 ended inside the crashed leg).
     stage1_a = load_checkpoint(straight / "seed_0" / "checkpoints" / "stage1.pt")["model"]
     stage1_b = load_checkpoint(interrupted / "seed_0" / "checkpoints" / "stage1.pt")["model"]

@@ -211,6 +211,11 @@ def fit(
     tuner = tuner or ThreadTuner(fixed=torch.get_num_threads())
     if max_steps is not None and run.position.global_step >= max_steps:
         return  # resuming a run that already stopped at this max_steps
+    clock_start = time.perf_counter()
+
+    def train_seconds() -> float:  # this run's training wall time, earlier processes included
+        return metrics.seconds_before + time.perf_counter() - clock_start
+
     for stage in [s for s in stages(config) if s >= run.position.stage]:
         settings = stage_config(config, stage)
         optimizer = make_optimizer(run.model.trainable_parameters(stage), settings.learning_rate, device)
@@ -249,7 +254,7 @@ def fit(
                     if step % config.log_every == 0 or not result.finite:
                         images_per_s = shard.global_size / (time.perf_counter() - started)
                         record = _train_record(result, run.position, images_per_s, optimizer)
-                        metrics.log({**record, "threads": n_threads})
+                        metrics.log({**record, "threads": n_threads, "train_seconds": train_seconds()})
                     bar.update(shard.global_size, stage=stage, loss=result.terms["total"])
                     run.nonfinite.record(result.finite, run.position)
                     # With several processes the ranks agree on a stop in the step's collective (a signal
@@ -263,7 +268,12 @@ def fit(
                         run.save(run.last, optimizer)
                 if (epoch + 1) % config.validate_every == 0 or epoch + 1 == settings.epochs:
                     val = validation_log_likelihood(run.model, source, val_idx, config, stage, seed, device)
-                    metrics.log(_val_record(val, run.position.global_step, stage, epoch))
+                    metrics.log(
+                        {
+                            **_val_record(val, run.position.global_step, stage, epoch),
+                            "train_seconds": train_seconds(),
+                        }
+                    )
                 run.position = Position(stage, epoch + 1, 0, run.position.global_step)
         run.position = Position(stage + 1, 0, 0, run.position.global_step)
         run.save(run.stage_checkpoint(stage), None)

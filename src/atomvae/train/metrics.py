@@ -1,8 +1,9 @@
 """Training metrics: a JSONL log (one record per line), TensorBoard when installed, the training-curve plot.
 
-Records carry ``kind`` ("train" per step, "val" per validation pass), ``step`` (global) and ``stage``.
+Records carry ``kind`` ("train" per step, "val" per validation pass), ``step`` (global) and ``stage``,
+and ``train_seconds``: the training loop's wall time so far, summed over the processes of a resumed run.
 On resume the log is cut back to the checkpoint's step first, so a resumed run's log equals an
-uninterrupted one.
+uninterrupted one (up to the clock).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def training_seconds(path: str | Path) -> float | None:
+    """The training loop's wall time of a run's metrics.jsonl, over all its processes (seconds); None for a
+    log without the clock (written before it was recorded)."""
+    seconds = [float(r["train_seconds"]) for r in read_metrics(path) if "train_seconds" in r]
+    return max(seconds) if seconds else None
+
+
 def _record_key(record: dict[str, Any]) -> tuple:
     return record.get("kind"), record.get("step"), record.get("stage"), record.get("epoch")
 
@@ -58,12 +66,15 @@ class MetricsLogger:
         # redone on resume. Its record is already in the log (same parameters, same seeded noise): the
         # repeat is not written twice.
         self._already_logged: set[tuple] = set()
+        # Training wall time of the earlier processes of a resumed run, up to the checkpoint (seconds).
+        self.seconds_before = 0.0
         if resume_step is None:
             atomic_write_text(self.path, "")
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self._already_logged = {_record_key(r) for r in kept if r.get("step") == resume_step}
+            self.seconds_before = max((float(r.get("train_seconds", 0.0)) for r in kept), default=0.0)
         self._file = self.path.open("a")
         self._tb = _tensorboard_writer(self.run_dir / "tensorboard") if tensorboard else None
 
@@ -94,6 +105,8 @@ class MetricsLogger:
 
 class NullMetrics:
     """The metrics log of ranks other than 0: records are dropped (rank 0 logs global values)."""
+
+    seconds_before = 0.0
 
     def log(self, record: dict[str, Any]) -> None:
         pass
