@@ -46,7 +46,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def training_seconds(path: str | Path) -> float | None:
     """The training loop's wall time of a run's metrics.jsonl, over all its processes (seconds); None for a
     log without the clock (written before it was recorded)."""
-    seconds = [float(r["train_seconds"]) for r in read_metrics(path) if "train_seconds" in r]
+    return _latest_clock(read_metrics(path))
+
+
+def _latest_clock(records: Iterable[dict[str, Any]]) -> float | None:
+    seconds = [float(r["train_seconds"]) for r in records if "train_seconds" in r]
     return max(seconds) if seconds else None
 
 
@@ -74,7 +78,7 @@ class MetricsLogger:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self._already_logged = {_record_key(r) for r in kept if r.get("step") == resume_step}
-            self.seconds_before = max((float(r.get("train_seconds", 0.0)) for r in kept), default=0.0)
+            self.seconds_before = _latest_clock(kept) or 0.0
         self._file = self.path.open("a")
         self._tb = _tensorboard_writer(self.run_dir / "tensorboard") if tensorboard else None
 
