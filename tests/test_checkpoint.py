@@ -20,6 +20,7 @@ from atomvae.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from atomvae.train.config import load_config
 from atomvae.train.loop import train
 from atomvae.train.metrics import read_metrics, training_seconds
 from atomvae.train.seeding import epoch_batches, split_indices
@@ -221,6 +222,46 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_a_used_folder(t
         train(changed, star, BASE_PDB, tmp_path / "run", resume=True)
     with pytest.raises(InputError, match="not a run folder"):
         train(config, star, BASE_PDB, tmp_path / "nothing", resume=True)
+
+
+def test_a_finished_run_continued_for_more_epochs_equals_a_longer_run(tmp_path):
+    """--resume --epochs-stage2: a 2 + 2 epoch run that finished, continued to 2 + 4, holds the same
+    parameters, Adam moments and log as a 2 + 4 run from the start (last.pt keeps the final stage's Adam
+    moments; the data order and the noise are functions of seed, stage, epoch and step)."""
+    star = write_particles(tmp_path / "data", n=24)
+    config = tiny_config()
+    longer = replace(config, stage2=config.stage2.extended(4))
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    train(longer, star, BASE_PDB, straight)
+    assert train(config, star, BASE_PDB, extended).seeds[0].position == Position(3, 0, 0, 12)
+    summary = train(longer, star, BASE_PDB, extended, resume=True)
+    assert summary.complete and summary.seeds[0].position == Position(3, 0, 0, 18)
+    position_a, model_a, adam_a = _final_state(straight)
+    position_b, model_b, adam_b = _final_state(extended)
+    assert position_a == position_b
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    moments_a, moments_b = adam_a["state"], adam_b["state"]
+    assert moments_a.keys() == moments_b.keys()
+    assert all(torch.equal(moments_a[i]["exp_avg_sq"], moments_b[i]["exp_avg_sq"]) for i in moments_a)
+    assert _train_records(straight) == _train_records(extended)
+    assert load_config(extended / "config.yaml").stage2.epochs == 4
+
+
+def test_more_epochs_refuses_to_shorten_or_to_reopen_a_finished_earlier_stage(tmp_path):
+    star = write_particles(tmp_path / "data", n=24)
+    config = tiny_config()
+    run_dir = tmp_path / "run"
+    train(config, star, BASE_PDB, run_dir, max_steps=7)  # into stage 2
+    before = (run_dir / "seed_0" / "checkpoints" / "last.pt").read_bytes()
+    shorter = replace(config, stage2=config.stage2.extended(1))
+    with pytest.raises(InputError, match="cannot shorten stage2 from 2 to 1"):
+        train(shorter, star, BASE_PDB, run_dir, resume=True)
+    longer_stage1 = replace(config, stage1=config.stage1.extended(3))
+    with pytest.raises(InputError, match="finished stage 1; only the final stage"):
+        train(longer_stage1, star, BASE_PDB, run_dir, resume=True)
+    # nothing was rewritten by the refused resumes
+    assert (run_dir / "seed_0" / "checkpoints" / "last.pt").read_bytes() == before
+    assert load_config(run_dir / "config.yaml") == config
 
 
 def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, monkeypatch):

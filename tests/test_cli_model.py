@@ -335,6 +335,26 @@ def test_init_starts_from_another_runs_weights(trained_run, tmp_path, capsys):
     assert "--init: its model does not fit" in capsys.readouterr().err
 
 
+def test_train_resume_with_more_epochs_continues_a_finished_run(tmp_path, capsys):
+    from atomvae.train.checkpoint import Position, load_checkpoint
+
+    star = write_particles(tmp_path / "data", n=24)
+    config_path = tmp_path / "tiny.yaml"
+    save_config(tiny_config(), config_path)
+    run_dir = tmp_path / "run"
+    argv = ["train", str(star), str(BASE_PDB), "-o", str(run_dir), "--config", str(config_path)]
+    argv.append("--no-progress")
+    assert main(argv) == 0  # 2 + 2 epochs of 3 steps
+    assert main([*argv[:5], "--resume", "--epochs-stage2", "3", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "ignoring" not in err
+    last = load_checkpoint(run_dir / "seed_0" / "checkpoints" / "last.pt")
+    assert last["position"] == Position(3, 0, 0, 15)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["stage2"]["epochs"] == 3 and config["argv"][:2] == ["train", str(star)]
+    assert yaml.safe_load((run_dir / "best.yaml").read_text())["seeds"][0]["global_step"] == 15
+
+
 def test_sample_from_the_aggregate_posterior(trained_run):
     folder, star, run_dir = trained_run
     from atomvae.train.inference import sample_structures

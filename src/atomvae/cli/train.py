@@ -13,6 +13,7 @@ examples:
   atomvae train found.star base.pdb -o run/ --preset cpu --poses given  # (projection matching)
   atomvae train particles.star base.pdb -o run/ --config mine.yaml --max-steps 1000
   atomvae train particles.star base.pdb -o run/ --resume               # continue where it stopped
+  atomvae train particles.star base.pdb -o run/ --resume --epochs-stage2 24   # train a finished run on
 
 --config FILE (YAML) overrides any field, e.g.:
   stage1: {epochs: 50, n_pose: 32}
@@ -119,12 +120,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs-stage1",
         type=int,
-        help="epochs of pose-only training (the learning-rate decay epochs scale with it)",
+        help="epochs of pose-only training (the learning-rate decay epochs scale with it); with --resume: "
+        "continue the run to this many (its decay epochs kept)",
     )
     parser.add_argument(
         "--epochs-stage2",
         type=int,
-        help="epochs of full training (the learning-rate decay epochs scale with it)",
+        help="epochs of full training (the learning-rate decay epochs scale with it); with --resume: "
+        "continue the run to this many, a finished run too (its decay epochs kept)",
     )
     parser.add_argument("--batch-size", type=int, help="images per step")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
@@ -176,7 +179,16 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 # Options that still apply with --resume (everything else comes from the run's config.yaml).
-RESUME_OPTIONS = ("--resume", "--max-steps", "--device", "--workers", "--threads", "--no-progress")
+RESUME_OPTIONS = (
+    "--resume",
+    "--max-steps",
+    "--device",
+    "--workers",
+    "--threads",
+    "--no-progress",
+    "--epochs-stage1",
+    "--epochs-stage2",
+)
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
@@ -203,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
         if args.workers is not None:
             data = dataclasses.replace(config.data, num_workers=args.workers)
             config = dataclasses.replace(config, data=data)
+        # More epochs for a run that stopped or finished (train.prepare.extend_stages checks and applies).
+        for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
+            if epochs is not None:
+                config = dataclasses.replace(config, **{name: getattr(config, name).extended(epochs)})
         ignored = [
             option
             for option in command_line(args)[5:]

@@ -144,3 +144,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(path, f"checkpoint lacks {', '.join(missing)}")
     payload["position"] = Position(**payload["position"])
     return payload
+
+
+def rewrite_position(path: str | Path, position: Position) -> None:
+    """Set a checkpoint's training position, everything else kept (a finished run reopened for more epochs
+    of its final stage: ``atomvae.train.prepare.extend_stages``). Atomic, like every save."""
+    payload = load_checkpoint(path)
+    payload["position"] = asdict(position)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

@@ -57,6 +57,12 @@ class StageConfig:
         milestones = tuple(max(1, milestone * epochs // self.epochs) for milestone in self.lr_decay_epochs)
         return dataclasses.replace(self, epochs=epochs, lr_decay_epochs=milestones)
 
+    def extended(self, epochs: int) -> StageConfig:
+        """The same stage continued to ``epochs`` epochs (``atomvae train --resume --epochs-stage2``). Unlike
+        ``with_epochs`` the decay milestones stay where they are: the epochs already trained ran under them,
+        and the added epochs run at the schedule's last rate."""
+        return dataclasses.replace(self, epochs=epochs)
+
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate during ``epoch`` (0-based, within the stage)."""
         n_decays = sum(1 for milestone in self.lr_decay_epochs if epoch >= milestone)

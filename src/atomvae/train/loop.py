@@ -277,7 +277,9 @@ def fit(
                 run.position = Position(stage, epoch + 1, 0, run.position.global_step)
         run.position = Position(stage + 1, 0, 0, run.position.global_step)
         run.save(run.stage_checkpoint(stage), None)
-        run.save(run.last, None)
+        # The final stage's Adam moments stay in last.pt, so a run continued for more epochs
+        # (--resume --epochs-stage2) goes on as if it had never stopped.
+        run.save(run.last, optimizer if stage == stages(config)[-1] else None)
     if not run.last.is_file():  # no step at all (zero epochs): keep the initial model usable
         run.save(run.last, None)
 

@@ -10,23 +10,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from atomvae.errors import InputError, atomic_path
 from atomvae.train import distributed, preflight
 from atomvae.train import run as run_folder
+from atomvae.train.checkpoint import LAST, Position, load_checkpoint, rewrite_position
 from atomvae.train.config import TrainConfig, config_to_dict, load_config, save_config
 from atomvae.train.metrics import CURVE_FILE, METRICS_FILE
 from atomvae.train.particles import ParticleSource
 from atomvae.train.seed_run import SeedResult
 from atomvae.train.seeding import split_indices
+from atomvae.train.step import stages
 
 # Config fields that may change when a run is resumed (where and how fast it runs, not what it computes).
 RESUMABLE_CHANGES = {"device", "data.num_workers"}
+# ... and those a resume may raise: a stage's epoch count (``atomvae train --resume --epochs-stage2 N``).
+EXTENDABLE = {"stage1.epochs": 1, "stage2.epochs": 2}
 
 
-def check_resume_config(config: TrainConfig, run_dir: Path) -> None:
-    """InputError when ``config`` differs from the run's config.yaml in anything but RESUMABLE_CHANGES."""
-    saved = config_to_dict(load_config(run_dir / run_folder.CONFIG_FILE))
+def check_resume_config(config: TrainConfig, run_dir: Path) -> dict[int, tuple[int, int]]:
+    """InputError when ``config`` differs from the run's config.yaml in anything but RESUMABLE_CHANGES and
+    raised epoch counts; returns the raised ones as {stage: (epochs in config.yaml, epochs asked)}."""
+    config_file = run_dir / run_folder.CONFIG_FILE
+    saved = config_to_dict(load_config(config_file))
     given = config_to_dict(config)
 
     def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -39,12 +46,59 @@ def check_resume_config(config: TrainConfig, run_dir: Path) -> None:
     differing = sorted(
         k for k in saved_flat if saved_flat[k] != given_flat.get(k) and k not in RESUMABLE_CHANGES
     )
+    extensions = {}
+    for key in [k for k in differing if k in EXTENDABLE]:
+        if given_flat[key] < saved_flat[key]:
+            raise InputError(
+                config_file,
+                f"--resume cannot shorten {key.split('.')[0]} from {saved_flat[key]} to {given_flat[key]} "
+                "epochs (its checkpoints are past that or will be); start a new run",
+            )
+        extensions[EXTENDABLE[key]] = (int(saved_flat[key]), int(given_flat[key]))
+        differing.remove(key)
     if differing:
         raise InputError(
-            run_dir / run_folder.CONFIG_FILE,
+            config_file,
             f"--resume with a different configuration ({', '.join(differing)}); "
             "resume with the run's own config or start a new run",
         )
+    return extensions
+
+
+def extend_stages(config: TrainConfig, run_dir: Path, extensions: dict[int, tuple[int, int]]) -> None:
+    """Continue a run for more epochs (``extensions``: {stage: (old, new epochs)}): a seed that finished
+    its final stage is reopened at that stage's old last epoch (its Adam moments are in last.pt), one still
+    training simply runs to the new count; then config.yaml takes the new counts. Checked for every seed
+    before anything is written, and the checkpoints are rewritten first, so a crash in between leaves a run
+    that a plain --resume finishes as it was."""
+    config_file = run_dir / run_folder.CONFIG_FILE
+    trained = stages(config)
+    final = trained[-1]
+    reopen = []
+    for stage in extensions:
+        if stage not in trained:
+            raise InputError(
+                config_file,
+                f"this run has no stage {stage} (pose mode {config.pose_mode}): nothing to extend",
+            )
+    for seed in config.seeds:
+        last = run_folder.checkpoint_dir(run_dir, seed) / LAST
+        if not last.is_file():
+            continue  # not started: trains to the new counts from the beginning
+        position = load_checkpoint(last)["position"]
+        for stage in extensions:
+            if stage != final and position.stage > stage:
+                raise InputError(
+                    last,
+                    f"seed {seed} has finished stage {stage}; only the final stage ({final}) can be "
+                    "continued after it ends",
+                )
+        if position.complete and final in extensions:
+            reopen.append((last, Position(final, extensions[final][0], 0, position.global_step)))
+    for last, position in reopen:
+        rewrite_position(last, position)
+    argv = (yaml.safe_load(config_file.read_text()) or {}).get("argv")
+    save_config(config, config_file, argv=argv)
 
 
 def prepare_run_folder(
@@ -60,7 +114,7 @@ def prepare_run_folder(
     if resume:
         if not (run_dir / run_folder.CONFIG_FILE).is_file():
             raise InputError(run_dir, "--resume: not a run folder (config.yaml is missing)")
-        check_resume_config(config, run_dir)
+        extensions = check_resume_config(config, run_dir)
         info = run_folder.read_run_info(run_dir)
         preflight.check_same_particles(info, particles_path, source, run_dir)
         same_grid = int(info["box"]) == source.box and math.isclose(
@@ -78,6 +132,8 @@ def prepare_run_folder(
             # Resumed with another number of processes: run.yaml says how the run continues.
             info["world_size"] = distributed.world_size()
             run_folder.write_yaml(run_dir / run_folder.RUN_INFO_FILE, info)
+        if extensions:  # after every check of the particles: nothing is rewritten for a run that fails them
+            extend_stages(config, run_dir, extensions)
         return info
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError(run_dir, "output folder is not empty; use --resume to continue it or choose another")

@@ -134,8 +134,9 @@ class SeedRun:
         )
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer, stage: int) -> None:
-        """The resumed checkpoint's Adam moments when it was written mid-``stage``. A stage-end checkpoint
-        carries none: the next stage starts a fresh Adam on its own parameter set."""
+        """The resumed checkpoint's Adam moments when it was written in ``stage`` (mid-stage, or at the end of
+        the final stage, reopened for more epochs). Other stage-end checkpoints carry none: the next stage
+        starts a fresh Adam on its own parameter set."""
         payload = self.payload
         if payload and payload["position"].stage == stage and payload["optimizer"] is not None:
             optimizer.load_state_dict(payload["optimizer"])
