@@ -9,13 +9,14 @@ use the simulator's truth, never part of the pipeline). Six commands:
   reach with perfect latents. YAML overrides the cpu preset (e.g. ``'{stage2: {learning_rate: 0.001}}'``).
 - ``domains RUN_DIR``: C-alpha error per domain (CORE superposed) of the run's decoding at the oracle
   latent of DIMS frames 8, 48 and 88 (closed, intermediate and open modes).
-- ``truth DEMO_DIR [--oracle]``: log-likelihood per image, under the trained model's own image model (its
-  width, per-image amplitude, the true poses and CTF), of each particle's truth (the base's rigid residues
-  on the true residue frames) minus that of the model's decoding of the particle (its oracle latent, or its
-  encoded mean from ``run/latents.npz``); 200 particles per state. Beside it the same for the truth with its
-  own side chains (its atoms coarse-grained as the model coarse-grains the base): the image model's optimum
-  is the truth when that is > 0, and the rigid base side chains are what keeps the model from it when the
-  first figure is < 0.
+- ``truth DIR [--oracle]`` (a demo folder or an ``adk.py --modes given`` output): log-likelihood per image,
+  under the trained model's own image model (its width, per-image amplitude, the true poses and CTF), of
+  each particle's truth (the base's rigid residues on the true residue frames) minus that of the model's
+  decoding of the particle (its oracle latent, or its encoded mean from ``run/latents.npz``); 200 particles
+  per state. Beside it the same for the truth with its own side chains (its atoms coarse-grained as the
+  model coarse-grains the base): the image model's optimum is the truth when that is > 0, and the rigid
+  base side chains are what keeps the model from it when the first figure is < 0. ``adk.py`` prints it
+  beside the recovered fraction.
 - ``clash RUN_DIR``: the heavy-atom clash penalty of DIMS frames' true backbones (closed to open) carrying
   the base's rigid side chains, on backbone and CB alone, with the frames' own side chains, and with the
   base's side chains repacked: what the clash term says about the truth when residues are rigid.
@@ -169,26 +170,36 @@ def domains(run_dir: Path) -> None:
         print(f"{frame:5d} " + " ".join(f"{np.sqrt((error[m] ** 2).mean()):12.2f}" for m in groups.values()))
 
 
-def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
+def truth_minus_decoded(
+    run_dir: Path, particles_dir: Path, use_oracle: bool = False, per_state: int = 200
+) -> dict[str, dict[str, float]]:
+    """{state: {"base_side_chains": nats, "own_side_chains": nats}}: mean per image, over ``per_state``
+    particles of each state (closed, intermediate, open DIMS frames), of the log-likelihood of the particle's
+    truth minus that of the model's decoding of it (its encoded mean from RUN/latents.npz, or the oracle
+    latent), under the run's own image model with the true poses and CTFs. ``particles_dir`` holds
+    particles.star and the simulator's truth.npz; the run's pose centre must be the simulator's (as
+    ``atomvae demo`` and ``benchmarks/adk.py`` train)."""
     from atomvae.model.losses import gaussian_log_likelihood
     from atomvae.physics.coarse_grain import coarse_grained_density
     from atomvae.structure.frames import backbone_frames
     from atomvae.train.particles import open_particles
     from atomvae.train.run import load_run
 
-    run = load_run(demo_dir / "run")
+    run = load_run(run_dir)
     model = run.model
     topology, frames = dims_frames()
-    particle_frame = np.load(demo_dir / "particles" / "truth.npz")["frame"]
-    source = open_particles(demo_dir / "particles" / "particles.star", run.config, need_poses=True)
+    particle_frame = np.load(particles_dir / "truth.npz")["frame"]
+    source = open_particles(particles_dir / "particles.star", run.config, need_poses=True)
     if not use_oracle:
-        latents = np.load(demo_dir / "run" / "latents.npz")
+        latents = np.load(run_dir / "latents.npz")
         encoded = dict(zip(latents["index"].tolist(), latents["mu"], strict=True))
     rng = np.random.default_rng(0)
     states = {"closed": particle_frame < 20, "intermediate": (particle_frame >= 30) & (particle_frame < 70)}
     states["open"] = particle_frame >= 80
+    result = {}
     for name, in_state in states.items():
-        rows = np.sort(rng.choice(np.flatnonzero(in_state), 200, replace=False))
+        candidates = np.flatnonzero(in_state)
+        rows = np.sort(rng.choice(candidates, min(per_state, len(candidates)), replace=False))
         batch = source.load(rows.tolist(), torch.device("cpu"))
         with torch.no_grad():
             truth = (
@@ -212,9 +223,25 @@ def truth_scores(demo_dir: Path, use_oracle: bool) -> None:
                     coords, batch["rotation"].float(), batch["shift"].float(), batch["ctf"], batch["image"]
                 )
                 scores.append(gaussian_log_likelihood(batch["image"], predicted, model.noise_sigma))
+        result[name] = {
+            "base_side_chains": float((scores[0] - scores[1]).mean()),
+            "own_side_chains": float((scores[2] - scores[1]).mean()),
+        }
+    return result
+
+
+def truth_scores(folder: Path, use_oracle: bool) -> None:
+    """Print ``truth_minus_decoded`` for a demo folder (run/, particles/) or a ``benchmarks/adk.py`` output
+    folder (its first run_given_seed*/, sim/)."""
+    if (folder / "run").is_dir():
+        run_dir, particles_dir = folder / "run", folder / "particles"
+    else:
+        run_dir, particles_dir = sorted(folder.glob("run_given_seed*/"))[0], folder / "sim"
+    print(f"run {run_dir}")
+    for name, gap in truth_minus_decoded(run_dir, particles_dir, use_oracle).items():
         print(
-            f"{name:<13} truth - decoded: {float((scores[0] - scores[1]).mean()):+.2f} nats per image; "
-            f"truth with its own side chains - decoded: {float((scores[2] - scores[1]).mean()):+.2f}"
+            f"{name:<13} truth - decoded: {gap['base_side_chains']:+.2f} nats per image; "
+            f"truth with its own side chains - decoded: {gap['own_side_chains']:+.2f}"
         )
 
 
@@ -342,7 +369,7 @@ def main() -> None:
     p = commands.add_parser("domains")
     p.add_argument("run_dir", type=Path)
     p = commands.add_parser("truth")
-    p.add_argument("demo_dir", type=Path)
+    p.add_argument("folder", type=Path, help="a demo folder or a benchmarks/adk.py output folder")
     p.add_argument("--oracle", action="store_true")
     p = commands.add_parser("clash")
     p.add_argument("run_dir", type=Path)
@@ -360,7 +387,7 @@ def main() -> None:
     elif args.command == "domains":
         domains(args.run_dir)
     elif args.command == "truth":
-        truth_scores(args.demo_dir, args.oracle)
+        truth_scores(args.folder, args.oracle)
     elif args.command == "clash":
         clash_of_truth(args.run_dir)
     else:
