@@ -171,9 +171,17 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     config = dataclasses.replace(
         config, data=dataclasses.replace(config.data, **{k: v for k, v in data.items() if v is not None})
     )
+    return with_stage_epochs(config, args, continuing=False)
+
+
+def with_stage_epochs(config: TrainConfig, args: argparse.Namespace, continuing: bool) -> TrainConfig:
+    """--epochs-stage1/2 applied: a new run's stages rescaled (``StageConfig.with_epochs``), a resumed run's
+    continued with their decay epochs kept (``StageConfig.extended``; ``train.prepare.extend_stages`` checks
+    and applies it)."""
     for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
         if epochs is not None:
-            stage = getattr(config, name).with_epochs(epochs)
+            stage = getattr(config, name)
+            stage = stage.extended(epochs) if continuing else stage.with_epochs(epochs)
             config = dataclasses.replace(config, **{name: stage})
     return config
 
@@ -215,10 +223,7 @@ def run(args: argparse.Namespace) -> int:
         if args.workers is not None:
             data = dataclasses.replace(config.data, num_workers=args.workers)
             config = dataclasses.replace(config, data=data)
-        # More epochs for a run that stopped or finished (train.prepare.extend_stages checks and applies).
-        for name, epochs in (("stage1", args.epochs_stage1), ("stage2", args.epochs_stage2)):
-            if epochs is not None:
-                config = dataclasses.replace(config, **{name: getattr(config, name).extended(epochs)})
+        config = with_stage_epochs(config, args, continuing=True)  # more epochs for a stopped or finished run
         ignored = [
             option
             for option in command_line(args)[5:]

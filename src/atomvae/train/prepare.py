@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from atomvae.errors import InputError, atomic_path
 from atomvae.train import distributed, preflight
@@ -97,8 +96,7 @@ def extend_stages(config: TrainConfig, run_dir: Path, extensions: dict[int, tupl
             reopen.append((last, Position(final, extensions[final][0], 0, position.global_step)))
     for last, position in reopen:
         rewrite_position(last, position)
-    argv = (yaml.safe_load(config_file.read_text()) or {}).get("argv")
-    save_config(config, config_file, argv=argv)
+    save_config(config, config_file, argv=run_folder.read_yaml(config_file).get("argv"))
 
 
 def prepare_run_folder(
